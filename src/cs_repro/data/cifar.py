@@ -153,8 +153,9 @@ CIFAR10 = DATASETS.register("cifar10")(
         name="cifar10",
         num_classes=10,
         image_shape=(3, 32, 32),
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
+        # The released CS code's normalisation (PAPER.md): mean (125.3, 123.0, 113.9)/255, std (63.0, 62.1, 66.7)/255.
+        mean=(125.3 / 255, 123.0 / 255, 113.9 / 255),
+        std=(63.0 / 255, 62.1 / 255, 66.7 / 255),
         files=CIFAR_FILES,
         checksums={
             "data_batch_1": Checksum("md5", "file", "c99cafc152244af753f735de768cd75f"),

@@ -1,0 +1,326 @@
+"""Assembling runs from params: prepared data, splits, model, the training loop, and the artifacts
+each run writes. The CLI's stage commands are thin wrappers around the `run_*` functions here.
+
+Artifacts of a run directory (formats in the README):
+  ticket.pt / tickets/level_XX.pt   tickets (see cs_repro.tickets)
+  metrics.json                      deterministic: per-epoch rows and final numbers (same seed -> same file)
+  timing.json                       wall-clock only (kept apart so metrics stay bit-identical across runs)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cs_repro.data import DATASETS, TensorBatches, class_balanced_split, load_dataset, subset
+from cs_repro.device import hardware_name
+from cs_repro.errors import UserError
+from cs_repro.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from cs_repro.masks import HardMasks, SoftMasks, sparsity_of
+from cs_repro.methods.cs import CSConfig, CSSearch
+from cs_repro.methods.imp import IMPConfig, IMPSearch
+from cs_repro.methods.retrain import TicketRetrain
+from cs_repro.models import MODELS, build_model, prunable_names
+from cs_repro.params import NetworkParams, Params
+from cs_repro.tickets import Ticket, load_ticket, save_ticket
+from cs_repro.train import DataSplits, Hooks, OptimConfig, TrainingLoop
+
+log = logging.getLogger("cs_repro")
+
+PREPARED_DIR = Path("data/prepared")
+CHECKPOINT_DIR = Path(".cache/checkpoints")  # outside every DVC output: resume state only
+EVAL_BATCH = 1000
+REINIT_SEED_OFFSET = 100_003  # the reinit control draws weights unrelated to the ticket's own init
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def prepared_path(dataset: str, root: Path = PREPARED_DIR) -> Path:
+    return Path(root) / f"{dataset}.pt"
+
+
+def prepare_dataset(params: Params, dataset: str, out: Path) -> dict[str, Any]:
+    """Read the raw files (checksums verified) into one uint8 tensor file."""
+    raw = load_dataset(dataset, params.data.root or None, params.data.verify_checksums, params.data.download)
+    atomic_torch_save(
+        {
+            "dataset": dataset,
+            "train_images": raw.train_images.contiguous(),
+            "train_labels": raw.train_labels.contiguous(),
+            "test_images": raw.test_images.contiguous(),
+            "test_labels": raw.test_labels.contiguous(),
+        },
+        out,
+    )
+    return {"dataset": dataset, "train": len(raw.train_labels), "test": len(raw.test_labels)}
+
+
+def load_prepared(dataset: str, root: Path = PREPARED_DIR) -> dict[str, torch.Tensor]:
+    path = prepared_path(dataset, root)
+    if not path.exists():
+        raise UserError(f"{path} is missing: run `dvc repro prepare@{dataset}` (or `cs-repro prepare {dataset}`) first")
+    return safe_torch_load(path, "prepared dataset")
+
+
+class _Source:
+    """Adapts `TensorBatches` to the loop's `batches(generator)` protocol."""
+
+    def __init__(self, batches: TensorBatches) -> None:
+        self._batches = batches
+
+    def batches(self, generator):
+        self._batches.generator = generator
+        return iter(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+
+def make_splits(net: NetworkParams, prepared: dict, seed: int, device: torch.device) -> DataSplits:
+    """Train/val split (class-balanced, from the seed), optional training subset, test set."""
+    spec = DATASETS.get(net.dataset)
+    labels = prepared["train_labels"]
+    train_idx, val_idx = class_balanced_split(labels, net.val_size, seed)
+    if net.train_subset:
+        if net.train_subset > len(train_idx):
+            raise UserError(f"train_subset={net.train_subset} exceeds the {len(train_idx)} training images left after validation")
+        train_idx = train_idx[subset(labels[train_idx], net.train_subset, seed)]
+    images = prepared["train_images"]
+    max_batches = net.max_batches or None
+
+    def batches(x, y, batch_size, train):
+        return _Source(TensorBatches(
+            x, y, batch_size, spec.mean, spec.std, augment=train and net.augment,
+            generator=torch.Generator(device=device) if train else None,
+            max_batches=max_batches, device=device,
+        ))
+
+    return DataSplits(
+        train=batches(images[train_idx], labels[train_idx], net.batch_size, True),
+        val=batches(images[val_idx], labels[val_idx], EVAL_BATCH, False),
+        test=batches(prepared["test_images"], prepared["test_labels"], EVAL_BATCH, False),
+    )
+
+
+# --- model ------------------------------------------------------------------------------------
+
+
+def make_model(net: NetworkParams, seed: int, device: torch.device) -> tuple[nn.Module, list[str]]:
+    """The network with its initial weights drawn from `seed`, and its prunable tensor names."""
+    spec = DATASETS.get(net.dataset)
+    channels, size, _ = spec.image_shape
+    torch.manual_seed(seed)
+    model = build_model(net.model, spec.num_classes, channels, size)
+    names = prunable_names(net.model, model, net.prunable or None)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, names
+
+
+def optim_config(net: NetworkParams) -> OptimConfig:
+    return OptimConfig(
+        lr=net.lr, momentum=net.momentum, nesterov=net.nesterov, weight_decay=net.weight_decay,
+        lr_milestones=tuple(net.lr_milestones), lr_gamma=net.lr_gamma,
+    )
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSpec:
+    """Who a run is: what goes into its checkpoint key, metadata and log lines."""
+
+    method: str
+    network: str
+    seed: int
+    setting: str
+    config: dict[str, Any]
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        return f"{self.method} {self.network} {self.setting} seed={self.seed}".replace("  ", " ")
+
+
+def checkpoint_for(run: RunSpec, checkpoint_dir: Path = CHECKPOINT_DIR) -> Path:
+    return Path(checkpoint_dir) / f"{run.method}-{run.network}-{run.key()}.pt"
+
+
+def _loop(params: Params, run: RunSpec, hooks: Hooks, model: nn.Module, data: DataSplits,
+          device: torch.device, checkpoint_dir: Path | None) -> TrainingLoop:
+    net = params.network(run.network)
+    return TrainingLoop(
+        model, data, hooks, epochs=net.epochs, optim=optim_config(net), seed=run.seed, device=device,
+        checkpoint_path=checkpoint_for(run, checkpoint_dir) if checkpoint_dir else None,
+        bf16=net.bf16, run_label=run.label(),
+    )
+
+
+def _final(history, **extra) -> dict[str, Any]:
+    last = history[-1]
+    return {"test_accuracy": last.test_accuracy, "val_accuracy": last.val_accuracy, "train_loss": last.train_loss, **extra}
+
+
+def _write_run(out_dir: Path, run: RunSpec, history, final: dict, seconds: float, epoch_seconds, device, extra=None) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json({
+        "format": "cs-repro-run/1",
+        "method": run.method, "network": run.network, "seed": run.seed, "setting": run.setting,
+        "config": run.config,
+        "epochs": [r.as_dict() for r in history],
+        "final": final,
+        **(extra or {}),
+    }, out_dir / "metrics.json")
+    atomic_write_json({
+        "seconds": seconds, "epoch_seconds": list(epoch_seconds), "device": str(device),
+        "hardware": hardware_name(device), "threads": torch.get_num_threads(),
+    }, out_dir / "timing.json")
+
+
+def _network_config(params: Params, network: str) -> dict[str, Any]:
+    return asdict(params.network(network))
+
+
+def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: Path, device: torch.device,
+                  checkpoint_dir: Path | None = CHECKPOINT_DIR) -> Ticket:
+    """One CS search: writes ticket.pt, metrics.json (search curve + pruning-track accuracy), timing.json."""
+    net = params.network(network)
+    config = CSConfig(
+        s0=s0, penalty_weight=params.lambda_, beta_final=params.cs.beta_final, rounds=params.cs.rounds,
+        mask_lr=params.cs.mask_lr, clamp_rule=params.cs.clamp_rule, rewind_epoch=net.rewind_epoch,
+    )
+    run = RunSpec("cs", network, seed, f"s0={s0:g}", {"cs": asdict(config), "mask_scale": params.cs.mask_scale,
+                                                       "network": _network_config(params, network)})
+    started = time.perf_counter()
+    data = make_splits(net, load_prepared(net.dataset), seed, device)
+    model, names = make_model(net, seed, device)
+    masks = SoftMasks.attach(model, names, s0)
+    hooks = CSSearch(masks, config)
+    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
+    history = loop.run()
+    binary = masks.binary_masks()
+    mask_scale = mask_scale_for(params.cs.mask_scale, s0)
+    ticket = Ticket(binary, hooks.rewind_state, {
+        "method": "cs", "network": network, "model": net.model, "dataset": net.dataset, "seed": seed,
+        "setting": run.setting, "s0": s0, "params": run.config, "rewind_epoch": net.rewind_epoch,
+        "search_epochs": config.rounds * net.epochs, "mask_scale": mask_scale,
+    }).with_counts()
+    # Pruning track: the searched network at its own trained weights with the binary mask, no retraining.
+    masks.detach()
+    # The searched network computes with W * sigmoid(beta_T*s)/sigmoid(s0), i.e. W * mask / sigmoid(s0) once beta_T is large.
+    HardMasks.apply(model, binary, scale=mask_scale_for("released", s0)).remove()
+    pruned = {"test_accuracy": loop.evaluate(data.test), "val_accuracy": loop.evaluate(data.val)}
+    seconds = time.perf_counter() - started
+    save_ticket(ticket, out_dir / "ticket.pt")
+    _write_run(out_dir, run, history, _final(
+        history, remaining_weights=ticket.metadata["remaining_weights"], layer_remaining=ticket.metadata["layer_remaining"],
+        search_epochs=config.rounds * net.epochs,
+    ), seconds, loop.epoch_seconds, device, {"pruned": pruned})
+    _drop_checkpoint(run, checkpoint_dir)
+    log.info("%s: ticket keeps %.2f%% of prunable weights; pruned network test %.2f%%",
+             run.label(), 100 * ticket.metadata["remaining_weights"], 100 * pruned["test_accuracy"])
+    return ticket
+
+
+def mask_scale_for(rule: str, s0: float) -> float:
+    """'binary' (paper): 1. 'released': the released code multiplies the binary mask by 1/sigmoid(s0)."""
+    return 1.0 if rule == "binary" else 1.0 + math.exp(-s0)
+
+
+def run_imp(params: Params, network: str, seed: int, out_dir: Path, device: torch.device,
+            continue_search: bool = False, checkpoint_dir: Path | None = CHECKPOINT_DIR) -> list[Ticket]:
+    """IMP (or IMP-C): writes tickets/level_XX.pt, metrics.json (every level's training), timing.json."""
+    net = params.network(network)
+    levels = params.imp.continue_levels if continue_search else params.imp.levels
+    method = "imp_c" if continue_search else "imp"
+    data = make_splits(net, load_prepared(net.dataset), seed, device)
+    model, names = make_model(net, seed, device)
+    config = IMPConfig(tuple(names), params.imp.prune_fraction, levels, net.rewind_epoch, not continue_search)
+    run = RunSpec(method, network, seed, "", {"imp": asdict(config), "network": _network_config(params, network)})
+    started = time.perf_counter()
+    hooks = IMPSearch(config)
+    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
+    history = loop.run()
+    tickets, level_rows = [], []
+    for level, masks in enumerate(hooks.level_masks):
+        rows = [r for r in history if r.phase == level]
+        search_epochs = (level + 1) * net.epochs
+        ticket = Ticket(masks, hooks.rewind_state, {
+            "method": method, "network": network, "model": net.model, "dataset": net.dataset, "seed": seed,
+            "setting": f"level={level}", "level": level, "params": run.config, "rewind_epoch": net.rewind_epoch,
+            "search_epochs": search_epochs, "mask_scale": 1.0,
+        }).with_counts()
+        save_ticket(ticket, out_dir / "tickets" / f"level_{level:02d}.pt")
+        tickets.append(ticket)
+        level_rows.append({
+            "level": level, "setting": f"level={level}", "remaining_weights": ticket.metadata["remaining_weights"],
+            "layer_remaining": ticket.metadata["layer_remaining"], "test_accuracy": rows[-1].test_accuracy,
+            "val_accuracy": rows[-1].val_accuracy, "search_epochs": search_epochs,
+            "search_seconds": sum(loop.epoch_seconds[: (level + 1) * net.epochs]),
+        })
+    seconds = time.perf_counter() - started
+    _write_run(out_dir, run, history, _final(history, remaining_weights=tickets[-1].metadata["remaining_weights"]),
+               seconds, loop.epoch_seconds, device, {"levels": [{k: v for k, v in row.items() if k != "search_seconds"}
+                                                                for row in level_rows]})
+    atomic_write_json({"levels": [{"level": r["level"], "search_seconds": r["search_seconds"]} for r in level_rows]},
+                      out_dir / "level_timing.json")
+    _drop_checkpoint(run, checkpoint_dir)
+    return tickets
+
+
+def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, device: torch.device,
+                checkpoint_dir: Path | None = CHECKPOINT_DIR) -> dict[str, Any]:
+    """Retrain one ticket: variant 'rewind' (from the rewind point) or 'reinit' (fresh random weights)."""
+    if variant not in ("rewind", "reinit"):
+        raise UserError(f"variant {variant!r} is not allowed; choose rewind or reinit")
+    ticket = load_ticket(ticket_path)
+    meta = ticket.metadata
+    network, seed = meta["network"], int(meta["seed"])
+    net = params.network(network)
+    if net.model != meta.get("model"):
+        raise UserError(f"ticket {ticket_path} was found on model {meta.get('model')!r}, but networks.{network}.model is {net.model!r}")
+    run = RunSpec(f"retrain_{variant}", network, seed, f"{meta['method']} {meta['setting']}", {
+        "ticket": _ticket_digest(ticket_path), "variant": variant, "network": _network_config(params, network)})
+    started = time.perf_counter()
+    data = make_splits(net, load_prepared(net.dataset), seed, device)
+    model, _ = make_model(net, seed + REINIT_SEED_OFFSET if variant == "reinit" else seed, device)
+    start_state = ticket.rewind_state if variant == "rewind" else None
+    masks = {k: v.to(device) for k, v in ticket.masks.items()}
+    hooks = TicketRetrain(masks, start_state, float(meta.get("mask_scale", 1.0)), label=run.method)
+    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
+    history = loop.run()
+    final = _final(history, remaining_weights=meta["remaining_weights"], layer_remaining=meta["layer_remaining"],
+                   search_epochs=meta["search_epochs"], retrain_epochs=net.epochs)
+    _write_run(out_dir, run, history, final, time.perf_counter() - started, loop.epoch_seconds, device,
+               {"ticket": {k: v for k, v in meta.items() if k != "params"}, "variant": variant})
+    _drop_checkpoint(run, checkpoint_dir)
+    return final
+
+
+def _ticket_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _drop_checkpoint(run: RunSpec, checkpoint_dir: Path | None) -> None:
+    if checkpoint_dir:
+        checkpoint_for(run, checkpoint_dir).unlink(missing_ok=True)
+
+
+__all__ = [
+    "MODELS", "prepare_dataset", "load_prepared", "make_splits", "make_model", "run_cs_search", "run_imp", "run_retrain",
+    "sparsity_of",
+]

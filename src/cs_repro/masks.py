@@ -1,0 +1,283 @@
+"""Masks on the prunable weights of any `nn.Module`.
+
+Two kinds:
+
+* **Soft (CS) masks.** Each prunable weight W gets mask logits s of the same shape, and the network
+  sees ``W * sigmoid(beta * s) / sigmoid(s0)`` through `torch.nn.utils.parametrize`. Dividing by
+  sigmoid(s0) makes the mask start at exactly 1, as in the authors' released code. The mask
+  penalty is ``sum over tensors of sum(sigmoid(beta * s)) / sigmoid(s0)`` (a plain sum).
+* **Hard masks.** A fixed 0/1 mask: masked weights are set to 0 and their gradients are multiplied
+  by the mask, so with momentum and weight decay they stay exactly 0 (both terms are 0 for a weight
+  that is 0 and gets no gradient). The forward pass is the dense one: no overhead but one multiply
+  per gradient.
+
+The soft mask is one autograd function that computes sigmoid once and reuses it in the backward
+pass; optionally it also adds the penalty's gradient there (`fuse_penalty`), which saves the
+separate pass over the logits that a penalty term in the loss would cost. `benchmarks/mask_overhead.py`
+measures what this buys.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from cs_repro.errors import UserError
+
+
+class _SoftMaskedWeight(torch.autograd.Function):
+    """out = W * sigmoid(beta*s) * scale; backward adds penalty_weight * d(scale*sigmoid(beta*s))/ds."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, logits: Tensor, beta: Tensor, scale: float, penalty_weight: float):
+        gate = torch.sigmoid(logits * beta)
+        ctx.save_for_backward(weight, gate, beta)
+        ctx.scale = scale
+        ctx.penalty_weight = penalty_weight
+        return weight * gate * scale
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        weight, gate, beta = ctx.saved_tensors
+        scaled_gate_grad = grad_out * ctx.scale
+        grad_weight = scaled_gate_grad * gate if ctx.needs_input_grad[0] else None
+        grad_logits = None
+        if ctx.needs_input_grad[1]:
+            # d sigmoid(beta*s)/ds = beta * g * (1 - g); the penalty adds lambda*scale to the upstream term.
+            upstream = scaled_gate_grad * weight
+            if ctx.penalty_weight:
+                upstream = upstream + ctx.penalty_weight * ctx.scale
+            grad_logits = upstream * (gate * (1 - gate)) * beta
+        return grad_weight, grad_logits, None, None, None
+
+
+class SoftMask(nn.Module):
+    """A parametrization holding the mask logits of one weight tensor."""
+
+    def __init__(self, shape: torch.Size, s0: float, device=None, dtype=None) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.full(shape, float(s0), device=device, dtype=dtype))
+        # beta is a tensor so that changing it never retraces or rebuilds anything.
+        self.register_buffer("beta", torch.ones((), device=device, dtype=dtype))
+        self.s0 = float(s0)
+        self.scale = 1.0 / _sigmoid(s0)
+        self.penalty_weight = 0.0
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return _SoftMaskedWeight.apply(weight, self.logits, self.beta, self.scale, self.penalty_weight)
+
+    def gate(self) -> Tensor:
+        """The soft mask sigmoid(beta*s)/sigmoid(s0), differentiable."""
+        return torch.sigmoid(self.logits * self.beta) * self.scale
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def default_prunable_names(model: nn.Module) -> list[str]:
+    """For a model outside our registry: the weight of every Conv2d and Linear."""
+    return [
+        f"{module_name}.weight" if module_name else "weight"
+        for module_name, module in model.named_modules()
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    ]
+
+
+def _split_name(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, tensor_name = name.rpartition(".")
+    try:
+        module = model.get_submodule(module_name) if module_name else model
+    except AttributeError:
+        raise UserError(f"prunable tensor {name!r} does not exist in {type(model).__name__}") from None
+    if not isinstance(getattr(module, tensor_name, None), Tensor):
+        raise UserError(f"prunable tensor {name!r} does not exist in {type(model).__name__}")
+    return module, tensor_name
+
+
+class SoftMasks:
+    """CS soft masks attached to a model's prunable weights.
+
+    >>> masks = SoftMasks.attach(model, ["fc1.weight"], s0=0.0)
+    >>> masks.set_temperature(10.0); loss = ce + lam * masks.penalty()
+    >>> binary = masks.binary_masks(); masks.detach(); HardMasks.apply(model, binary)
+    """
+
+    def __init__(self, model: nn.Module, names: list[str], parts: dict[str, SoftMask]) -> None:
+        self.model = model
+        self.names = names
+        self.parts = parts
+
+    @classmethod
+    def attach(cls, model: nn.Module, names: list[str] | None = None, s0: float = 0.0) -> "SoftMasks":
+        names = list(names) if names is not None else default_prunable_names(model)
+        if not names:
+            raise UserError("no prunable tensors given: name at least one weight to mask")
+        parts = {}
+        for name in names:
+            module, tensor_name = _split_name(model, name)
+            if parametrize.is_parametrized(module, tensor_name):
+                raise UserError(f"{name!r} already carries a mask; detach it first")
+            weight = getattr(module, tensor_name)
+            part = SoftMask(weight.shape, s0, device=weight.device, dtype=weight.dtype)
+            parametrize.register_parametrization(module, tensor_name, part, unsafe=True)
+            parts[name] = part
+        return cls(model, names, parts)
+
+    # --- what the CS method drives -------------------------------------------------------------
+    def logits(self) -> list[nn.Parameter]:
+        return [part.logits for part in self.parts.values()]
+
+    def weights(self) -> list[nn.Parameter]:
+        """The underlying (unmasked) weight parameters."""
+        return [self._module(name).parametrizations[self._tensor(name)].original for name in self.names]
+
+    @property
+    def temperature(self) -> float:
+        return float(next(iter(self.parts.values())).beta)
+
+    def set_temperature(self, beta: float) -> None:
+        for part in self.parts.values():
+            part.beta.fill_(beta)
+
+    def fuse_penalty(self, penalty_weight: float) -> None:
+        """Add penalty_weight * d(penalty)/ds inside the mask's backward pass.
+
+        With this on, `penalty()` must NOT also be added to the loss for its gradient: use
+        `penalty_value()` for logging.
+        """
+        for part in self.parts.values():
+            part.penalty_weight = float(penalty_weight)
+
+    def penalty(self) -> Tensor:
+        """sum over tensors of sum(sigmoid(beta*s))/sigmoid(s0): differentiable."""
+        return sum(part.gate().sum() for part in self.parts.values())
+
+    @torch.no_grad()
+    def penalty_value(self) -> float:
+        return float(self.penalty())
+
+    @torch.no_grad()
+    def clamp_logits(self, upper: Tensor | float | None = None, multiply_by: float = 1.0) -> None:
+        """s <- min(multiply_by * s, upper) (the between-round rule of CS)."""
+        for part in self.parts.values():
+            part.logits.mul_(multiply_by)
+            if upper is not None:
+                part.logits.clamp_(max=upper)
+
+    @torch.no_grad()
+    def binary_masks(self) -> dict[str, Tensor]:
+        """mask = (s > 0), as bool tensors keyed by the weight's name."""
+        return {name: part.logits > 0 for name, part in self.parts.items()}
+
+    def detach(self) -> None:
+        """Remove the parametrizations, leaving the raw (unmasked) weights in place."""
+        for name in self.names:
+            parametrize.remove_parametrizations(self._module(name), self._tensor(name), leave_parametrized=False)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {name: part.logits.detach().clone() for name, part in self.parts.items()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for name, part in self.parts.items():
+            part.logits.copy_(state[name])
+
+    def _module(self, name: str) -> nn.Module:
+        return _split_name_unchecked(self.model, name)[0]
+
+    def _tensor(self, name: str) -> str:
+        return name.rpartition(".")[2]
+
+
+def _split_name_unchecked(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, tensor_name = name.rpartition(".")
+    return (model.get_submodule(module_name) if module_name else model), tensor_name
+
+
+class HardMasks:
+    """Fixed binary masks: weights zeroed once, gradients masked on every step."""
+
+    def __init__(self, model: nn.Module, masks: dict[str, Tensor], handles: list) -> None:
+        self.model = model
+        self.masks = masks
+        self._handles = handles
+
+    @classmethod
+    @torch.no_grad()
+    def apply(cls, model: nn.Module, masks: dict[str, Tensor], scale: float = 1.0) -> "HardMasks":
+        """Zero the masked weights (and multiply the kept ones by `scale`) and mask their gradients."""
+        params = dict(model.named_parameters())
+        handles = []
+        stored = {}
+        for name, mask in masks.items():
+            if name not in params:
+                raise UserError(f"mask names {name!r}, which is not a parameter of {type(model).__name__}")
+            weight = params[name]
+            if tuple(mask.shape) != tuple(weight.shape):
+                raise UserError(
+                    f"mask for {name!r} has shape {tuple(mask.shape)}, the weight has {tuple(weight.shape)}"
+                )
+            float_mask = mask.to(device=weight.device, dtype=weight.dtype)
+            weight.mul_(float_mask * scale if scale != 1.0 else float_mask)
+            handles.append(weight.register_hook(lambda grad, m=float_mask: grad * m))
+            stored[name] = mask.to(dtype=torch.bool)
+        return cls(model, stored, handles)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Counts over the prunable tensors only."""
+
+    total: int
+    remaining: int
+    per_layer: dict[str, tuple[int, int]]  # name -> (remaining, total)
+
+    @property
+    def remaining_weights(self) -> float:
+        return self.remaining / self.total if self.total else 1.0
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.remaining_weights
+
+    def layer_remaining(self) -> dict[str, float]:
+        return {name: kept / total for name, (kept, total) in self.per_layer.items()}
+
+
+def sparsity_of(masks: dict[str, Tensor]) -> SparsityReport:
+    per_layer = {name: (int(mask.count_nonzero()), mask.numel()) for name, mask in masks.items()}
+    return SparsityReport(
+        total=sum(total for _, total in per_layer.values()),
+        remaining=sum(kept for kept, _ in per_layer.values()),
+        per_layer=per_layer,
+    )
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The model's state as if it carried no masks: 'fc.parametrizations.weight.original' -> 'fc.weight',
+    mask logits and temperature dropped. This is what a rewind point stores."""
+    plain = {}
+    for key, value in model.state_dict().items():
+        if ".parametrizations." in key:
+            module_name, _, rest = key.partition(".parametrizations.")
+            tensor_name, _, leaf = rest.partition(".")
+            if leaf != "original":
+                continue  # mask logits, beta
+            key = f"{module_name}.{tensor_name}"
+        elif key.startswith("parametrizations."):
+            tensor_name, _, leaf = key[len("parametrizations."):].partition(".")
+            if leaf != "original":
+                continue
+            key = tensor_name
+        plain[key] = value.detach().clone()
+    return plain

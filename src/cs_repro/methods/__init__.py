@@ -1,0 +1,16 @@
+"""Ticket-search and pruning methods, one file each, all running through `cs_repro.train.TrainingLoop`.
+
+A method is a `Hooks` subclass plus a `run_*` function that builds it; `METHODS` maps the names used
+in params.yaml, metrics and figures to the module that implements them.
+"""
+
+from cs_repro.registry import Registry
+
+METHODS: Registry[str] = Registry("method")
+for _name, _module in {
+    "cs": "cs_repro.methods.cs",
+    "imp": "cs_repro.methods.imp",
+    "imp_c": "cs_repro.methods.imp",
+    "retrain": "cs_repro.methods.retrain",
+}.items():
+    METHODS.register(_name)(_module)

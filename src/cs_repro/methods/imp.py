@@ -1,0 +1,118 @@
+"""Iterative Magnitude Pruning with rewinding (Frankle et al. 2019/2020), and IMP-C.
+
+Here lives the global magnitude threshold (`global_magnitude_masks`). Level 0 trains the dense
+network from initialisation, saving the rewind point after epoch k. Each later level removes the
+fraction p of the remaining prunable weights with the smallest |w|, ranked across all prunable layers
+together, resets the survivors to the rewind point and trains again: training level l *is* the
+retraining of ticket l, so its accuracy is that ticket's accuracy and nothing is trained twice.
+
+IMP-C (our reading of the paper's variant): the same pruning schedule, but the search continues from
+the pruned, trained weights instead of rewinding; its tickets (mask + rewind point) are evaluated by
+retraining them separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cs_repro.masks import HardMasks, plain_state_dict, sparsity_of
+from cs_repro.train import Hooks, Phase, TrainingLoop
+
+
+@dataclass(frozen=True)
+class IMPConfig:
+    prunable: tuple[str, ...]
+    prune_fraction: float = 0.2
+    levels: int = 14
+    rewind_epoch: int = 1
+    rewind_between_levels: bool = True  # False: IMP-C
+
+
+def remaining_after(level: int, total: int, prune_fraction: float) -> int:
+    """Weights kept at level l: round((1-p)^l * N), never fewer than 1."""
+    return max(1, round((1.0 - prune_fraction) ** level * total))
+
+
+@torch.no_grad()
+def global_magnitude_masks(weights: dict[str, Tensor], current: dict[str, Tensor], keep: int) -> dict[str, Tensor]:
+    """Keep the `keep` largest |w| among the currently kept weights, ranked across all tensors together.
+
+    Already-pruned weights are never revived. Exactly `keep` weights survive (ties are broken by
+    position, deterministically)."""
+    names = list(weights)
+    scores = torch.cat([
+        torch.where(current[n].to(weights[n].device), weights[n].abs(), torch.full_like(weights[n], -1.0)).flatten()
+        for n in names
+    ]).float()
+    kept_now = int(sum(int(current[n].sum()) for n in names))
+    if keep > kept_now:
+        raise ValueError(f"cannot keep {keep} weights: only {kept_now} remain")
+    order = torch.argsort(scores, descending=True, stable=True)
+    flat = torch.zeros_like(scores, dtype=torch.bool)
+    flat[order[:keep]] = True
+    masks, offset = {}, 0
+    for n in names:
+        size = weights[n].numel()
+        masks[n] = flat[offset:offset + size].view_as(weights[n]).cpu()
+        offset += size
+    return masks
+
+
+class IMPSearch(Hooks):
+    """Hooks for IMP (and IMP-C): phase 0 is the dense run, phase l the training at level l."""
+
+    def __init__(self, config: IMPConfig) -> None:
+        self.config = config
+        self.label = "imp" if config.rewind_between_levels else "imp_c"
+        self.rewind_state: dict[str, Tensor] | None = None
+        self.masks: dict[str, Tensor] | None = None
+        self.level_masks: list[dict[str, Tensor]] = []  # the ticket of every level, 0 = dense
+        self._hard: HardMasks | None = None
+
+    def phases(self, loop: TrainingLoop) -> list[Phase]:
+        return [Phase("dense", loop.epochs)] + [
+            Phase(f"level {level}/{self.config.levels}", loop.epochs) for level in range(1, self.config.levels + 1)
+        ]
+
+    def begin_phase(self, loop: TrainingLoop, phase: int) -> None:
+        params = dict(loop.model.named_parameters())
+        if phase == 0:
+            self.masks = {n: torch.ones_like(params[n], dtype=torch.bool, device="cpu") for n in self.config.prunable}
+            self.level_masks = [self.masks]
+            if self.config.rewind_epoch == 0:
+                self.rewind_state = plain_state_dict(loop.model)
+            return
+        total = sum(m.numel() for m in self.masks.values())
+        keep = remaining_after(phase, total, self.config.prune_fraction)
+        self.masks = global_magnitude_masks({n: params[n] for n in self.config.prunable}, self.masks, keep)
+        self.level_masks.append(self.masks)
+        if self.config.rewind_between_levels:
+            loop.model.load_state_dict(self.rewind_state)
+        self._apply(loop)
+
+    def _apply(self, loop: TrainingLoop) -> None:
+        if self._hard is not None:
+            self._hard.remove()
+        self._hard = HardMasks.apply(loop.model, self.masks)
+
+    def end_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
+        if phase == 0 and epoch + 1 == self.config.rewind_epoch:
+            self.rewind_state = plain_state_dict(loop.model)
+        report = sparsity_of(self.masks)
+        return {"level": phase, "remaining_weights": report.remaining_weights, "sparsity": report.sparsity}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rewind_state": self.rewind_state, "level_masks": self.level_masks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rewind_state = state["rewind_state"]
+        self.level_masks = state["level_masks"]
+        self.masks = self.level_masks[-1] if self.level_masks else None
+
+    def resume(self, loop: TrainingLoop) -> None:
+        if self.masks is not None and len(self.level_masks) > 1:
+            self._apply(loop)

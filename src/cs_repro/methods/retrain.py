@@ -1,0 +1,36 @@
+"""Ticket retraining: a fixed mask, weights from the rewind point (or fresh ones: the reinit control),
+trained for E epochs with fresh optimisers. Masked weights stay exactly 0 (see `HardMasks`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from cs_repro.masks import HardMasks, sparsity_of
+from cs_repro.train import Hooks, TrainingLoop
+
+
+class TicketRetrain(Hooks):
+    """Retrain `masks` from `start_state` (the rewind point), or from the model's own fresh init if None."""
+
+    def __init__(self, masks: dict[str, Tensor], start_state: dict[str, Tensor] | None, mask_scale: float = 1.0,
+                 label: str = "retrain") -> None:
+        self.masks = masks
+        self.start_state = start_state
+        self.mask_scale = mask_scale
+        self.label = label
+        self._hard: HardMasks | None = None
+        self._remaining = sparsity_of(masks)
+
+    def begin_phase(self, loop: TrainingLoop, phase: int) -> None:
+        if self.start_state is not None:
+            loop.model.load_state_dict(self.start_state)
+        self._hard = HardMasks.apply(loop.model, self.masks, scale=self.mask_scale)
+
+    def resume(self, loop: TrainingLoop) -> None:
+        # Weights in the checkpoint are already masked and scaled: only the gradient masks are re-registered.
+        self._hard = HardMasks.apply(loop.model, self.masks)
+
+    def end_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
+        return {"remaining_weights": self._remaining.remaining_weights, "sparsity": self._remaining.sparsity}

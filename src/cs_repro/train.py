@@ -1,0 +1,338 @@
+"""The one training loop. Every method (CS, IMP, retraining, baselines) runs through `TrainingLoop`.
+
+A run is a list of *phases* (a CS round, an IMP level, a retraining), each `epochs` long with its own
+multi-step learning-rate schedule (the schedule restarts every phase). Methods customise the loop by
+subclassing `Hooks`; they never copy it.
+
+After every epoch the loop writes a resume checkpoint (model, optimisers, method state, history)
+atomically, so a killed run continues from its last finished epoch and ends with the same numbers
+as an uninterrupted one: data order and augmentation are drawn from a generator seeded by
+(seed, phase, epoch), never from global state.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cs_repro.io import atomic_torch_save, load_checkpoint
+
+log = logging.getLogger("cs_repro")
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD settings shared by every phase (the paper's: lr 0.1, Nesterov, momentum 0.9, wd 1e-4)."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+
+
+def lr_at(base_lr: float, epoch: int, milestones: Iterable[int], gamma: float) -> float:
+    """The multi-step schedule: base_lr * gamma^(number of milestones <= epoch), epoch counted within a phase."""
+    return base_lr * gamma ** sum(1 for m in milestones if epoch >= m)
+
+
+def make_sgd(params: list[Tensor], lr: float, config: OptimConfig, weight_decay: float | None = None) -> torch.optim.SGD:
+    """SGD as the paper uses it; `initial_lr` is what the schedule scales."""
+    optimizer = torch.optim.SGD(
+        params,
+        lr=lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov and config.momentum > 0,
+        weight_decay=config.weight_decay if weight_decay is None else weight_decay,
+    )
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+    return optimizer
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+class BatchSource(Protocol):
+    """Yields (inputs, labels) batches; training sources shuffle and augment with the given generator."""
+
+    def batches(self, generator: torch.Generator | None) -> Iterable[tuple[Tensor, Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class DataSplits:
+    train: BatchSource
+    val: BatchSource
+    test: BatchSource
+
+
+def epoch_seed(seed: int, phase: int, epoch: int) -> int:
+    """A distinct, stable generator seed for every (seed, phase, epoch)."""
+    return (seed * 1_000_003 + phase * 10_007 + epoch) % (2**63 - 1)
+
+
+# --- hooks --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    epochs: int
+
+
+class Hooks:
+    """Where a method plugs into the loop. The defaults train a dense network for one phase."""
+
+    label = "train"
+
+    def phases(self, loop: "TrainingLoop") -> list[Phase]:
+        return [Phase("train", loop.epochs)]
+
+    def begin_phase(self, loop: "TrainingLoop", phase: int) -> None:
+        """Side effects at the start of a phase (prune, rewind, reset temperature). Not re-run on resume."""
+
+    def make_optimizers(self, loop: "TrainingLoop", phase: int) -> list[torch.optim.Optimizer]:
+        """Build the phase's optimisers. On resume their state is loaded afterwards, so no side effects here."""
+        return [make_sgd([p for p in loop.model.parameters() if p.requires_grad], loop.optim.lr, loop.optim)]
+
+    def begin_epoch(self, loop: "TrainingLoop", phase: int, epoch: int) -> None:
+        """Called before every epoch (CS sets its temperature here)."""
+
+    def loss(self, loop: "TrainingLoop", logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits, labels)
+
+    def end_epoch(self, loop: "TrainingLoop", phase: int, epoch: int) -> dict[str, Any]:
+        """Extra numbers for this epoch's metrics row (sparsity, temperature, ...)."""
+        return {}
+
+    def end_phase(self, loop: "TrainingLoop", phase: int) -> None:
+        """After the phase's last epoch (CS clamps its logits; IMP records the level's ticket)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def resume(self, loop: "TrainingLoop") -> None:
+        """After a checkpoint restore: re-register what a state dict cannot hold (gradient hooks)."""
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochRecord:
+    phase: int
+    phase_name: str
+    epoch: int  # within the phase
+    global_epoch: int
+    lr: float
+    train_loss: float
+    train_accuracy: float
+    val_accuracy: float
+    test_accuracy: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        row = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        row.update(self.extra)
+        return row
+
+
+class TrainingLoop:
+    """Runs the phases a method declares, with per-epoch evaluation and resumable checkpoints."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataSplits,
+        hooks: Hooks,
+        *,
+        epochs: int,
+        optim: OptimConfig,
+        seed: int,
+        device: torch.device,
+        checkpoint_path: Path | None = None,
+        bf16: bool = False,
+        run_label: str = "",
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.hooks = hooks
+        self.epochs = epochs
+        self.optim = optim
+        self.seed = seed
+        self.device = device
+        self.checkpoint_path = checkpoint_path
+        self.autocast = bf16 and device.type == "cuda"
+        self.run_label = run_label or hooks.label
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self._optimizer_phase = -1
+        self.history: list[EpochRecord] = []
+        self.epoch_seconds: list[float] = []
+        self.global_epoch = 0
+
+    # -- checkpointing
+    def _save(self, phase: int, next_epoch: int, begun: bool) -> None:
+        if self.checkpoint_path is None:
+            return
+        atomic_torch_save(
+            {
+                "position": {"phase": phase, "next_epoch": next_epoch, "begun": begun},
+                "model": self.model.state_dict(),
+                # Saved even between phases: CS carries its optimiser state across rounds.
+                "optimizer_phase": self._optimizer_phase,
+                "optimizers": [opt.state_dict() for opt in self.optimizers],
+                "hooks": self.hooks.state_dict(),
+                "history": [r.as_dict() | {"_extra_keys": sorted(r.extra)} for r in self.history],
+                "epoch_seconds": list(self.epoch_seconds),
+                "global_epoch": self.global_epoch,
+            },
+            self.checkpoint_path,
+        )
+
+    def _restore(self) -> tuple[int, int, bool]:
+        state = load_checkpoint(self.checkpoint_path) if self.checkpoint_path else None
+        if state is None:
+            return 0, 0, False
+        self.model.load_state_dict(state["model"])
+        self.hooks.load_state_dict(state["hooks"])
+        self.hooks.resume(self)
+        self.history = [_record_from_dict(row) for row in state["history"]]
+        self.epoch_seconds = list(state["epoch_seconds"])
+        self.global_epoch = int(state["global_epoch"])
+        position = state["position"]
+        phase, next_epoch, begun = int(position["phase"]), int(position["next_epoch"]), bool(position["begun"])
+        if state["optimizers"]:
+            self._optimizer_phase = int(state["optimizer_phase"])
+            self.optimizers = self.hooks.make_optimizers(self, self._optimizer_phase)
+            for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+                optimizer.load_state_dict(saved)
+        log.info("%s: resuming from %s (phase %d, epoch %d)", self.run_label, self.checkpoint_path, phase, next_epoch)
+        return phase, next_epoch, begun
+
+    # -- running
+    def run(self) -> list[EpochRecord]:
+        phases = self.hooks.phases(self)
+        phase, next_epoch, begun = self._restore()
+        while phase < len(phases):
+            if not begun:
+                self.hooks.begin_phase(self, phase)
+                self.optimizers = self.hooks.make_optimizers(self, phase)
+                self._optimizer_phase = phase
+                begun = True
+            for epoch in range(next_epoch, phases[phase].epochs):
+                self._run_epoch(phases, phase, epoch)
+                self._save(phase, epoch + 1, True)
+            self.hooks.end_phase(self, phase)
+            phase, next_epoch, begun = phase + 1, 0, False
+            self._save(phase, 0, False)
+        return self.history
+
+    def _run_epoch(self, phases: list[Phase], phase: int, epoch: int) -> None:
+        started = time.perf_counter()
+        lr = lr_at(1.0, epoch, self.optim.lr_milestones, self.optim.lr_gamma)
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * lr
+        self.hooks.begin_epoch(self, phase, epoch)
+        generator = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, phase, epoch))
+        train_loss, train_accuracy = self._train_one_epoch(generator, f"{phases[phase].name} epoch {epoch + 1}/{phases[phase].epochs}")
+        val_accuracy = self.evaluate(self.data.val)
+        test_accuracy = self.evaluate(self.data.test)
+        extra = self.hooks.end_epoch(self, phase, epoch)
+        record = EpochRecord(
+            phase=phase,
+            phase_name=phases[phase].name,
+            epoch=epoch,
+            global_epoch=self.global_epoch,
+            lr=self.optimizers[0].param_groups[0]["lr"] if self.optimizers else 0.0,
+            train_loss=train_loss,
+            train_accuracy=train_accuracy,
+            val_accuracy=val_accuracy,
+            test_accuracy=test_accuracy,
+            extra=extra,
+        )
+        self.history.append(record)
+        self.global_epoch += 1
+        self.epoch_seconds.append(time.perf_counter() - started)
+        extras = " ".join(f"{k} {_fmt(v)}" for k, v in extra.items())
+        log.info(
+            "%s | %s epoch %d/%d | loss %.4f | train %.2f%% val %.2f%% test %.2f%% | %s | %.1fs",
+            self.run_label, phases[phase].name, epoch + 1, phases[phase].epochs, train_loss,
+            100 * train_accuracy, 100 * val_accuracy, 100 * test_accuracy, extras, self.epoch_seconds[-1],
+        )
+
+    def _train_one_epoch(self, generator: torch.Generator, description: str) -> tuple[float, float]:
+        self.model.train()
+        total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        for inputs, labels in progress(self.data.train.batches(generator), len(self.data.train), description):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                logits = self.model(inputs)
+                loss = self.hooks.loss(self, logits, labels)
+            for optimizer in self.optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for optimizer in self.optimizers:
+                optimizer.step()
+            # Accumulate on the device: a .item() per step would stall a GPU.
+            total_loss += loss.detach() * labels.numel()
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += labels.numel()
+        if seen == 0:
+            return 0.0, 0.0
+        mean_loss = float(total_loss) / seen
+        if mean_loss != mean_loss:  # NaN: stop now rather than write garbage downstream
+            raise FloatingPointError(f"{self.run_label}: training loss became NaN; lower the learning rate")
+        return mean_loss, int(correct) / seen
+
+    @torch.no_grad()
+    def evaluate(self, source: BatchSource) -> float:
+        self.model.eval()
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        for inputs, labels in source.batches(None):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+                logits = self.model(inputs)
+            correct += (logits.argmax(1) == labels).sum()
+            seen += labels.numel()
+        return int(correct) / seen if seen else 0.0
+
+
+def _record_from_dict(row: dict[str, Any]) -> EpochRecord:
+    row = dict(row)
+    extra_keys = row.pop("_extra_keys")
+    extra = {k: row.pop(k) for k in extra_keys}
+    return EpochRecord(**row, extra=extra)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def progress(iterable: Iterable, total: int, description: str) -> Iterable:
+    """A progress bar over batches when stderr is a terminal; the bare iterable otherwise."""
+    if not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=description, leave=False, unit="batch")
