@@ -1,0 +1,265 @@
+"""Tables in Markdown, CSV and LaTeX (a hand-written booktabs tabular; no pandas).
+
+``ticket_search``: per network, the dense accuracy and, per method, the best ticket, the sparsest
+matching ticket and the search cost to reach it ("—" where no ticket of the method matches).
+``inference_cost``: parameters and FLOPs of the dense network and of each method's sparsest
+matching ticket (nonzero).
+
+Markdown and LaTeX show rounded numbers (accuracy and remaining weights in %); the CSV keeps full
+precision, in the same units, with empty cells where Markdown shows "—".
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from cs_repro.report.aggregate import (
+    MATCHING_RULE,
+    STD_RULE,
+    Aggregates,
+    Group,
+)
+from cs_repro.report.rows import pretty_dataset, pretty_method, pretty_network
+
+NONE_MATCH = "—"
+
+
+@dataclass
+class Table:
+    name: str
+    caption: str
+    headers: list[str]
+    cells: list[list[str]]  # display strings, one list per row
+    csv_header: list[str]
+    csv_rows: list[list[Any]] = field(default_factory=list)
+
+
+# ---- number formatting (shared by Markdown and LaTeX) -------------------------------------------
+def fmt_acc(mean: float, std: float | None = None) -> str:
+    """Accuracy fraction -> "91.23 ± 0.45" (percent, 2 decimals)."""
+    text = f"{100 * mean:.2f}"
+    return text if std is None else f"{text} ± {100 * std:.2f}"
+
+
+def fmt_remaining(fraction: float) -> str:
+    """Remaining weights fraction -> percent: 2 decimals from 1% up, 3 below."""
+    pct = 100 * fraction
+    return f"{pct:.2f}" if pct >= 1 else f"{pct:.3f}"
+
+
+def fmt_epochs(epochs: float) -> str:
+    return f"{epochs:.0f}" if abs(epochs - round(epochs)) < 1e-9 else f"{epochs:.1f}"
+
+
+def fmt_int(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _csv_num(value: float | None) -> str:
+    return "" if value is None else f"{value:.10g}"
+
+
+def provenance(meta: Mapping[str, Any] | None) -> str:
+    """One sentence naming profile, seeds, hardware, total compute and git commit."""
+    if not meta:
+        return ""
+    seeds = meta.get("seeds", "not recorded")
+    seeds_text = ", ".join(map(str, seeds)) if isinstance(seeds, (list, tuple)) else str(seeds)
+    compute = meta.get("total_compute_seconds", "not recorded")
+    if isinstance(compute, (int, float)) and not isinstance(compute, bool):
+        compute_text = f"{compute:,.0f} s ({compute / 3600:.2f} h)"
+    else:
+        compute_text = str(compute)
+    return (f"Profile {meta.get('profile', 'not recorded')}; seeds {seeds_text}; hardware "
+            f"{meta.get('hardware', 'not recorded')}; total compute {compute_text}; git commit "
+            f"{meta.get('git_commit', 'not recorded')}.")
+
+
+# ---- the two tables --------------------------------------------------------------------------
+def ticket_search_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table:
+    headers = ["Network", "Method", "Best ticket: test acc. (%)",
+               "Best ticket: remaining weights (%)", "Sparsest matching: remaining weights (%)",
+               "Sparsest matching: sparsity (%)", "Sparsest matching: test acc. (%)",
+               "Search cost to reach it (epochs)", "Incl. retraining (epochs)"]
+    csv_header = ["network", "dataset", "method", "best_setting", "best_test_acc_mean_pct",
+                  "best_test_acc_std_pct", "best_remaining_pct", "best_n_seeds",
+                  "sparsest_matching_setting", "sparsest_matching_remaining_pct",
+                  "sparsest_matching_sparsity_pct", "sparsest_matching_test_acc_mean_pct",
+                  "sparsest_matching_test_acc_std_pct", "sparsest_matching_n_seeds",
+                  "search_epochs", "cost_epochs_incl_retraining"]
+    cells: list[list[str]] = []
+    rows: list[list[Any]] = []
+    for network in agg.networks():
+        title = f"{pretty_network(network)} ({pretty_dataset(agg.dataset(network))})"
+        dense = agg.dense(network)
+        if dense is not None:
+            cells.append([title, "Dense", fmt_acc(dense.test_acc_mean, dense.test_acc_std),
+                          "100", "", "", "", "", ""])
+            rows.append([network, dense.dataset, "dense", "", _csv_num(100 * dense.test_acc_mean),
+                         _csv_num(100 * dense.test_acc_std), "100", dense.n_seeds,
+                         "", "", "", "", "", "", "", ""])
+        for method in agg.methods(network, "ticket", "rewind"):
+            best = agg.best_ticket(network, method)
+            match = agg.sparsest_matching(network, method)
+            assert best is not None
+            cell = [title, pretty_method(method), fmt_acc(best.test_acc_mean, best.test_acc_std),
+                    fmt_remaining(best.remaining_mean)]
+            row = [network, best.dataset, method, best.setting,
+                   _csv_num(100 * best.test_acc_mean), _csv_num(100 * best.test_acc_std),
+                   _csv_num(100 * best.remaining_mean), best.n_seeds]
+            if match is None:
+                cell += [NONE_MATCH] * 5
+                row += [""] * 8
+            else:
+                cell += [fmt_remaining(match.remaining_mean),
+                         fmt_remaining(match.sparsity_mean),
+                         fmt_acc(match.test_acc_mean, match.test_acc_std),
+                         fmt_epochs(agg.search_cost(match)), fmt_epochs(agg.cost_to_reach(match))]
+                row += [match.setting, _csv_num(100 * match.remaining_mean),
+                        _csv_num(100 * match.sparsity_mean), _csv_num(100 * match.test_acc_mean),
+                        _csv_num(100 * match.test_acc_std), match.n_seeds,
+                        _csv_num(agg.search_cost(match)), _csv_num(agg.cost_to_reach(match))]
+            cells.append(cell)
+            rows.append(row)
+    caption = (
+        f"Ticket search (tickets retrained from the rewind point). Accuracies: {STD_RULE}. "
+        f"Matching rule: {MATCHING_RULE} \"{NONE_MATCH}\": no ticket of the method matches "
+        "(or there is no dense reference). Search cost to reach the sparsest matching ticket: "
+        "mean recorded search epochs (for IMP these already include training the ticket); "
+        "\"incl. retraining\" adds the retraining that measures the ticket's accuracy. "
+        "For CS this is one s0 run, i.e. the wall-clock cost when the s0 sweep runs in parallel."
+    )
+    if meta:
+        caption += " " + provenance(meta)
+    return Table("ticket_search", caption, headers, cells, csv_header, rows)
+
+
+def inference_cost_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table:
+    headers = ["Network", "Model", "Remaining weights (%)", "Parameters (nonzero)",
+               "Parameters vs dense", "FLOPs (nonzero)", "FLOPs vs dense"]
+    csv_header = ["network", "dataset", "model", "setting", "remaining_pct", "params_nonzero",
+                  "params_reduction", "flops_nonzero", "flops_reduction"]
+    cells: list[list[str]] = []
+    rows: list[list[Any]] = []
+    for network in agg.networks():
+        title = f"{pretty_network(network)} ({pretty_dataset(agg.dataset(network))})"
+        dense = agg.dense(network)
+        if dense is not None:
+            cells.append([title, "Dense", "100", fmt_int(dense.params_total), "1×",
+                          fmt_int(dense.flops_dense), "1×"])
+            rows.append([network, dense.dataset, "dense", "", "100",
+                         _csv_num(dense.params_total), "1", _csv_num(dense.flops_dense), "1"])
+        for method in agg.methods(network, "ticket", "rewind"):
+            match: Group | None = agg.sparsest_matching(network, method)
+            name = f"{pretty_method(method)}: sparsest matching ticket"
+            if match is None:
+                cells.append([title, name] + [NONE_MATCH] * 5)
+                rows.append([network, agg.dataset(network), method] + [""] * 6)
+                continue
+            p_red = (dense.params_total / match.params_nonzero
+                     if dense is not None and match.params_nonzero else None)
+            f_red = (dense.flops_dense / match.flops_nonzero
+                     if dense is not None and match.flops_nonzero else None)
+            cells.append([title, name, fmt_remaining(match.remaining_mean),
+                          fmt_int(match.params_nonzero),
+                          NONE_MATCH if p_red is None else f"{p_red:.1f}×",
+                          fmt_int(match.flops_nonzero),
+                          NONE_MATCH if f_red is None else f"{f_red:.1f}×"])
+            rows.append([network, match.dataset, method, match.setting,
+                         _csv_num(100 * match.remaining_mean), _csv_num(match.params_nonzero),
+                         _csv_num(p_red), _csv_num(match.flops_nonzero), _csv_num(f_red)])
+    convention = (meta or {}).get("flops_convention", "not recorded")
+    caption = (
+        "Inference cost of the dense network and of each method's sparsest matching ticket: "
+        "whole-network parameters and FLOPs counting only nonzero weights (means over seeds), "
+        f"and the reduction relative to the dense network. FLOP convention: {convention}. "
+        f"Matching rule: {MATCHING_RULE} \"{NONE_MATCH}\": no ticket of the method matches."
+    )
+    if meta:
+        caption += " " + provenance(meta)
+    return Table("inference_cost", caption, headers, cells, csv_header, rows)
+
+
+# ---- renderers -------------------------------------------------------------------------------
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def to_markdown(table: Table, with_caption: bool = True) -> str:
+    lines = []
+    if with_caption:
+        lines += [f"**Table ({table.name}).** {table.caption}", ""]
+    lines.append("| " + " | ".join(_md_cell(h) for h in table.headers) + " |")
+    lines.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(table.headers)))
+                 + "|")
+    for row in table.cells:
+        lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}"}
+_LATEX_UNICODE = {"±": r"$\pm$", "—": "---", "×": r"$\times$", "≥": r"$\geq$", "−": "$-$",
+                  "·": r"$\cdot$", "σ": r"$\sigma$", "β": r"$\beta$"}
+
+
+def latex_escape(text: str) -> str:
+    out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+    for uni, tex in _LATEX_UNICODE.items():
+        out = out.replace(uni, tex)
+    return out
+
+
+def to_latex(table: Table) -> str:
+    spec = "ll" + "r" * (len(table.headers) - 2)
+    lines = [
+        "% Generated by cs_repro.report.tables; needs \\usepackage{booktabs,graphicx}.",
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\small",
+        f"\\caption{{{latex_escape(table.caption)}}}",
+        f"\\label{{tab:{table.name}}}",
+        "\\resizebox{\\linewidth}{!}{%",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+        " & ".join(latex_escape(h) for h in table.headers) + " \\\\",
+        "\\midrule",
+    ]
+    previous = None
+    for row in table.cells:
+        if previous is not None and row[0] != previous:
+            lines.append("\\midrule")
+        previous = row[0]
+        lines.append(" & ".join(latex_escape(c) for c in row) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(table: Table, out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, tex, cs = (out_dir / f"{table.name}.{ext}" for ext in ("md", "tex", "csv"))
+    md.write_text(to_markdown(table))
+    tex.write_text(to_latex(table))
+    with cs.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(table.csv_header)
+        writer.writerows(table.csv_rows)
+    return [md, cs, tex]
+
+
+def make_tables(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> list[Table]:
+    return [ticket_search_table(agg, meta), inference_cost_table(agg, meta)]
+
+
+def write_tables(agg: Aggregates, out_dir: Path,
+                 meta: Mapping[str, Any] | None = None) -> list[Path]:
+    """Write every table as .md, .csv and .tex into ``out_dir`` (e.g. ``figures/tables``)."""
+    paths: list[Path] = []
+    for table in make_tables(agg, meta):
+        paths += write_table(table, out_dir)
+    return paths

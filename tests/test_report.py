@@ -1,0 +1,344 @@
+"""Report floor: rows -> aggregates -> figures, tables, REPORT.md (no training involved)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from matplotlib.collections import PolyCollection
+
+from cs_repro.report import MATCHING_RULE, Aggregates, RowError, generate
+from cs_repro.report import figures, markdown, tables
+from cs_repro.report.rows import load_results
+
+E = 10  # epochs per training run in the fixture
+SEEDS = (0, 1, 2)
+NETWORKS = {"lenet300_100": "fashion_mnist", "resnet20": "cifar10"}
+TITLES = {"lenet300_100": "LeNet-300-100 on Fashion-MNIST", "resnet20": "ResNet-20 on CIFAR-10"}
+ACC_OFFSET = (-0.005, 0.0, 0.005)  # per seed: sample std 0.005
+RW_FACTOR = (0.98, 1.0, 1.02)  # CS sparsity differs a little across seeds
+LAYERS = ("fc1.weight", "fc2.weight", "fc3.weight")
+
+# (setting, remaining weights, mean test accuracy, search seconds)
+CS = [("s0=0.05", 0.5, 0.914, 390.0), ("s0=0", 0.2, 0.915, 360.0), ("s0=-0.05", 0.05, 0.905, 330.0),
+      ("s0=-0.1", 0.02, 0.89, 300.0)]
+IMP = [(f"level={lvl}", 0.8 ** lvl, acc, 100.0 * (lvl + 1))
+       for lvl, acc in enumerate((0.912, 0.913, 0.91, 0.902, 0.895))]
+IMP_C = [("level=1", 0.8, 0.90, 0.0), ("level=2", 0.64, 0.88, 0.0)]
+
+
+def row(network, method, variant, seed, setting, rw, acc, *, track="ticket", search_epochs=0.0,
+        search_seconds=0.0, retrain=E, layers=None):
+    total = 1000
+    return {
+        "network": network, "dataset": NETWORKS.get(network, "cifar10"), "method": method,
+        "variant": variant, "track": track, "seed": seed, "setting": setting,
+        "remaining_weights": rw, "sparsity": 1.0 - rw, "test_accuracy": acc,
+        "val_accuracy": acc, "search_epochs": float(search_epochs),
+        "search_seconds": float(search_seconds), "retrain_epochs": retrain,
+        "layer_remaining": layers if layers is not None else {
+            name: min(1.0, rw * f) for name, f in zip(LAYERS, (0.8, 1.5, 3.0))},
+        "params_total": total, "params_nonzero": round(total * rw),
+        "flops_dense": 2 * total, "flops_nonzero": round(2 * total * rw),
+    }
+
+
+def fixture_rows() -> list[dict]:
+    rows = []
+    for net in NETWORKS:
+        for i, seed in enumerate(SEEDS):
+            off = ACC_OFFSET[i]
+            rows.append(row(net, "dense", "rewind", seed, "dense", 1.0, 0.91 + 2 * off,
+                            search_epochs=E))
+            for setting, rw, acc, secs in CS:
+                rows.append(row(net, "cs", "rewind", seed, setting, rw * RW_FACTOR[i], acc + off,
+                                search_epochs=3 * E, search_seconds=secs))
+                rows.append(row(net, "cs", "reinit", seed, setting, rw * RW_FACTOR[i],
+                                acc - 0.05 + off, search_epochs=3 * E, search_seconds=secs))
+            for lvl, (setting, rw, acc, secs) in enumerate(IMP):
+                rows.append(row(net, "imp", "rewind", seed, setting, rw, acc + off,
+                                search_epochs=(lvl + 1) * E, search_seconds=secs))
+                rows.append(row(net, "imp", "reinit", seed, setting, rw, acc - 0.04 + off,
+                                search_epochs=(lvl + 1) * E, search_seconds=secs))
+            for lvl, (setting, rw, acc, _) in enumerate(IMP_C, start=1):
+                rows.append(row(net, "imp_c", "rewind", seed, setting, rw, acc + off,
+                                search_epochs=(lvl + 1) * E, search_seconds=50.0 * (lvl + 1)))
+            for setting, rw, cs_acc, gmp_acc in (("s0=-0.05", 0.05, 0.90, 0.88),
+                                                 ("s0=-0.1", 0.02, 0.87, 0.86)):
+                rows.append(row(net, "cs", "pruned", seed, setting, rw, cs_acc + off,
+                                track="pruning", search_epochs=3 * E))
+                rows.append(row(net, "gmp", "pruned", seed, f"target={rw}", rw, gmp_acc + off,
+                                track="pruning", search_epochs=E))
+                rows.append(row(net, "gmp", "finetuned", seed, f"target={rw}", rw,
+                                gmp_acc + 0.005 + off, track="pruning", search_epochs=E))
+    return rows
+
+
+META = {"profile": "smoke", "git_commit": "abc1234", "hardware": "1x test CPU",
+        "seeds": list(SEEDS), "total_compute_seconds": 7200.0,
+        "flops_convention": "one multiply-add = 2 FLOPs", "matching_rule": MATCHING_RULE}
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    return fixture_rows()
+
+
+@pytest.fixture(scope="module")
+def agg(rows) -> Aggregates:
+    return Aggregates(rows)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, rows):
+    root = tmp_path_factory.mktemp("report")
+    results = root / "results.json"
+    results.write_text(json.dumps({"rows": rows, "meta": META}))
+    paper = root / "PAPER.md"
+    paper.write_text("# x\n\n## Results the paper claims (what must be checked)\n"
+                     "1. Claim one about sparser\n   matching tickets.\n2. Claim two, cost.\n"
+                     "3. Claim three, pruning.\n\n## Next section\n4. not a claim\n")
+    out = root / "figures"
+    paths = generate(results, out, claims_path=paper)
+    return out, paths
+
+
+def _stats(rows, **match):
+    sel = [r for r in rows if all(r[k] == v for k, v in match.items())]
+    acc = [r["test_accuracy"] for r in sel]
+    rw = [r["remaining_weights"] for r in sel]
+    return statistics.mean(acc), statistics.stdev(acc), statistics.mean(rw)
+
+
+# ---- rows ------------------------------------------------------------------------------------
+def test_missing_field_names_row_and_field(rows):
+    bad = [dict(r) for r in rows[:3]]
+    del bad[2]["search_epochs"]
+    with pytest.raises(ValueError, match=r"row 2.*search_epochs"):
+        Aggregates(bad)
+    bad = [dict(rows[0], remaining_weights=0.0)]
+    with pytest.raises(RowError, match="remaining_weights"):
+        Aggregates(bad)
+
+
+def test_load_results_round_trip(tmp_path, rows):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"rows": rows[:5], "meta": {"profile": "p"}}))
+    loaded, meta = load_results(path)
+    assert len(loaded) == 5 and meta["profile"] == "p" and meta["hardware"] == "not recorded"
+
+
+# ---- aggregation and matching ------------------------------------------------------------------
+def test_groups_mean_and_sample_std(rows, agg):
+    for net in NETWORKS:
+        dense = agg.dense(net)
+        mean, std, _ = _stats(rows, network=net, method="dense")
+        assert dense.test_acc_mean == pytest.approx(mean) and dense.test_acc_std == pytest.approx(std)
+        (g,) = [g for g in agg.groups_for(net, "cs") if g.setting == "s0=-0.05"]
+        mean, std, rw = _stats(rows, network=net, method="cs", variant="rewind", setting="s0=-0.05")
+        assert (g.test_acc_mean, g.test_acc_std, g.remaining_mean) == pytest.approx((mean, std, rw))
+        assert g.n_seeds == 3
+
+
+def test_best_and_sparsest_matching(agg):
+    assert agg.best_ticket("resnet20", "cs").setting == "s0=0"
+    assert agg.best_ticket("resnet20", "imp").setting == "level=1"
+    assert agg.sparsest_matching("resnet20", "cs").setting == "s0=-0.05"
+    assert agg.sparsest_matching("resnet20", "imp").setting == "level=3"
+    assert agg.sparsest_matching("resnet20", "imp_c").setting == "level=1"
+
+
+def test_no_match_tie_and_single_seed():
+    rows = [row("vgg16", "dense", "rewind", s, "dense", 1.0, a) for s, a in ((0, 0.93), (1, 0.95))]
+    rows += [row("vgg16", "cs", "rewind", 0, "s0=0", 0.1, 0.90)]  # below 0.94 - 0.0141
+    agg = Aggregates(rows)
+    assert agg.sparsest_matching("vgg16", "cs") is None
+    (g,) = agg.groups_for("vgg16", "cs")
+    assert g.n_seeds == 1 and g.test_acc_std == 0.0
+    table = tables.ticket_search_table(agg)
+    (cs_cells,) = [c for c in table.cells if c[1] == "CS"]
+    assert cs_cells[4:] == [tables.NONE_MATCH] * 5
+    # ties in remaining weights: the more accurate wins
+    rows += [row("vgg16", "cs", "rewind", 0, "s0=-0.01", 0.05, 0.94),
+             row("vgg16", "cs", "rewind", 0, "s0=-0.02", 0.05, 0.95),
+             row("vgg16", "cs", "rewind", 0, "s0=-0.03", 0.20, 0.96)]
+    assert Aggregates(rows).sparsest_matching("vgg16", "cs").setting == "s0=-0.02"
+    # a single dense seed: std 0, so matching needs the dense accuracy itself
+    single = [row("vgg16", "dense", "rewind", 0, "dense", 1.0, 0.93),
+              row("vgg16", "cs", "rewind", 0, "a", 0.1, 0.93),
+              row("vgg16", "cs", "rewind", 0, "b", 0.05, 0.9299)]
+    assert Aggregates(single).dense("vgg16").test_acc_std == 0.0
+    assert Aggregates(single).sparsest_matching("vgg16", "cs").setting == "a"
+
+
+def test_search_cost_curves_match_hand_computation(agg):
+    seq = agg.search_curve("lenet300_100", "cs", "sequential")
+    # natural order of s0: -0.1, -0.05, 0, 0.05; each run = 3 rounds x 10 + 10 retraining
+    assert [p.setting for p in seq.points] == ["s0=-0.1", "s0=-0.05", "s0=0", "s0=0.05"]
+    assert [p.cost for p in seq.points] == pytest.approx([40, 80, 120, 160])
+    assert [p.best_accuracy for p in seq.points] == pytest.approx([0.89, 0.905, 0.915, 0.915])
+    par = agg.search_curve("lenet300_100", "cs", "parallel")
+    assert par.final_cost == pytest.approx(40) and par.points[-1].best_accuracy == pytest.approx(0.915)
+    # seconds: retraining estimated at the search's seconds/epoch, i.e. x 4/3
+    par_s = agg.search_curve("lenet300_100", "cs", "parallel", "seconds")
+    assert [p.cost for p in par_s.points] == pytest.approx([400, 440, 480, 520])
+    seq_s = agg.search_curve("lenet300_100", "cs", "sequential", "seconds")
+    assert seq_s.final_cost == pytest.approx(400 + 440 + 480 + 520)
+    imp = agg.search_curve("lenet300_100", "imp", "sequential")
+    assert [p.cost for p in imp.points] == pytest.approx([10, 20, 30, 40, 50])  # not double counted
+    assert [p.best_accuracy for p in imp.points] == pytest.approx([0.912, 0.913, 0.913, 0.913, 0.913])
+    assert agg.search_curve("lenet300_100", "imp", "parallel") is None
+    imp_c = agg.search_curve("lenet300_100", "imp_c", "sequential")
+    assert [p.cost for p in imp_c.points] == pytest.approx([20 + 10, 30 + 20])
+    assert agg.cost_to_reach(agg.sparsest_matching("resnet20", "imp")) == 40
+    assert agg.cost_to_reach(agg.sparsest_matching("resnet20", "cs")) == 40
+
+
+# ---- outputs ---------------------------------------------------------------------------------
+def test_files_written(generated):
+    out, paths = generated
+    for name in ("ticket_search", "pruning", "search_cost", "layer_sparsity"):
+        for ext in ("png", "pdf"):
+            assert (out / f"{name}.{ext}").stat().st_size > 0
+    for name in ("ticket_search", "inference_cost"):
+        for ext in ("md", "csv", "tex"):
+            assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0
+    assert paths["report"] == [out / "REPORT.md"]
+
+
+def _legend_labels(fig):
+    assert len(fig.legends) == 1
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    return [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_headline_figure(agg):
+    fig = figures.ticket_search(agg)
+    assert [ax.get_title() for ax in fig.axes] == [TITLES[n] for n in NETWORKS]
+    labels = _legend_labels(fig)
+    assert {"CS", "IMP", figures.DENSE_LABEL} <= set(labels)
+    assert not any("IMP-C" in lab or "reinit" in lab for lab in labels)
+    for ax in fig.axes:
+        assert ax.get_xscale() == "log" and ax.xaxis_inverted()
+        assert ax.get_xlabel() == "Remaining weights (%)" and ax.get_ylabel() == "Test accuracy (%)"
+        assert ax.xaxis.label.get_fontsize() >= 14 and ax.yaxis.label.get_fontsize() >= 14
+        assert all(t.label1.get_fontsize() >= 12 for t in ax.yaxis.get_major_ticks())
+        assert sum(isinstance(c, PolyCollection) for c in ax.collections) >= 2  # CS and IMP bands
+        assert all(line.get_linewidth() >= 2.5 for line in ax.get_lines())
+        assert not any(c.__class__.__name__ == "ErrorbarContainer" for c in ax.containers)
+    full = figures.ticket_search(agg, show_optional=True)
+    labels = _legend_labels(full)
+    assert {"IMP-C", "CS (reinit)", "IMP (reinit)"} <= set(labels)
+
+
+def test_other_figures(agg):
+    fig = figures.search_cost(agg)
+    assert len(fig.axes) == 4 and len(fig.legends) == 1
+    labels = _legend_labels(fig)
+    assert any("CS, sequential" in lab for lab in labels)
+    assert any("parallel" in lab for lab in labels) and "IMP" in labels
+    assert figures.pruning(agg).axes[0].get_title() == TITLES["lenet300_100"]
+    assert figures.pruning(Aggregates([r for r in fixture_rows() if r["track"] == "ticket"])) is None
+    # layer target: CS sparsest matching (s0=-0.05, 5%); IMP's closest is level=4 (40.96%)
+    assert figures.layer_target(agg, "resnet20") == pytest.approx(0.05)
+    chosen = figures.closest_group(agg.groups_for("resnet20", "imp"), 0.05)
+    assert chosen.setting == "level=4"
+    fig = figures.layer_sparsity(agg)
+    assert len(fig.legends) == 1 and len(fig.axes[0].patches) == 2 * len(LAYERS)
+
+
+def _read_csv(path):
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_ticket_table_equals_independent_aggregates(generated, rows):
+    out, _ = generated
+    table = _read_csv(out / "tables" / "ticket_search.csv")
+    md = (out / "tables" / "ticket_search.md").read_text()
+    tex = (out / "tables" / "ticket_search.tex").read_text()
+    assert MATCHING_RULE in md
+    assert "\\begin{tabular}" in tex and "$\\pm$" in tex
+    for net in NETWORKS:
+        by_method = {r["method"]: r for r in table if r["network"] == net}
+        assert set(by_method) == {"dense", "cs", "imp", "imp_c"}
+        mean, std, _ = _stats(rows, network=net, method="dense")
+        assert float(by_method["dense"]["best_test_acc_mean_pct"]) == pytest.approx(100 * mean)
+        assert float(by_method["dense"]["best_test_acc_std_pct"]) == pytest.approx(100 * std)
+        assert f"{100 * mean:.2f} ± {100 * std:.2f}" in md
+        for method, setting in (("cs", "s0=-0.05"), ("imp", "level=3")):
+            mean, std, rw = _stats(rows, network=net, method=method, variant="rewind",
+                                   setting=setting)
+            r = by_method[method]
+            assert r["sparsest_matching_setting"] == setting
+            assert float(r["sparsest_matching_remaining_pct"]) == pytest.approx(100 * rw)
+            assert float(r["sparsest_matching_sparsity_pct"]) == pytest.approx(100 * (1 - rw))
+            assert float(r["sparsest_matching_test_acc_mean_pct"]) == pytest.approx(100 * mean)
+            assert float(r["sparsest_matching_test_acc_std_pct"]) == pytest.approx(100 * std)
+            assert f"{100 * mean:.2f} ± {100 * std:.2f}" in md
+        assert float(by_method["cs"]["search_epochs"]) == 30
+        assert float(by_method["cs"]["cost_epochs_incl_retraining"]) == 40
+        assert float(by_method["imp"]["search_epochs"]) == 40
+        assert float(by_method["imp"]["cost_epochs_incl_retraining"]) == 40
+        mean, std, _ = _stats(rows, network=net, method="cs", variant="rewind", setting="s0=0")
+        assert float(by_method["cs"]["best_test_acc_mean_pct"]) == pytest.approx(100 * mean)
+
+
+def test_inference_table(generated, rows):
+    out, _ = generated
+    table = _read_csv(out / "tables" / "inference_cost.csv")
+    md = (out / "tables" / "inference_cost.md").read_text()
+    assert META["flops_convention"] in md
+    cs = [r for r in table if r["network"] == "resnet20" and r["model"] == "cs"][0]
+    sel = [r for r in rows if r["network"] == "resnet20" and r["method"] == "cs"
+           and r["variant"] == "rewind" and r["setting"] == "s0=-0.05"]
+    assert float(cs["params_nonzero"]) == pytest.approx(statistics.mean(r["params_nonzero"] for r in sel))
+    assert float(cs["flops_nonzero"]) == pytest.approx(statistics.mean(r["flops_nonzero"] for r in sel))
+    dense = [r for r in table if r["network"] == "resnet20" and r["model"] == "dense"][0]
+    assert float(dense["params_nonzero"]) == 1000 and float(dense["flops_nonzero"]) == 2000
+
+
+def test_report(generated):
+    out, _ = generated
+    text = (out / "REPORT.md").read_text()
+    for name in ("ticket_search", "pruning", "search_cost", "layer_sparsity"):
+        assert f"({name}.png)" in text
+    for needle in ("smoke", "abc1234", "1x test CPU", "7,200 s", "0, 1, 2", MATCHING_RULE,
+                   "| Method |", "| Model |"):
+        assert needle in text
+    claims = text.split("## Claims", 1)[1]
+    assert "Claim one about sparser matching tickets." in claims and "not a claim" not in claims
+    verdicts = [line for line in claims.splitlines() if line.strip().startswith("**")]
+    assert len(verdicts) == 3
+    words = (markdown.SUPPORTED, markdown.NOT_SUPPORTED, markdown.CANNOT_JUDGE)
+    assert all(any(f"**{w}**" in v for w in words) for v in verdicts)
+
+
+def test_claim_verdicts_follow_the_numbers(agg, rows):
+    # claim 1: CS sparsest matching 5% < IMP 51.2%; IMP never goes below 40.96%, the sparsest
+    # level both reach, where CS (interpolated between 50% and 20%) beats IMP's 89.5%
+    verdict, sentence = markdown.judge_claim1(agg)
+    assert verdict == markdown.SUPPORTED and "51.20%" in sentence
+    # claim 2: one CS run 40 epochs vs IMP level 3 = 40 epochs: not cheaper
+    verdict, sentence = markdown.judge_claim2(agg)
+    assert verdict == markdown.NOT_SUPPORTED and "40 epochs" in sentence
+    # claim 3: CS pruned beats GMP (best of pruned / fine-tuned) at 2% remaining
+    assert markdown.judge_claim3(agg)[0] == markdown.SUPPORTED
+    only_ticket = Aggregates([r for r in rows if r["track"] == "ticket"])
+    verdict, sentence = markdown.judge_claim3(only_ticket)
+    assert verdict == markdown.CANNOT_JUDGE and "not run in this profile" in sentence
+    # the data going the other way: IMP more accurate than CS everywhere
+    flipped = [dict(r, test_accuracy=r["test_accuracy"] - 0.05) if r["method"] == "cs" else r
+               for r in rows]
+    assert markdown.judge_claim1(Aggregates(flipped))[0] == markdown.NOT_SUPPORTED
+
+
+def test_builtin_claims_without_paper():
+    assert markdown.read_claims(None) == list(markdown.BUILTIN_CLAIMS)
+    paper = Path("/work/shared/PAPER.md")
+    if paper.is_file():
+        claims = markdown.read_claims(paper)
+        assert len(claims) == 3 and claims[0].startswith("CS finds matching subnetworks")
