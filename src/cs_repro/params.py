@@ -34,6 +34,7 @@ class NetworkParams:
     model: str = _field("lenet300_100", "model registry name (cs-repro models lists them)")
     dataset: str = _field("fashion_mnist", "dataset registry name")
     train_subset: int = _field(0, "train on a class-balanced subset of this many images (0 = all)", min=0)
+    test_subset: int = _field(0, "evaluate on a class-balanced subset of this many test images (0 = all; quick profile only)", min=0)
     val_size: int = _field(5000, "class-balanced validation images held out of the training set", min=1)
     batch_size: int = _field(128, "mini-batch size", min=1)
     epochs: int = _field(10, "E: epochs per CS round, per IMP level and per ticket retraining", min=1)
@@ -92,12 +93,13 @@ class ControlParams:
 class SweepParams:
     """What fans out into DVC stages. Only stage names and commands read these, never a stage body."""
 
+    datasets: list[str] = _field(["fashion_mnist"], "datasets to prepare (every network's dataset must be here)")
     networks: list[str] = _field(["lenet300_100"], "keys of `networks` to run")
     seeds: list[int] = _field([0], "seeds; each one is its own set of stages")
     s0: list[float] = _field([0.0], "CS mask initialisations; each one is its own CS stage")
 
     def validate(self, where: str) -> None:
-        for key in ("networks", "seeds", "s0"):
+        for key in ("datasets", "networks", "seeds", "s0"):
             if not getattr(self, key):
                 raise UserError(f"{where}.{key} is empty: list at least one value")
 
@@ -135,6 +137,12 @@ class Params:
         from cs_repro.data import DATASETS
         from cs_repro.models import MODELS
 
+        for name in self.sweep.networks:
+            dataset = self.networks[name].dataset
+            if dataset not in self.sweep.datasets:
+                raise UserError(f"networks.{name}.dataset={dataset!r} is not in sweep.datasets {self.sweep.datasets}: add it")
+        if len(set(self.sweep.seeds)) != len(self.sweep.seeds) or len(set(self.sweep.s0)) != len(self.sweep.s0):
+            raise UserError("sweep.seeds and sweep.s0 must not repeat a value")
         for name, net in self.networks.items():
             net.validate(f"networks.{name}")
             if net.model not in MODELS:

@@ -1,0 +1,259 @@
+"""`cs-repro`: the command-line app the DVC stages call (one command per stage) plus helpers.
+
+Every user-fixable problem (bad params, missing data, a damaged ticket) ends with one line on stderr
+and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from cs_repro.errors import UserError
+
+app = typer.Typer(
+    help="Continuous Sparsification reproduction: ticket search (CS, IMP), retraining, evaluation, figures.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+log = logging.getLogger("cs_repro")
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="params file to read (DVC's params.yaml)")]
+DeviceOption = Annotated[
+    Optional[str], typer.Option("--device", help="auto | cpu | cuda (default: $CS_REPRO_DEVICE or auto)")
+]
+TimingOption = Annotated[
+    Optional[Path], typer.Option("--timing", help="directory for timing.json (wall-clock, kept apart from the deterministic outputs; default: --out)")
+]
+CheckpointOption = Annotated[
+    Path, typer.Option("--checkpoint-dir", help="where per-epoch resume checkpoints live (outside DVC outputs)")
+]
+DEFAULT_CHECKPOINTS = Path(".cache/checkpoints")
+
+
+def _setup_logging(quiet: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def user_errors(command: Callable) -> Callable:
+    """Turn UserError (and Ctrl-C) into one line and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        _setup_logging()
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: progress up to the last finished epoch is kept; run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _params(path: Path):
+    from cs_repro.params import load_params
+
+    return load_params(path)
+
+
+def _device(requested: str | None):
+    from cs_repro.device import choose_device, hardware_name
+
+    device = choose_device(requested)
+    if device.type == "cpu":
+        log.info("running on the CPU (%s)", hardware_name(device))
+    else:
+        log.info("running on %s", hardware_name(device))
+    return device
+
+
+@app.command()
+@user_errors
+def prepare(
+    dataset: Annotated[str, typer.Argument(help="dataset registry name, e.g. fashion_mnist or cifar10")],
+    params: ParamsOption = Path("params.yaml"),
+    out: Annotated[Optional[Path], typer.Option(help="output file (default data/prepared/<dataset>.pt)")] = None,
+) -> None:
+    """Read a raw dataset (checksums verified) into one tensor file under data/prepared/."""
+    from cs_repro.experiment import prepare_dataset, prepared_path
+
+    p = _params(params)
+    summary = prepare_dataset(p, dataset, out or prepared_path(dataset))
+    log.info("prepared %s: %d training and %d test images", dataset, summary["train"], summary["test"])
+
+
+@app.command("cs-search")
+@user_errors
+def cs_search(
+    network: Annotated[str, typer.Option(help="key of `networks` in params.yaml")],
+    s0: Annotated[float, typer.Option(help="initial mask logit (lower -> sparser ticket)")],
+    seed: Annotated[int, typer.Option(help="seed: init, split, data order, augmentation")],
+    out: Annotated[Path, typer.Option(help="output directory (ticket.pt, metrics.json, timing.json)")],
+    params: ParamsOption = Path("params.yaml"),
+    device: DeviceOption = None,
+    checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
+    timing: TimingOption = None,
+) -> None:
+    """Continuous Sparsification ticket search for one (network, s0, seed)."""
+    from cs_repro.experiment import run_cs_search
+
+    p = _params(params)
+    run_cs_search(p, network, s0, seed, out, _device(device), checkpoint_dir, timing)
+
+
+@app.command()
+@user_errors
+def imp(
+    network: Annotated[str, typer.Option(help="key of `networks` in params.yaml")],
+    seed: Annotated[int, typer.Option(help="seed: init, split, data order, augmentation")],
+    out: Annotated[Path, typer.Option(help="output directory (tickets/, metrics.json, timing.json)")],
+    continue_search: Annotated[bool, typer.Option("--continue", help="IMP-C: do not rewind between levels")] = False,
+    params: ParamsOption = Path("params.yaml"),
+    device: DeviceOption = None,
+    checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
+    timing: TimingOption = None,
+) -> None:
+    """Iterative magnitude pruning with rewinding (IMP), or IMP-C with --continue. Level l's training is
+    the retraining of ticket l."""
+    from cs_repro.experiment import run_imp
+    from cs_repro.io import atomic_write_json
+
+    p = _params(params)
+    if continue_search and p.imp.continue_levels == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json({"skipped": "imp.continue_levels is 0"}, out / "skipped.json")
+        log.info("IMP-C skipped: imp.continue_levels is 0")
+        return
+    run_imp(p, network, seed, out, _device(device), continue_search, checkpoint_dir, timing)
+
+
+@app.command()
+@user_errors
+def retrain(
+    tickets: Annotated[Path, typer.Option(help="a ticket file, or a directory of ticket files (*.pt)")],
+    out: Annotated[Path, typer.Option(help="output directory: <variant>/ (one ticket) or <ticket>/<variant>/")],
+    variants: Annotated[str, typer.Option(help="comma list of rewind, reinit; 'controls' = rewind plus the controls params.yaml enables; 'control-only' = the enabled controls alone")] = "controls",
+    params: ParamsOption = Path("params.yaml"),
+    device: DeviceOption = None,
+    checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
+    timing: TimingOption = None,
+) -> None:
+    """Retrain tickets from their rewind point ('rewind') and/or from fresh weights ('reinit' control)."""
+    from cs_repro.experiment import run_retrain
+    from cs_repro.io import atomic_write_json
+    from cs_repro.tickets import load_ticket
+
+    p = _params(params)
+    controls = ["reinit"] if p.controls.reinit else []
+    chosen = {"controls": ["rewind", *controls], "control-only": controls}.get(variants, variants.split(","))
+    for variant in chosen:
+        if variant not in ("rewind", "reinit"):
+            raise UserError(f"--variants: {variant!r} is not allowed; use rewind, reinit, controls or control-only")
+    files = sorted(tickets.glob("*.pt")) if tickets.is_dir() else [tickets]
+    if not files:
+        raise UserError(f"no ticket files (*.pt) in {tickets}")
+    out.mkdir(parents=True, exist_ok=True)
+    if not chosen:
+        atomic_write_json({"skipped": "controls.reinit is false"}, out / "skipped.json")
+        return
+    dev = _device(device)
+    for path in files:
+        if tickets.is_dir() and load_ticket(path).metadata.get("remaining_weights", 0.0) >= 1.0:
+            continue  # the dense 'ticket' (IMP level 0) has nothing to control for
+        for variant in chosen:
+            relative = Path(path.stem, variant) if tickets.is_dir() else Path(variant)
+            run_retrain(p, path, variant, out / relative, dev, checkpoint_dir, timing / relative if timing else None)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    runs: Annotated[Path, typer.Option(help="the runs/ directory written by the search and retrain stages")] = Path("runs"),
+    timings: Annotated[Path, typer.Option(help="the timings/ directory (mirrors runs/)")] = Path("timings"),
+    out: Annotated[Path, typer.Option(help="metrics directory")] = Path("metrics"),
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Collect every run into metrics/results.json, DVC metrics (summary.json) and plot data."""
+    from cs_repro.evaluation import evaluate_runs
+
+    evaluate_runs(_params(params), runs, out, timings)
+
+
+@app.command()
+@user_errors
+def report(
+    results: Annotated[Path, typer.Option(help="metrics/results.json from `evaluate`")] = Path("metrics/results.json"),
+    out: Annotated[Path, typer.Option(help="figures directory")] = Path("figures"),
+    show_optional: Annotated[bool, typer.Option(help="also draw IMP-C and the controls")] = False,
+    claims: Annotated[Optional[Path], typer.Option(help="PAPER.md to read the claims from")] = None,
+) -> None:
+    """Figures (PNG, PDF), tables (Markdown, CSV, LaTeX) and figures/REPORT.md, from the metrics alone."""
+    from cs_repro.report import generate
+
+    if not results.exists():
+        raise UserError(f"{results} does not exist: run `dvc repro evaluate` first")
+    generate(results, out, show_optional=show_optional, claims_path=claims)
+    log.info("figures, tables and REPORT.md written to %s", out)
+
+
+@app.command("params")
+@user_errors
+def show_params(check: Annotated[Optional[Path], typer.Option(help="validate this params file")] = None) -> None:
+    """List every parameter with its default and meaning; with --check, validate a params file."""
+    from cs_repro.params import describe
+
+    if check is not None:
+        p = _params(check)
+        typer.echo(f"{check}: valid ({p.profile} profile, {len(p.sweep.networks)} networks, "
+                   f"{len(p.sweep.seeds)} seeds, {len(p.sweep.s0)} s0 values)")
+        return
+    for key, default, help_text in describe():
+        typer.echo(f"{key:34s} {default:>14s}  {help_text}")
+
+
+@app.command("use-profile")
+@user_errors
+def use_profile(
+    name: Annotated[str, typer.Argument(help="profile: quick or paper (conf/profile/<name>.yaml)")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="Hydra overrides, e.g. lambda=1e-9 seeds=[0]")] = None,
+    out: Annotated[Path, typer.Option(help="params file to write")] = Path("params.yaml"),
+) -> None:
+    """Write params.yaml from a profile (what `dvc exp run -S profile=NAME` does), then validate it."""
+    from cs_repro.params import params_from_dict
+    from cs_repro.profiles import compose_profile, write_params
+
+    composed = compose_profile(name, overrides or [])
+    params_from_dict(composed)
+    write_params(composed, out)
+    log.info("%s now holds the %s profile; run `dvc repro`", out, name)
+
+
+@app.command("list")
+@user_errors
+def list_registered() -> None:
+    """The registered models, datasets and methods."""
+    from cs_repro.data import DATASETS
+    from cs_repro.methods import METHODS
+    from cs_repro.models import MODELS
+
+    typer.echo("models:   " + ", ".join(MODELS.names()))
+    typer.echo("datasets: " + ", ".join(DATASETS.names()))
+    typer.echo("methods:  " + ", ".join(METHODS.names()))
+
+
+if __name__ == "__main__":
+    app()

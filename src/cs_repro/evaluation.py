@@ -1,0 +1,215 @@
+"""The evaluation stage: every run under runs/ becomes result rows (the report's input), DVC metrics
+(`metrics/summary.json`) and DVC plot data. No training happens here; FLOPs are counted from the
+ticket masks on a freshly built network.
+
+Row sources, by the `method` field of each metrics.json:
+  imp / imp_c search -> one row per level (imp: the level's training *is* the rewind retraining;
+                        imp level 0 is also the dense reference)
+  cs search          -> the pruning-track row (trained weights, binary mask, no retraining)
+  retrain_<variant>  -> one ticket-track row for the ticket it retrained (rewind or a control)
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from cs_repro.flops import CONVENTION, count_cost
+from cs_repro.io import atomic_write_json, read_json
+from cs_repro.params import Params
+from cs_repro.tickets import load_ticket
+
+log = logging.getLogger("cs_repro")
+
+
+def _timing_dir(metrics_path: Path, runs: Path, timings: Path | None) -> Path:
+    """Where a run's timing.json lives: the mirror of its runs/ folder under timings/, else beside it."""
+    if timings is not None:
+        mirrored = Path(timings) / metrics_path.parent.relative_to(runs)
+        if mirrored.exists():
+            return mirrored
+    return metrics_path.parent
+
+
+def _timing(folder: Path) -> dict[str, Any]:
+    timing = folder / "timing.json"
+    return read_json(timing, "timing") if timing.exists() else {}
+
+
+class _CostCounter:
+    """FLOPs and parameters of a network under a mask; one built model per network."""
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+        self._models: dict[str, Any] = {}
+
+    def __call__(self, network: str, masks) -> dict[str, int]:
+        from cs_repro.data import DATASETS
+        from cs_repro.models import build_model
+
+        net = self.params.network(network)
+        spec = DATASETS.get(net.dataset)
+        if network not in self._models:
+            channels, size, _ = spec.image_shape
+            self._models[network] = build_model(net.model, spec.num_classes, channels, size)
+        cost = count_cost(self._models[network], spec.image_shape, masks)
+        return {"params_total": cost.params_total, "params_nonzero": cost.params_nonzero,
+                "flops_dense": cost.flops_dense, "flops_nonzero": cost.flops_nonzero}
+
+
+def _row(network: str, dataset: str, method: str, variant: str, track: str, seed: int, setting: str,
+         remaining: float, test: float, val: float, search_epochs: float, search_seconds: float,
+         retrain_epochs: int, layer_remaining: dict, cost: dict) -> dict[str, Any]:
+    return {
+        "network": network, "dataset": dataset, "method": method, "variant": variant, "track": track,
+        "seed": seed, "setting": setting, "remaining_weights": remaining, "sparsity": 1.0 - remaining,
+        "test_accuracy": test, "val_accuracy": val, "search_epochs": search_epochs,
+        "search_seconds": search_seconds, "retrain_epochs": retrain_epochs,
+        "layer_remaining": layer_remaining, **cost,
+    }
+
+
+def collect_rows(params: Params, runs: Path, timings: Path | None = None) -> tuple[list[dict[str, Any]], float, set[str]]:
+    """(rows, total compute seconds, hardware names) from every metrics.json under `runs`."""
+    rows, total_seconds, hardware = [], 0.0, set()
+    cost_of = _CostCounter(params)
+    search_seconds: dict[tuple, float] = {}
+    files = sorted(Path(runs).rglob("metrics.json"))
+    documents = [(path, read_json(path, "run metrics")) for path in files]
+    for path, doc in documents:
+        timing = _timing(_timing_dir(path, runs, timings))
+        total_seconds += float(timing.get("seconds", 0.0))
+        if "hardware" in timing:
+            hardware.add(timing["hardware"])
+        if doc.get("method") == "cs":
+            search_seconds[(doc["network"], doc["seed"], doc["setting"])] = float(timing.get("seconds", 0.0))
+    for path, doc in documents:
+        method = doc.get("method")
+        network = doc.get("network")
+        if network not in params.networks:
+            log.warning("%s: network %r is not in params.yaml; skipped", path, network)
+            continue
+        dataset = params.networks[network].dataset
+        epochs = params.networks[network].epochs
+        if method in ("imp", "imp_c"):
+            level_seconds = {}
+            timing_file = _timing_dir(path, runs, timings) / "level_timing.json"
+            if timing_file.exists():
+                level_seconds = {r["level"]: r["search_seconds"] for r in read_json(timing_file)["levels"]}
+            for level in doc["levels"]:
+                ticket = load_ticket(path.parent / "tickets" / f"level_{level['level']:02d}.pt")
+                cost = cost_of(network, ticket.masks)
+                common = dict(seed=doc["seed"], remaining=level["remaining_weights"], test=level["test_accuracy"],
+                              val=level["val_accuracy"], search_epochs=level["search_epochs"],
+                              search_seconds=float(level_seconds.get(level["level"], 0.0)), retrain_epochs=epochs,
+                              layer_remaining=level["layer_remaining"], cost=cost)
+                if method == "imp":
+                    rows.append(_row(network, dataset, "imp", "rewind", "ticket", setting=level["setting"], **common))
+                    if level["level"] == 0:
+                        rows.append(_row(network, dataset, "dense", "rewind", "ticket", setting="dense", **common))
+                else:
+                    # IMP-C's own level training continues from trained weights: a pruning-track result.
+                    rows.append(_row(network, dataset, "imp_c", "pruned", "pruning", setting=level["setting"], **common))
+        elif method == "cs":
+            ticket = load_ticket(path.parent / "ticket.pt")
+            rows.append(_row(
+                network, dataset, "cs", "pruned", "pruning", doc["seed"], doc["setting"],
+                doc["final"]["remaining_weights"], doc["pruned"]["test_accuracy"], doc["pruned"]["val_accuracy"],
+                doc["final"]["search_epochs"], search_seconds.get((network, doc["seed"], doc["setting"]), 0.0), 0,
+                doc["final"]["layer_remaining"], cost_of(network, ticket.masks),
+            ))
+        elif method and method.startswith("retrain_"):
+            meta = doc["ticket"]
+            seconds = search_seconds.get((network, doc["seed"], meta["setting"]), 0.0) if meta["method"] == "cs" else 0.0
+            ticket_path = _ticket_path_for(path, doc)
+            masks = load_ticket(ticket_path).masks if ticket_path else None
+            rows.append(_row(
+                network, dataset, meta["method"], doc["variant"], "ticket", doc["seed"], meta["setting"],
+                doc["final"]["remaining_weights"], doc["final"]["test_accuracy"], doc["final"]["val_accuracy"],
+                meta["search_epochs"], seconds, doc["final"]["retrain_epochs"], doc["final"]["layer_remaining"],
+                cost_of(network, masks) if masks is not None else {},
+            ))
+    return rows, total_seconds, hardware
+
+
+def _ticket_path_for(metrics_path: Path, doc: dict) -> Path | None:
+    """The ticket a retrain run used: recorded by digest; found next to the run by convention."""
+    for candidate in (metrics_path.parent.parent.parent / "search" / "ticket.pt",
+                      metrics_path.parent.parent.parent / "tickets" / f"{metrics_path.parent.parent.name}.pt"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def evaluate_runs(params: Params, runs: Path, out: Path, timings: Path | None = None) -> dict[str, Any]:
+    from cs_repro.report import aggregate as agg_module
+    from cs_repro.report.aggregate import Aggregates
+
+    rows, total_seconds, hardware = collect_rows(params, runs, timings)
+    if not rows:
+        from cs_repro.errors import UserError
+
+        raise UserError(f"no finished runs under {runs}: run the search stages first (dvc repro)")
+    meta = {
+        "profile": params.profile,
+        "git_commit": git_commit(),
+        "hardware": "; ".join(sorted(hardware)) or "not recorded",
+        "seeds": sorted({r["seed"] for r in rows}),
+        "total_compute_seconds": total_seconds,
+        "flops_convention": CONVENTION,
+        "matching_rule": agg_module.MATCHING_RULE,
+    }
+    atomic_write_json({"rows": rows, "meta": meta}, out / "results.json")
+    aggregates = Aggregates(rows)
+    summary = summarize(aggregates)
+    atomic_write_json(summary, out / "summary.json")
+    write_plot_data(aggregates, out / "plots")
+    log.info("evaluated %d result rows from %s", len(rows), runs)
+    return summary
+
+
+def summarize(aggregates) -> dict[str, Any]:
+    """DVC metrics: dense accuracy and, per method, the best and the sparsest matching ticket."""
+    summary: dict[str, Any] = {}
+    for network in aggregates.networks():
+        entry: dict[str, Any] = {}
+        dense = aggregates.dense(network)
+        if dense is not None:
+            entry["dense"] = {"test_accuracy": dense.test_acc_mean, "test_accuracy_std": dense.test_acc_std}
+        for method in aggregates.methods(network, track="ticket"):
+            if method == "dense":
+                continue
+            best = aggregates.best_ticket(network, method)
+            sparsest = aggregates.sparsest_matching(network, method)
+            entry[method] = {
+                "best_test_accuracy": best.test_acc_mean if best else None,
+                "best_remaining_weights": best.remaining_mean if best else None,
+                "sparsest_matching_remaining_weights": sparsest.remaining_mean if sparsest else None,
+                "sparsest_matching_test_accuracy": sparsest.test_acc_mean if sparsest else None,
+            }
+        summary[network] = entry
+    return summary
+
+
+def write_plot_data(aggregates, out_dir: Path) -> None:
+    """One CSV per network for `dvc plots show`: mean test accuracy vs remaining weights, per method."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for network in aggregates.networks():
+        lines = ["method,remaining_weights_percent,test_accuracy_percent"]
+        for method in aggregates.methods(network, track="ticket"):
+            for group in aggregates.groups_for(network, method):
+                lines.append(f"{method},{100 * group.remaining_mean:.6g},{100 * group.test_acc_mean:.6g}")
+        from cs_repro.io import atomic_write_text
+
+        atomic_write_text("\n".join(lines) + "\n", out_dir / f"{network}.csv")
