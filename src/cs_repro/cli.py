@@ -54,7 +54,7 @@ def user_errors(command: Callable) -> Callable:
         _setup_logging()
         try:
             return command(*args, **kwargs)
-        except UserError as error:
+        except (UserError, FloatingPointError) as error:  # FloatingPointError: the loss diverged
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:

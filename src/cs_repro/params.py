@@ -137,12 +137,6 @@ class Params:
         from cs_repro.data import DATASETS
         from cs_repro.models import MODELS
 
-        for name in self.sweep.networks:
-            dataset = self.networks[name].dataset
-            if dataset not in self.sweep.datasets:
-                raise UserError(f"networks.{name}.dataset={dataset!r} is not in sweep.datasets {self.sweep.datasets}: add it")
-        if len(set(self.sweep.seeds)) != len(self.sweep.seeds) or len(set(self.sweep.s0)) != len(self.sweep.s0):
-            raise UserError("sweep.seeds and sweep.s0 must not repeat a value")
         for name, net in self.networks.items():
             net.validate(f"networks.{name}")
             if net.model not in MODELS:
@@ -151,6 +145,12 @@ class Params:
                 raise UserError(
                     f"networks.{name}.dataset: unknown dataset {net.dataset!r}; allowed: {', '.join(DATASETS.names())}"
                 )
+        for name in self.sweep.networks:
+            dataset = self.networks[name].dataset
+            if dataset not in self.sweep.datasets:
+                raise UserError(f"networks.{name}.dataset={dataset!r} is not in sweep.datasets {self.sweep.datasets}: add it")
+        if len(set(self.sweep.seeds)) != len(self.sweep.seeds) or len(set(self.sweep.s0)) != len(self.sweep.s0):
+            raise UserError("sweep.seeds and sweep.s0 must not repeat a value")
 
     def network(self, name: str) -> NetworkParams:
         if name not in self.networks:
