@@ -123,24 +123,14 @@ def collect_rows(params: Params, runs: Path, timings: Path | None = None) -> tup
         elif method and method.startswith("retrain_"):
             meta = doc["ticket"]
             seconds = search_seconds.get((network, doc["seed"], meta["setting"]), 0.0) if meta["method"] == "cs" else 0.0
-            ticket_path = _ticket_path_for(path, doc)
-            masks = load_ticket(ticket_path).masks if ticket_path else None
+            masks = load_ticket(Path(doc["ticket_file"])).masks
             rows.append(_row(
                 network, dataset, meta["method"], doc["variant"], "ticket", doc["seed"], meta["setting"],
                 doc["final"]["remaining_weights"], doc["final"]["test_accuracy"], doc["final"]["val_accuracy"],
                 meta["search_epochs"], seconds, doc["final"]["retrain_epochs"], doc["final"]["layer_remaining"],
-                cost_of(network, masks) if masks is not None else {},
+                cost_of(network, masks),
             ))
     return rows, total_seconds, hardware
-
-
-def _ticket_path_for(metrics_path: Path, doc: dict) -> Path | None:
-    """The ticket a retrain run used: recorded by digest; found next to the run by convention."""
-    for candidate in (metrics_path.parent.parent.parent / "search" / "ticket.pt",
-                      metrics_path.parent.parent.parent / "tickets" / f"{metrics_path.parent.parent.name}.pt"):
-        if candidate.exists():
-            return candidate
-    return None
 
 
 def git_commit() -> str:
@@ -153,10 +143,15 @@ def git_commit() -> str:
 
 
 def evaluate_runs(params: Params, runs: Path, out: Path, timings: Path | None = None) -> dict[str, Any]:
-    from cs_repro.report import aggregate as agg_module
-    from cs_repro.report.aggregate import Aggregates
+    from cs_repro.report.aggregate import MATCHING_RULE, Aggregates
 
     rows, total_seconds, hardware = collect_rows(params, runs, timings)
+    # A ticket that keeps no weight at all (s0 too low) predicts one class; it has no place on a log axis.
+    empty = [r for r in rows if r["remaining_weights"] <= 0.0]
+    for row in empty:
+        log.warning("%s %s %s seed %d keeps no weights; listed under meta.empty_tickets, not plotted",
+                    row["network"], row["method"], row["setting"], row["seed"])
+    rows = [r for r in rows if r["remaining_weights"] > 0.0]
     if not rows:
         from cs_repro.errors import UserError
 
@@ -168,7 +163,8 @@ def evaluate_runs(params: Params, runs: Path, out: Path, timings: Path | None = 
         "seeds": sorted({r["seed"] for r in rows}),
         "total_compute_seconds": total_seconds,
         "flops_convention": CONVENTION,
-        "matching_rule": agg_module.MATCHING_RULE,
+        "matching_rule": MATCHING_RULE,
+        "empty_tickets": sorted({f"{r['network']} {r['method']} {r['setting']} seed={r['seed']}" for r in empty}),
     }
     atomic_write_json({"rows": rows, "meta": meta}, out / "results.json")
     aggregates = Aggregates(rows)

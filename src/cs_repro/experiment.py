@@ -315,7 +315,8 @@ def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, 
     final = _final(history, remaining_weights=meta["remaining_weights"], layer_remaining=meta["layer_remaining"],
                    search_epochs=meta["search_epochs"], retrain_epochs=net.epochs)
     _write_run(out_dir, run, history, final, time.perf_counter() - started, loop.epoch_seconds, device,
-               {"ticket": {k: v for k, v in meta.items() if k != "params"}, "variant": variant}, timing_dir)
+               {"ticket": {k: v for k, v in meta.items() if k != "params"}, "ticket_file": str(ticket_path),
+                "variant": variant}, timing_dir)
     _drop_checkpoint(run, checkpoint_dir)
     return final
 

@@ -1,0 +1,37 @@
+# Two entry points (README): `make repro` and `make test`. Both set up .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup data repro test test-fast bench lint clean-runs
+
+$(BIN)/cs-repro: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(BIN)/cs-repro data
+
+# Fashion-MNIST for the quick profile comes from Debian's package (offline).
+data:
+	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || \
+	  { command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) ; } || \
+	  { echo "Fashion-MNIST missing: apt-get install dataset-fashion-mnist, or set data.root in params.yaml"; exit 1; }
+
+repro: setup
+	dvc repro
+	@echo "Done. Figures and REPORT.md: figures/ ; tables: figures/tables/ ; metrics: dvc metrics show"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/mask_overhead.py
+
+lint: setup
+	$(BIN)/hadolint Dockerfile

@@ -1,0 +1,142 @@
+"""The DVC pipeline's wiring, checked without running it: profiles, declared params, parameter parsing."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cs_repro.errors import UserError
+from cs_repro.params import load_params, params_from_dict
+from cs_repro.profiles import compose_profile
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.fixture(scope="module")
+def quick() -> dict:
+    return compose_profile("quick", conf_dir=REPO / "conf")
+
+
+def test_committed_params_are_the_quick_profile(quick):
+    assert yaml.safe_load((REPO / "params.yaml").read_text()) == quick
+
+
+@pytest.mark.parametrize("profile", ["quick", "paper"])
+def test_every_profile_validates(profile):
+    params = params_from_dict(compose_profile(profile, conf_dir=REPO / "conf"))
+    assert params.profile == profile
+
+
+def test_quick_profile_meets_the_brief(quick):
+    params = params_from_dict(quick)
+    assert {params.network(n).dataset for n in params.sweep.networks} == {"fashion_mnist"}
+    assert len(params.sweep.seeds) >= 2 and len(params.sweep.s0) >= 5
+    assert 1 - (1 - params.imp.prune_fraction) ** params.imp.levels >= 0.95
+    assert params.controls.reinit
+
+
+def test_paper_profile_follows_the_released_protocol():
+    params = params_from_dict(compose_profile("paper", conf_dir=REPO / "conf"))
+    assert set(params.sweep.networks) == {"resnet20", "vgg16"} and len(params.sweep.seeds) == 3
+    resnet = params.network("resnet20")
+    assert (resnet.epochs, resnet.lr_milestones, resnet.batch_size, resnet.rewind_epoch) == (85, [56, 71], 128, 2)
+    assert resnet.augment and resnet.val_size == 5000 and resnet.weight_decay == 1e-4
+    assert 1 - (1 - params.imp.prune_fraction) ** params.imp.levels >= 0.98
+    assert (params.cs.beta_final, params.cs.rounds, params.lambda_) == (200.0, 3, 1e-8)
+
+
+def test_lambda_override_composes_as_a_float():
+    composed = compose_profile("quick", ["lambda=1e-9"], conf_dir=REPO / "conf")
+    assert params_from_dict(composed).lambda_ == 1e-9
+
+
+def _declared(stage: dict) -> set[str]:
+    return {p if isinstance(p, str) else next(iter(p)) for p in stage.get("params", [])}
+
+
+def test_each_stage_declares_only_the_params_it_reads(stages):
+    assert _declared(stages["prepare"]["do"]) == {"data"}
+    assert _declared(stages["cs_search"]) == {"lambda", "cs", "networks.${item.network}"}
+    assert _declared(stages["cs_retrain"]) == {"controls", "networks.${item.network}"}
+    assert _declared(stages["imp_search"]) == {"imp.prune_fraction", "imp.levels", "networks.${item.network}"}
+    assert _declared(stages["imp_controls"]) == {"controls", "networks.${item.network}"}
+    # lambda reaches CS work only; imp reaches IMP work only; the sweep lists reach no stage body.
+    for name, stage in stages.items():
+        declared = _declared(stage.get("do", stage))
+        if "lambda" in declared or "cs" in declared:
+            assert name.startswith("cs_"), name
+        assert not any(p.startswith("imp") for p in declared) or name.startswith("imp_"), name
+        assert not any(p.startswith("sweep") for p in declared), name
+
+
+def test_no_stage_persists_outputs_or_names_a_device(stages):
+    text = (REPO / "dvc.yaml").read_text()
+    assert "persist" not in text
+    assert "cuda" not in text and "CUDA_VISIBLE_DEVICES" not in text
+
+
+def test_analytics_are_off_and_hydra_is_on():
+    config = (REPO / ".dvc" / "config").read_text()
+    assert "analytics = false" in config and "enabled = true" in config
+
+
+# --- parameter parsing --------------------------------------------------------------------------
+
+
+def _quick_with(quick: dict, path: str, value) -> dict:
+    raw = copy.deepcopy(quick)
+    node = raw
+    *parents, leaf = path.split(".")
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return raw
+
+
+def test_lambda_written_by_dvc_as_a_string_is_read_as_a_float(quick, tmp_path):
+    path = tmp_path / "params.yaml"
+    # What `dvc exp run -S lambda=1e-9` may leave in params.yaml: PyYAML reads 1e-09 as a string.
+    path.write_text(yaml.safe_dump(quick).replace("lambda: 1.0e-08", "lambda: 1e-09"))
+    assert yaml.safe_load(path.read_text())["lambda"] == "1e-09"
+    assert load_params(path).lambda_ == 1e-9
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("lambda", "small", r"^lambda must be a number, got 'small'$"),
+        ("lambda", -1.0, r"^lambda=-1.0 must be >= 0.0$"),
+        ("networks.lenet300_100.epochs", -2, r"epochs=-2 must be >= 1"),
+        ("sweep.s0", [], r"^sweep.s0 is empty"),
+        ("sweep.seeds", [0, 0], r"must not repeat"),
+        ("networks.lenet300_100.model", "resnet9000", r"unknown model 'resnet9000'; allowed: .*lenet300_100"),
+        ("networks.lenet300_100.dataset", "svhn", r"unknown dataset 'svhn'; allowed: cifar10"),
+        ("profile", "huge", r"profile='huge' is not allowed"),
+        ("cs.clamp_rule", "mine", r"cs.clamp_rule='mine' is not allowed; choose one of: paper, released"),
+        ("imp.prune_fraction", 1.5, r"imp.prune_fraction=1.5 must be < 1.0"),
+    ],
+)
+def test_invalid_params_fail_with_one_line_naming_the_key(quick, path, value, message):
+    with pytest.raises(UserError, match=message) as caught:
+        params_from_dict(_quick_with(quick, path, value))
+    assert "\n" not in str(caught.value)
+
+
+def test_unknown_key_is_named(quick):
+    raw = copy.deepcopy(quick)
+    raw["cs"]["temperature"] = 5
+    with pytest.raises(UserError, match=r"unknown key cs.temperature; allowed keys here: beta_final"):
+        params_from_dict(raw)
+
+
+def test_unknown_profile_is_named():
+    with pytest.raises(UserError, match=r"unknown profile 'huge'; choose one of: paper, quick"):
+        compose_profile("huge", conf_dir=REPO / "conf")

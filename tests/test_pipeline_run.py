@@ -1,0 +1,189 @@
+"""The DVC pipeline run for real, end to end, on small data: what re-runs when a parameter changes,
+the paper profile on CIFAR-format fixture files, and resuming after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cs_repro.profiles import compose_profile
+
+from fixtures import write_cifar10
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CS_REPRO_DEVICE": "cpu"}
+
+pytestmark = pytest.mark.slow
+
+
+def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def make_pipeline_repo(root: Path, params: dict) -> Path:
+    """A fresh git + DVC repository holding this project's pipeline and the given params."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", "conf"):
+        source = REPO / name
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        elif source.exists():
+            shutil.copy2(source, target)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run("git", "init", "-q", cwd=root)
+    run("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=root)
+    run("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "pipeline", cwd=root)
+    return root
+
+
+def tiny_quick_params(**sweep) -> dict:
+    params = compose_profile("quick", [
+        "networks.lenet300_100.train_subset=1000", "networks.lenet300_100.test_subset=300",
+        "networks.lenet300_100.val_size=200", "networks.lenet300_100.epochs=2",
+        "networks.lenet300_100.lr=0.05", "networks.lenet300_100.lr_milestones=[1]", "imp.levels=2",
+        "sweep.networks=[lenet300_100]", "sweep.seeds=[0]", "sweep.s0=[0.0,-0.05]",
+    ], conf_dir=REPO / "conf")
+    params["sweep"].update(sweep)
+    return params
+
+
+def reproduce(repo: Path) -> set[str]:
+    """Run `dvc repro`; the stages that actually trained or computed (not skipped, not restored from cache)."""
+    output = run("dvc", "repro", cwd=repo).stdout
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def set_param(repo: Path, path: str, value) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    node = params
+    *parents, leaf = path.split(".")
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_path):
+    repo = make_pipeline_repo(tmp_path / "quick", tiny_quick_params())
+    started = time.perf_counter()
+    run("dvc", "repro", cwd=repo)
+    first = time.perf_counter() - started
+
+    summary = json.loads((repo / "metrics" / "summary.json").read_text())
+    assert set(summary["lenet300_100"]) >= {"dense", "cs", "imp"}
+    assert 0.5 < summary["lenet300_100"]["dense"]["test_accuracy"] <= 1.0
+    for name in ("ticket_search.png", "ticket_search.pdf", "REPORT.md", "tables/ticket_search.md",
+                 "tables/inference_cost.csv"):
+        assert (repo / "figures" / name).exists(), name
+    results = json.loads((repo / "metrics" / "results.json").read_text())
+    methods = {(r["method"], r["variant"]) for r in results["rows"]}
+    assert {("dense", "rewind"), ("cs", "rewind"), ("cs", "reinit"), ("imp", "rewind"), ("imp", "reinit"),
+            ("cs", "pruned")} <= methods
+    assert "lenet300_100" in run("dvc", "metrics", "show", cwd=repo).stdout
+
+    started = time.perf_counter()
+    second = run("dvc", "repro", cwd=repo)
+    assert "Data and pipelines are up to date" in second.stdout
+    assert time.perf_counter() - started < min(first, 20)
+
+    set_param(repo, "lambda", "1e-09")  # as `dvc exp run -S lambda=1e-9` may write it
+    assert reproduce(repo) == {
+        "cs_search@lenet300_100-0.0-0", "cs_search@lenet300_100--0.05-0",
+        "cs_retrain@lenet300_100-0.0-0", "cs_retrain@lenet300_100--0.05-0", "evaluate", "report"}
+
+    set_param(repo, "imp.levels", 3)
+    assert reproduce(repo) == {"imp_search@lenet300_100-0", "imp_controls@lenet300_100-0", "evaluate", "report"}
+
+    # A new seed and a new s0 together: only (new seed, every s0) and (old seed, new s0) run; no old run.
+    set_param(repo, "sweep.seeds", [0, 1])
+    set_param(repo, "sweep.s0", [0.0, -0.05, 0.02])
+    new_cs = {f"{kind}@lenet300_100-{s0}-{seed}" for kind in ("cs_search", "cs_retrain")
+              for s0, seed in [("0.0", 1), ("-0.05", 1), ("0.02", 1), ("0.02", 0)]}
+    assert reproduce(repo) == new_cs | {"imp_search@lenet300_100-1", "imp_controls@lenet300_100-1", "evaluate", "report"}
+
+
+def test_invalid_params_stop_the_pipeline_with_one_line(tmp_path):
+    params = tiny_quick_params()
+    params["lambda"] = "tiny"
+    repo = make_pipeline_repo(tmp_path / "bad", params)
+    (repo / "data" / "prepared").mkdir(parents=True)
+    result = run("cs-repro", "cs-search", "--network", "lenet300_100", "--s0=0", "--seed", "0", "--out", "x",
+                 cwd=repo, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: lambda must be a number, got 'tiny'"
+    assert "Traceback" not in result.stderr
+
+
+def test_paper_profile_runs_every_stage_on_cifar_format_fixtures(tmp_path):
+    cifar = write_cifar10(tmp_path / "cifar", n_per_batch=20, n_test=16)
+    overrides = [f"data.root={cifar}", "data.download=false", "data.verify_checksums=false",
+                 "imp.levels=1", "sweep.seeds=[0]", "sweep.s0=[0.0]"]
+    for network in ("resnet20", "vgg16"):
+        overrides += [f"networks.{network}.{key}" for key in (
+            "epochs=1", "lr_milestones=[]", "rewind_epoch=1", "batch_size=8", "max_batches=2", "val_size=20")]
+    params = compose_profile("paper", overrides, conf_dir=REPO / "conf")
+    repo = make_pipeline_repo(tmp_path / "paper", params)
+    run("dvc", "repro", cwd=repo)
+    results = json.loads((repo / "metrics" / "results.json").read_text())
+    assert {r["network"] for r in results["rows"]} == {"resnet20", "vgg16"}
+    assert {r["dataset"] for r in results["rows"]} == {"cifar10"}
+    assert (repo / "figures" / "ticket_search.png").exists() and (repo / "figures" / "REPORT.md").exists()
+    resnet_ticket = next(r for r in results["rows"] if r["network"] == "resnet20" and r["method"] == "cs")
+    assert len(resnet_ticket["layer_remaining"]) == 19  # every 3x3 conv, no shortcut, no classifier
+
+
+def test_kill_9_mid_search_then_rerun_resumes_to_identical_metrics(tmp_path):
+    params = tiny_quick_params()
+    params["networks"]["lenet300_100"].update(train_subset=3000, epochs=2, lr_milestones=[1])
+    repo = make_pipeline_repo(tmp_path / "kill", params)
+    run("cs-repro", "prepare", "fashion_mnist", cwd=repo)
+    command = ["cs-repro", "cs-search", "--network", "lenet300_100", "--s0=0.0", "--seed", "0"]
+
+    run(*command, "--out", "whole", "--checkpoint-dir", "ck_whole", cwd=repo)
+
+    process = subprocess.Popen([*command, "--out", "killed", "--checkpoint-dir", "ck_killed"], cwd=repo, env=ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    checkpoints: list[Path] = []
+    while time.time() < deadline and process.poll() is None:
+        # Kill once a checkpoint exists beyond round 1, so optimiser state and clamped logits must survive.
+        checkpoints = list((repo / "ck_killed").glob("*.pt"))
+        if checkpoints and _epochs_done(repo) >= 3:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the search finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (repo / "killed" / "metrics.json").exists()
+    assert list((repo / "ck_killed").glob("*.pt")), "the per-epoch checkpoint survives kill -9"
+
+    run(*command, "--out", "killed", "--checkpoint-dir", "ck_killed", cwd=repo)
+    assert (repo / "whole" / "metrics.json").read_bytes() == (repo / "killed" / "metrics.json").read_bytes()
+
+
+def _epochs_done(repo: Path) -> int:
+    import torch
+
+    for path in (repo / "ck_killed").glob("*.pt"):
+        try:
+            return len(torch.load(path, weights_only=True)["history"])
+        except Exception:  # being replaced right now
+            return 0
+    return 0
