@@ -2,7 +2,7 @@
 (`metrics/summary.json`) and DVC plot data. No training happens here; FLOPs are counted from the
 ticket masks on a freshly built network.
 
-Row sources, by the `method` field of each metrics.json:
+Row sources, by the `method` field of each metrics.json (or its `result_rows` list, for baselines):
   imp / imp_c search -> one row per level (imp: the level's training *is* the rewind retraining;
                         imp level 0 is also the dense reference)
   cs search          -> the pruning-track row (trained weights, binary mask, no retraining)
@@ -120,6 +120,16 @@ def collect_rows(params: Params, runs: Path, timings: Path | None = None) -> tup
                 doc["final"]["search_epochs"], search_seconds.get((network, doc["seed"], doc["setting"]), 0.0), 0,
                 doc["final"]["layer_remaining"], cost_of(network, ticket.masks),
             ))
+        elif "result_rows" in doc:
+            # Generic source (baselines): rows already in the results schema, each naming its mask file.
+            seconds = float(_timing(_timing_dir(path, runs, timings)).get("seconds", 0.0))
+            for given in doc["result_rows"]:
+                row = dict(given)
+                masks = load_ticket(Path(row.pop("ticket_file"))).masks
+                row.update(network=network, dataset=dataset, sparsity=1.0 - row["remaining_weights"])
+                row.update(cost_of(network, masks))
+                row.setdefault("search_seconds", seconds)
+                rows.append(row)
         elif method and method.startswith("retrain_"):
             meta = doc["ticket"]
             seconds = search_seconds.get((network, doc["seed"], meta["setting"]), 0.0) if meta["method"] == "cs" else 0.0
