@@ -1,0 +1,84 @@
+"""Seconds per epoch of the paper profile's networks, through the real run functions.
+
+Writes CIFAR-10-format files of the real size (50k training, 10k test images; random content, so the
+accuracies printed mean nothing) and times the first epochs of a dense run (IMP level 0) and of a
+CS search for ResNet-20 and VGG-16, in fp32 and with bf16 autocast. Run on a GPU:
+
+    PYTHONPATH=src:tests python benchmarks/gpu_epochs.py --epochs 3 --out /tmp/gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per timed run (first one is warm-up)")
+    parser.add_argument("--networks", default="resnet20,vgg16")
+    parser.add_argument("--out", type=Path, default=None, help="write the measurements as JSON here")
+    args = parser.parse_args()
+
+    from fixtures import write_cifar10
+
+    from cs_repro import experiment as ex
+    from cs_repro.device import choose_device, hardware_name
+    from cs_repro.params import params_from_dict
+
+    device = choose_device()
+    workdir = Path(tempfile.mkdtemp())
+    started = time.perf_counter()
+    root = write_cifar10(workdir / "cifar", n_per_batch=10_000, n_test=10_000)
+    print(f"wrote CIFAR-format files in {time.perf_counter() - started:.1f}s", flush=True)
+
+    raw = yaml.safe_load((REPO / "conf" / "profile" / "paper.yaml").read_text())
+    raw["data"].update(root=str(root), download=False, verify_checksums=False)
+    raw["cs"]["rounds"] = 1
+    raw["imp"]["levels"] = 1
+    for net in raw["networks"].values():
+        net.update(epochs=args.epochs, lr_milestones=[], rewind_epoch=1)
+    import os
+
+    os.chdir(workdir)
+    ex.prepare_dataset(params_from_dict(raw), "cifar10", ex.prepared_path("cifar10"))
+
+    results = {"hardware": hardware_name(device), "torch": torch.__version__, "epochs": args.epochs, "runs": []}
+    for network in args.networks.split(","):
+        for bf16 in (False, True):
+            variant = copy.deepcopy(raw)
+            variant["networks"][network]["bf16"] = bf16
+            params = params_from_dict(variant)
+            for method in ("dense", "cs"):
+                out = workdir / f"{network}-{method}-{bf16}"
+                if method == "cs":
+                    ex.run_cs_search(params, network, 0.0, 0, out, device, checkpoint_dir=None)
+                    seconds = json.loads((out / "timing.json").read_text())["epoch_seconds"]
+                else:
+                    ex.run_imp(params, network, 0, out, device, checkpoint_dir=None)
+                    seconds = json.loads((out / "timing.json").read_text())["epoch_seconds"][: args.epochs]
+                steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+                row = {"network": network, "method": method, "bf16": bf16, "epoch_seconds": seconds,
+                       "steady_epoch_seconds": steady, "epochs_per_second": 1.0 / steady}
+                results["runs"].append(row)
+                print(f"{network:9s} {method:5s} {'bf16' if bf16 else 'fp32'}: {steady:.2f} s/epoch "
+                      f"({1 / steady:.2f} epochs/s) epochs: {[round(s, 2) for s in seconds]}", flush=True)
+    print(f"hardware: {results['hardware']}, torch {results['torch']}")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
