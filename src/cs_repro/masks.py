@@ -13,8 +13,10 @@ Two kinds:
 
 The soft mask is one autograd function that computes sigmoid once and reuses it in the backward
 pass; optionally it also adds the penalty's gradient there (`fuse_penalty`), which saves the
-separate pass over the logits that a penalty term in the loss would cost. `benchmarks/mask_overhead.py`
-measures what this buys.
+separate pass over the logits that a penalty term in the loss would cost. It is written for few
+passes over weight-sized tensors (see `_SoftMaskedWeight`); `benchmarks/mask_overhead.py` measures
+the step time against the dense network. `torch.nn.utils.parametrize` itself costs ~6 us per
+masked tensor per step on a CPU (measured), so it stays.
 """
 
 from __future__ import annotations
@@ -24,35 +26,63 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
 from cs_repro.errors import UserError
 
 
 class _SoftMaskedWeight(torch.autograd.Function):
-    """out = W * sigmoid(beta*s) * scale; backward adds penalty_weight * d(scale*sigmoid(beta*s))/ds."""
+    """out = W * sigmoid(beta*s) * scale; backward adds penalty_weight * d(scale*sigmoid(beta*s))/ds.
+
+    Written for few passes over the weight-sized tensors (each pass is a full read/write of a tensor the
+    size of W, which on a CPU costs about as much as the rest of a small layer's step):
+
+    * forward: g = 1/(1+exp(-beta*s)) in four cheap in-place passes (ATen's CPU sigmoid kernel is ~5x
+      slower than exp and runs on one thread), out = scale*W*g in one `addcmul`;
+    * backward: grad_W = scale*grad*g in one `addcmul`; grad_s = sigmoid_backward(bs*grad*W + lam*bs, g)
+      with bs = beta*scale, i.e. one `addcmul` and one fused `sigmoid_backward`.
+
+    On the CPU beta is read as a Python number (cheap there, and it lets the constants ride along in
+    the fused ops); elsewhere it stays a tensor so that no step waits on the device.
+    """
 
     @staticmethod
     def forward(ctx, weight: Tensor, logits: Tensor, beta: Tensor, scale: float, penalty_weight: float):
-        gate = torch.sigmoid(logits * beta)
+        b = _beta_number(beta)
+        gate = torch.mul(logits, -b) if b is not None else torch.mul(logits, beta).neg_()
+        gate.exp_().add_(1.0).reciprocal_()  # sigmoid(beta*s), in place
         ctx.save_for_backward(weight, gate, beta)
+        ctx.beta = b
         ctx.scale = scale
         ctx.penalty_weight = penalty_weight
-        return weight * gate * scale
+        return torch.addcmul(weight.new_zeros(()), weight, gate, value=scale)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: Tensor):
         weight, gate, beta = ctx.saved_tensors
-        scaled_gate_grad = grad_out * ctx.scale
-        grad_weight = scaled_gate_grad * gate if ctx.needs_input_grad[0] else None
-        grad_logits = None
+        scale = ctx.scale
+        grad_weight = grad_logits = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = torch.addcmul(grad_out.new_zeros(()), grad_out, gate, value=scale)
         if ctx.needs_input_grad[1]:
-            # d sigmoid(beta*s)/ds = beta * g * (1 - g); the penalty adds lambda*scale to the upstream term.
-            upstream = scaled_gate_grad * weight
-            if ctx.penalty_weight:
-                upstream = upstream + ctx.penalty_weight * ctx.scale
-            grad_logits = upstream * (gate * (1 - gate)) * beta
+            # d/ds [scale*sigmoid(beta*s)] = scale*beta*g*(1-g); the penalty (lambda * sum(scale*g))
+            # adds lambda to the upstream term grad*W.
+            if ctx.beta is not None:
+                bs = ctx.beta * scale
+                upstream = torch.addcmul(grad_out.new_full((), ctx.penalty_weight * bs), grad_out, weight, value=bs)
+            else:
+                upstream = torch.addcmul(grad_out.new_full((), ctx.penalty_weight), grad_out, weight)
+            grad_logits = torch.ops.aten.sigmoid_backward.grad_input(upstream, gate, grad_input=upstream)
+            if ctx.beta is None:
+                grad_logits.mul_(beta * scale)
         return grad_weight, grad_logits, None, None, None
+
+
+def _beta_number(beta: Tensor) -> float | None:
+    """beta as a Python number where reading it is free (CPU); None elsewhere (a read would sync)."""
+    return float(beta) if beta.device.type == "cpu" else None
 
 
 class SoftMask(nn.Module):

@@ -49,13 +49,25 @@ def lr_at(base_lr: float, epoch: int, milestones: Iterable[int], gamma: float) -
 
 
 def make_sgd(params: list[Tensor], lr: float, config: OptimConfig, weight_decay: float | None = None) -> torch.optim.SGD:
-    """SGD as the paper uses it; `initial_lr` is what the schedule scales."""
+    """SGD as the paper uses it; `initial_lr` is what the schedule scales.
+
+    The update runs as torch's fused kernel (one pass per tensor instead of four) wherever every
+    parameter is a dense floating-point tensor on a device that has one: on a 2-core CPU this made a
+    LeNet-300-100 step ~10-20% cheaper and the CS mask logits' optimiser nearly free
+    (benchmarks/mask_overhead.py). Same update rule, same state_dict, deterministic.
+    """
+    params = list(params)
+    fused = bool(params) and all(
+        isinstance(p, Tensor) and p.is_floating_point() and not p.is_sparse and p.device.type in ("cpu", "cuda")
+        for p in params
+    )
     optimizer = torch.optim.SGD(
         params,
         lr=lr,
         momentum=config.momentum,
         nesterov=config.nesterov and config.momentum > 0,
         weight_decay=config.weight_decay if weight_decay is None else weight_decay,
+        fused=fused or None,
     )
     for group in optimizer.param_groups:
         group["initial_lr"] = lr
