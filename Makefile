@@ -35,3 +35,8 @@ bench: setup
 
 lint: setup
 	$(BIN)/hadolint Dockerfile
+
+# N stages at a time on this machine (one GPU, or a share of the cores, each): make parallel J=4
+.PHONY: parallel
+parallel: setup
+	cs-repro parallel -j $(or $(J),2)

@@ -255,5 +255,9 @@ def list_registered() -> None:
     typer.echo("methods:  " + ", ".join(METHODS.names()))
 
 
+from cs_repro.parallel import parallel_command  # noqa: E402  (docs/parallel.md)
+
+app.command("parallel")(user_errors(parallel_command))
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One task of a cs-repro SLURM array (docs/parallel.md); runs the same without SLURM:
+#
+#   bash slurm/job.sh STAGE_LIST_FILE INDEX
+#
+# STAGE_LIST_FILE is written by slurm/make_array.py: '# key=value' lines (main, commit, cache, venv), then
+# one stage per line; the INDEX-th stage line (0-based) is this task's stage ('-' = no stage at INDEX).
+# The task works in its own clone under $CS_REPRO_SCRATCH (else $SLURM_TMPDIR, $TMPDIR or /tmp) with the
+# shared DVC cache. `dvc repro <stage>` restores the stages it needs (prepare, the search of a retrain)
+# from the shared run-cache, which the earlier waves filled, runs the stage itself and saves its outputs
+# and its run-cache entry into the shared cache, where the collector finds them.
+# Environment overrides: CS_REPRO_MAIN, CS_REPRO_COMMIT, CS_REPRO_SHARED_CACHE, CS_REPRO_VENV.
+set -euo pipefail
+
+if [[ $# -ne 2 ]]; then
+  echo "usage: $0 STAGE_LIST_FILE INDEX" >&2
+  exit 2
+fi
+list=$(realpath "$1")
+index=$2
+setting() { sed -n "s/^# $1=//p" "$list" | head -n 1; }
+main=${CS_REPRO_MAIN:-$(setting main)}
+commit=${CS_REPRO_COMMIT:-$(setting commit)}
+cache=${CS_REPRO_SHARED_CACHE:-$(setting cache)}
+venv=${CS_REPRO_VENV:-$(setting venv)}
+stage=$(grep -v '^#' "$list" | sed -n "$((index + 1))p")
+if [[ -z "$stage" || "$stage" == "-" ]]; then
+  echo "no stage at index $index of $list"
+  exit 0
+fi
+if [[ -z "$main" || -z "$cache" ]]; then
+  echo "$list names no main workspace or shared cache (# main=..., # cache=...)" >&2
+  exit 2
+fi
+if [[ -n "$venv" ]]; then
+  export PATH="$venv/bin:$PATH"
+fi
+
+scratch=${CS_REPRO_SCRATCH:-${SLURM_TMPDIR:-${TMPDIR:-/tmp}}}
+mkdir -p "$scratch"
+work=$(mktemp -d "$scratch/cs-repro-XXXXXX")
+trap 'cd / && rm -rf "$work"' EXIT
+git clone -q --no-checkout "$main" "$work/repo"
+cd "$work/repo"
+git checkout -q "${commit:-HEAD}"
+dvc cache dir --local "$cache"
+dvc config --local cache.shared group
+# Resume checkpoints (keyed by the run's full configuration) live in the main workspace, so a requeued or
+# preempted task continues from its last epoch instead of starting over.
+mkdir -p "$main/.cache/checkpoints" .cache
+ln -s "$main/.cache/checkpoints" .cache/checkpoints
+# The stages run this clone's code (the commit DVC hashes), also when the venv holds an editable install
+# of the main workspace.
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+
+echo "task $index: $stage at ${commit:-HEAD} on $(hostname), CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}, cache $cache"
+started=$SECONDS
+dvc repro "$stage"
+echo "task $index: $stage done in $((SECONDS - started))s"
+mkdir -p "$(dirname "$list")/done"
+touch "$(dirname "$list")/done/${stage//[^A-Za-z0-9@._=+-]/_}"

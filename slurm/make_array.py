@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Write (and optionally submit) SLURM job arrays that reproduce this workspace's DVC pipeline.
+
+    python slurm/make_array.py --shared-cache /scratch/$USER/dvc-cache [--submit] [--sbatch=--partition=gpu ...]
+
+Run it in the main workspace (a git repository on a file system the compute nodes see). It
+
+1. points this workspace's DVC cache at the shared cache (`dvc cache dir --local`, `cache.shared group`);
+2. splits the out-of-date stages (all of them with --all) into waves: the head stages (prepare@*), then the
+   fan-out stages by dependency depth (searches, then retrain/controls);
+3. writes into --out (default .cache/slurm): per wave a stage list `waveK.txt` and an array script
+   `waveK.sbatch` (one stage per task, `--gres=gpu:1`, body `slurm/job.sh waveK.txt $SLURM_ARRAY_TASK_ID`),
+   `collect.sbatch` (`slurm/collect.sh`: `dvc repro` here, which restores every stage from the shared
+   run-cache and runs evaluate/report) and `submit.sh`, which chains them: wave 1 `afterok` on the head
+   wave; a wave whose task i needs only task i of the wave before (cs_retrain@X <- cs_search@X) `aftercorr`,
+   any other `afterok`; the collector `afterany` on all waves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from cs_repro.errors import UserError
+from cs_repro.parallel import Wave, changed_stages, dvc_executable, out_of_date, read_pipeline, slurm_waves, split
+
+HERE = Path(__file__).resolve().parent
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UserError(f"git {' '.join(args)}: {result.stderr.strip() or result.returncode}")
+    return result.stdout
+
+
+def _ranges(indices: list[int]) -> str:
+    parts, start = [], None
+    for i, value in enumerate(indices):
+        if start is None:
+            start = value
+        if i + 1 == len(indices) or indices[i + 1] != value + 1:
+            parts.append(str(start) if start == value else f"{start}-{value}")
+            start = None
+    return ",".join(parts)
+
+
+def _sbatch(name: str, body: str, out: Path, extra: list[str], array: str | None = None,
+            gres: str | None = None) -> str:
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}",
+             f"#SBATCH --output={out / 'logs'}/{name}-%A_%a.log" if array else f"#SBATCH --output={out / 'logs'}/{name}-%j.log"]
+    if array:
+        lines.append(f"#SBATCH --array={array}")
+    if gres:
+        lines.append(f"#SBATCH --gres={gres}")
+    lines += [f"#SBATCH {option}" for option in extra]
+    return "\n".join([*lines, "set -euo pipefail", body, ""])
+
+
+def write_arrays(workspace: Path, shared_cache: Path, out: Path, waves: list[Wave], extra: list[str],
+                 gres: str, max_parallel: int | None, venv: Path | None) -> Path:
+    commit = _git(["rev-parse", "HEAD"], workspace).strip()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    for old in [*out.glob("wave*.txt"), *out.glob("wave*.sbatch")]:
+        old.unlink()
+    shutil.rmtree(out / "done", ignore_errors=True)
+    header = [f"# main={workspace}", f"# commit={commit}", f"# cache={shared_cache}"]
+    if venv:
+        header.append(f"# venv={venv}")
+    submit = ["#!/usr/bin/env bash", "# Submits the waves and the collector (written by slurm/make_array.py).",
+              "set -euo pipefail", 'cd "$(dirname "$0")"',
+              "jid() { sbatch --parsable \"$@\" | cut -d';' -f1; }"]
+    ids = []
+    for k, wave in enumerate(waves):
+        listing = out / f"wave{k}.txt"
+        listing.write_text("\n".join([*header, *(s or "-" for s in wave.stages)]) + "\n")
+        array = _ranges(wave.indices) + (f"%{max_parallel}" if max_parallel else "")
+        body = f'exec bash {HERE / "job.sh"} {listing} "$SLURM_ARRAY_TASK_ID"'
+        (out / f"wave{k}.sbatch").write_text(_sbatch(f"cs-repro-wave{k}", body, out, extra, array,
+                                                     None if wave.head else gres))  # prepare needs no GPU
+        dependency = f"--dependency={wave.dependency}:${{w{k - 1}}} --kill-on-invalid-dep=yes " if k else ""
+        submit.append(f"w{k}=$(jid {dependency}wave{k}.sbatch)")
+        ids.append(f"${{w{k}}}")
+    (out / "collect.sbatch").write_text(_sbatch("cs-repro-collect", f"exec bash {HERE / 'collect.sh'} {out}", out, extra))
+    submit.append(f"c=$(jid --dependency=afterany:{':'.join(ids)} collect.sbatch)")
+    submit.append(f'echo "submitted waves {" ".join(ids)}, collector $c; logs in {out / "logs"}"')
+    (out / "submit.sh").write_text("\n".join(submit) + "\n")
+    (out / "submit.sh").chmod(0o755)
+    return out / "submit.sh"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shared-cache", type=Path, required=True, help="DVC cache directory every node can reach")
+    parser.add_argument("--out", type=Path, default=Path(".cache/slurm"), help="where the lists and scripts go")
+    parser.add_argument("--all", action="store_true", help="every stage, not only the out-of-date ones")
+    parser.add_argument("--gres", default="gpu:1", help="per task of the fan-out waves (default gpu:1)")
+    parser.add_argument("--max-parallel", type=int, help="at most this many tasks of a wave at once (%%N)")
+    parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                        help="extra #SBATCH line for every job, e.g. --sbatch=--time=12:00:00 (repeatable)")
+    parser.add_argument("--allow-dirty", action="store_true", help="submit although pipeline files are uncommitted")
+    parser.add_argument("--submit", action="store_true", help="run submit.sh (needs sbatch)")
+    args = parser.parse_args(argv)
+    try:
+        workspace = Path.cwd().resolve()
+        pipeline = read_pipeline(workspace)
+        dirty = _git(["status", "--porcelain", "--", "dvc.yaml", "params.yaml", "conf", "src"], workspace).split("\n")
+        dirty = [line for line in dirty if line.strip()]
+        if dirty and not args.allow_dirty:
+            raise UserError("the tasks clone the last commit, but these pipeline files differ from it; commit them "
+                            "(or --allow-dirty): " + ", ".join(line[3:] for line in dirty))
+        todo = set(pipeline.stages) if args.all else out_of_date(pipeline, changed_stages(workspace))
+        todo &= set(split(pipeline).fanout) | set(split(pipeline).head)
+        if not todo:
+            print("every fan-out stage is up to date; `dvc repro` runs what is left")
+            return 0
+        waves = slurm_waves(pipeline, todo)
+        shared = args.shared_cache.resolve()
+        shared.mkdir(parents=True, exist_ok=True)
+        subprocess.run([dvc_executable(), "cache", "dir", "--local", str(shared)], cwd=workspace, check=True)
+        subprocess.run([dvc_executable(), "config", "--local", "cache.shared", "group"], cwd=workspace, check=True)
+        venv = Path(sys.prefix) if sys.prefix != sys.base_prefix else None
+        submit = write_arrays(workspace, shared, (workspace / args.out).resolve(), waves, args.sbatch, args.gres,
+                              args.max_parallel, venv)
+    except (UserError, subprocess.CalledProcessError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for k, wave in enumerate(waves):
+        after = f"{wave.dependency} wave {k - 1}" if k else "first"
+        print(f"wave {k}: {len(wave.indices)} tasks ({after}): {' '.join(s for s in wave.stages if s)}")
+    print(f"written to {submit.parent}; submit with: bash {submit}")
+    if args.submit:
+        return subprocess.run(["bash", str(submit)]).returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Parallel and multi-machine runs (docs/parallel.md): the stage graph split, worker slots, SLURM waves, and,
+end to end on a tiny pipeline, `cs-repro parallel` against a sequential `dvc repro`, a failing stage, and the
+SLURM job body run without SLURM followed by the collector."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cs_repro.errors import UserError
+from cs_repro.parallel import Pipeline, log_name, make_slots, parse_gpus, slurm_waves, split
+
+REPO = Path(__file__).resolve().parents[1]
+
+DOT = """strict digraph {
+"prepare@fashion_mnist";
+"cs_search@net-0.0-0";
+"cs_search@net--0.05-0";
+"cs_retrain@net-0.0-0";
+"cs_retrain@net--0.05-0";
+"imp_search@net-0";
+"imp_controls@net-0";
+"evaluate";
+"report";
+"prepare@fashion_mnist" -> "cs_search@net-0.0-0";
+"prepare@fashion_mnist" -> "cs_search@net--0.05-0";
+"prepare@fashion_mnist" -> "cs_retrain@net-0.0-0";
+"prepare@fashion_mnist" -> "cs_retrain@net--0.05-0";
+"prepare@fashion_mnist" -> "imp_search@net-0";
+"prepare@fashion_mnist" -> "imp_controls@net-0";
+"cs_search@net-0.0-0" -> "cs_retrain@net-0.0-0";
+"cs_search@net-0.0-0" -> "evaluate";
+"cs_search@net--0.05-0" -> "cs_retrain@net--0.05-0";
+"cs_search@net--0.05-0" -> "evaluate";
+"cs_retrain@net-0.0-0" -> "evaluate";
+"cs_retrain@net--0.05-0" -> "evaluate";
+"imp_search@net-0" -> "imp_controls@net-0";
+"imp_search@net-0" -> "evaluate";
+"imp_controls@net-0" -> "evaluate";
+"evaluate" -> "report";
+}
+"""
+
+
+# --- fast: the graph, the slots, the waves ---------------------------------------------------------------
+
+
+def test_dag_splits_into_head_fanout_and_tail():
+    pipeline = Pipeline.from_dot(DOT)
+    parts = split(pipeline)
+    assert parts.head == ["prepare@fashion_mnist"]
+    assert parts.tail == ["evaluate", "report"]
+    assert set(parts.fanout) == {"cs_search@net-0.0-0", "cs_search@net--0.05-0", "cs_retrain@net-0.0-0",
+                                 "cs_retrain@net--0.05-0", "imp_search@net-0", "imp_controls@net-0"}
+    assert pipeline.upstream["cs_retrain@net-0.0-0"] == {"prepare@fashion_mnist", "cs_search@net-0.0-0"}
+    assert pipeline.closure(["cs_search@net-0.0-0"], "down") == {"cs_retrain@net-0.0-0", "evaluate", "report"}
+
+
+def test_slurm_waves_chain_retrain_to_its_own_search():
+    pipeline = Pipeline.from_dot(DOT)
+    waves = slurm_waves(pipeline, set(pipeline.stages))
+    assert [w.stages for w in waves[:2]] == [
+        ["prepare@fashion_mnist"], ["cs_search@net-0.0-0", "cs_search@net--0.05-0", "imp_search@net-0"]]
+    assert waves[0].head and not waves[1].head and waves[1].dependency == "afterok"
+    assert waves[2].dependency == "aftercorr"
+    assert waves[2].stages == ["cs_retrain@net-0.0-0", "cs_retrain@net--0.05-0", "imp_controls@net-0"]
+    assert len(waves) == 3  # evaluate and report are the collector's
+
+    # a retrain keeps its search's array index (1); index 0 of its wave stays unused
+    waves = slurm_waves(pipeline, {"cs_search@net-0.0-0", "cs_search@net--0.05-0", "cs_retrain@net--0.05-0"})
+    assert waves[2].stages == [None, "cs_retrain@net--0.05-0"] and waves[2].indices == [1]
+
+    # a stage that needs two searches cannot wait for one task: the whole previous wave (afterok)
+    joined = Pipeline.from_dot(DOT.replace("}\n", '"cs_search@net--0.05-0" -> "cs_retrain@net-0.0-0";\n}\n'))
+    assert slurm_waves(joined, set(joined.stages))[2].dependency == "afterok"
+
+
+def test_workers_get_a_gpu_round_robin_or_their_own_cores():
+    slots = make_slots(3, ["0", "1"], [0, 1, 2, 3, 4, 5], {"PATH": "/bin"}, "/usr/bin/taskset")
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "1", "0"]
+    assert [s.prefix for s in slots] == [["/usr/bin/taskset", "-c", c] for c in ("0,1", "2,3", "4,5")]
+    assert {s.env["OMP_NUM_THREADS"] for s in slots} == {"2"}
+
+    cpu = make_slots(2, [], [4, 5, 6, 7, 8], {}, None)
+    assert [s.env["OMP_NUM_THREADS"] for s in cpu] == ["2", "2"] and [s.prefix for s in cpu] == [[], []]
+    assert all(s.env["CUDA_VISIBLE_DEVICES"] == "" for s in cpu)
+    assert "cpus 4-5" in cpu[0].label and "cpus 6-7" in cpu[1].label
+
+    crowded = make_slots(3, [], [0, 1], {}, "taskset", threads=1)
+    assert [s.prefix[-1] for s in crowded] == ["0", "1", "0"]
+    with pytest.raises(UserError):
+        make_slots(0, [], [0], {})
+
+
+def test_gpu_option_parsing():
+    assert parse_gpus(None) is None
+    assert parse_gpus("0, 1") == ["0", "1"]
+    assert parse_gpus("none") == []
+    with pytest.raises(UserError, match="--gpus"):
+        parse_gpus("cuda:0")
+    assert log_name("cs_search@lenet5--0.01-0") == "cs_search@lenet5--0.01-0.log"
+
+
+# --- slow: the real pipeline, tiny -----------------------------------------------------------------------
+
+
+def _tiny(**sweep):
+    from test_pipeline_run import tiny_quick_params
+
+    params = tiny_quick_params(**sweep)
+    if "baselines" in params:  # the baseline/ablation stages: an empty matrix generates none of them
+        params["baselines"]["networks"] = []
+    return params
+
+
+def _repo(root: Path, params: dict) -> Path:
+    from test_pipeline_run import make_pipeline_repo
+
+    return make_pipeline_repo(root, params)
+
+
+def _env(**extra) -> dict[str, str]:
+    from test_pipeline_run import ENV
+
+    return {**ENV, **extra}
+
+
+def _run(*args, cwd: Path, check: bool = True, **extra) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=_env(**extra), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _lock_hashes(repo: Path) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {out["path"]: out["md5"] for stage in lock.values() for out in stage.get("outs", [])}
+
+
+def _clean(repo: Path) -> bool:
+    return "Data and pipelines are up to date" in _run("dvc", "status", cwd=repo).stdout
+
+
+@pytest.mark.slow
+def test_parallel_two_workers_matches_sequential_repro(tmp_path):
+    sequential = _repo(tmp_path / "sequential", _tiny())
+    parallel = tmp_path / "parallel"
+    _run("git", "clone", "-q", str(sequential), str(parallel), cwd=tmp_path)
+
+    plan = _run("cs-repro", "parallel", "-j", "2", "--threads", "1", "--dry-run", cwd=parallel).stdout
+    assert "dvc --wait-for-lock repro prepare@fashion_mnist" in plan and "6 of 6 fan-out stages" in plan
+    assert re.search(r"wave 2: cs_retrain@\S+ cs_retrain@\S+ imp_controls@", plan), plan
+    assert not (parallel / "dvc.lock").exists()
+
+    # CPU results depend on the thread count in the last bits of some sums (the logged mask penalty), so both
+    # runs use one thread per stage process: the comparison is about the scheduling, not about threads.
+    started = time.perf_counter()
+    _run("dvc", "repro", cwd=sequential, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    sequential_s = time.perf_counter() - started
+    started = time.perf_counter()
+    result = _run("cs-repro", "parallel", "-j", "2", "--threads", "1", cwd=parallel)
+    parallel_s = time.perf_counter() - started
+    print(f"\ntiny pipeline wall-clock: sequential dvc repro {sequential_s:.1f}s, cs-repro parallel -j 2 "
+          f"{parallel_s:.1f}s ({os.cpu_count()} cores)\n{result.stdout}")
+
+    expected, got = _lock_hashes(sequential), _lock_hashes(parallel)
+    deterministic = {p for p in expected if p.startswith(("runs/", "data/"))}
+    assert len([p for p in deterministic if p.startswith("runs/")]) == 6
+    assert {p: got.get(p) for p in deterministic} == {p: expected[p] for p in deterministic}
+    assert set(got) == set(expected)  # dvc.lock complete, timings/, metrics/ and figures/ included
+    assert _clean(parallel) and _clean(sequential)
+    for stage in ("cs_search@lenet300_100-0.0-0", "cs_retrain@lenet300_100--0.05-0", "imp_controls@lenet300_100-0"):
+        assert re.search(rf"start  {re.escape(stage)}  \[worker", result.stdout)
+        assert re.search(rf"done   {re.escape(stage)}  in [0-9.]+s \(ran\)", result.stdout)
+        assert "Running stage" in (parallel / ".cache/parallel-logs" / log_name(stage)).read_text()
+    assert "6 fan-out stages ran" in result.stdout and "0 failed" in result.stdout
+    again = _run("cs-repro", "parallel", "-j", "2", cwd=parallel).stdout
+    assert "0 of 6 fan-out stages to run" in again and "tail done" in again
+
+
+@pytest.mark.slow
+def test_a_failing_stage_is_named_and_the_others_finish(tmp_path):
+    repo = _repo(tmp_path / "failing", _tiny(s0=[0.0]))
+    dvc_yaml = repo / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("cs-repro cs-search", "cs-repro cs-search --no-such-option"))
+    result = _run("cs-repro", "parallel", "-j", "2", cwd=repo, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    log = ".cache/parallel-logs/cs_search@lenet300_100-0.0-0.log"
+    assert f"FAILED cs_search@lenet300_100-0.0-0  after" in result.stdout
+    assert f"failed: cs_search@lenet300_100-0.0-0 (log: {log})" in result.stdout
+    assert "No such option" in (repo / log).read_text()
+    for stage in ("cs_retrain@lenet300_100-0.0-0", "evaluate", "report"):
+        assert f"skipped: {stage} (needs failed cs_search@lenet300_100-0.0-0)" in result.stdout
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert {"imp_search@lenet300_100-0", "imp_controls@lenet300_100-0"} <= set(lock)
+    assert "cs_search@lenet300_100-0.0-0" not in lock and "evaluate" not in lock
+
+
+@pytest.mark.slow
+def test_slurm_job_body_in_clones_with_a_shared_cache_then_the_collector_trains_nothing(tmp_path):
+    main = _repo(tmp_path / "main", _tiny(s0=[0.0]))
+    shared = tmp_path / "shared-cache"
+    made = _run("python", str(REPO / "slurm/make_array.py"), "--shared-cache", str(shared),
+                "--sbatch=--time=02:00:00", cwd=main)
+    out = main / ".cache/slurm"
+    assert "wave 2: 2 tasks (aftercorr wave 1)" in made.stdout, made.stdout
+    waves = sorted(out.glob("wave*.txt"))
+    assert [w.name for w in waves] == ["wave0.txt", "wave1.txt", "wave2.txt"]
+    assert "--gres" not in (out / "wave0.sbatch").read_text()  # prepare needs no GPU
+    assert "#SBATCH --gres=gpu:1" in (out / "wave1.sbatch").read_text()
+    assert "#SBATCH --time=02:00:00" in (out / "collect.sbatch").read_text()
+    submit = (out / "submit.sh").read_text()
+    assert "--dependency=afterok:${w0}" in submit and "--dependency=aftercorr:${w1}" in submit
+    assert "--dependency=afterany:${w0}:${w1}:${w2} collect.sbatch" in submit
+    _run("bash", "-n", str(out / "submit.sh"), cwd=main)
+    assert str(shared) in _run("dvc", "cache", "dir", cwd=main).stdout
+
+    early = _run("bash", str(REPO / "slurm/collect.sh"), str(out), cwd=tmp_path, check=False)
+    assert early.returncode == 1 and "not collecting: no finished task for prepare@fashion_mnist" in early.stderr
+
+    scratch = tmp_path / "scratch"
+    logs = []
+    for wave in waves:  # the tasks of one wave run at the same time, as in the array
+        stages = [line for line in wave.read_text().splitlines() if not line.startswith("#")]
+        tasks = [subprocess.Popen(["bash", str(REPO / "slurm/job.sh"), str(wave), str(i)], cwd=tmp_path,
+                                  env=_env(CS_REPRO_SCRATCH=str(scratch), OMP_NUM_THREADS="1"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(len(stages))]
+        for stage, task in zip(stages, tasks):
+            output = task.communicate()[0]
+            assert task.returncode == 0, output
+            assert f"Running stage '{stage}'" in output, output  # each task trains its own stage only
+            logs.append(output)
+    assert not list(scratch.iterdir())  # clones removed
+    assert not (main / "runs").exists()  # nothing ran in the main workspace
+
+    collected = _run("bash", str(REPO / "slurm/collect.sh"), str(out), cwd=tmp_path)
+    ran = set(re.findall(r"Running stage '([^']+)'", collected.stdout))
+    assert ran == {"evaluate", "report"}, collected.stdout
+    assert "is cached - skipping run" in collected.stdout
+    assert _clean(main)
+    assert (main / "figures" / "REPORT.md").exists()
