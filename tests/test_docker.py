@@ -135,6 +135,14 @@ def test_entrypoint_refuses_an_unusable_volume(tmp_path):
     assert done.returncode == 1 and "is not writable" in done.stderr, done.stderr
 
 
+TINY_QUICK = [
+    "networks.lenet300_100.train_subset=1000", "networks.lenet300_100.test_subset=300",
+    "networks.lenet300_100.val_size=200", "networks.lenet300_100.epochs=2", "networks.lenet300_100.lr=0.05",
+    "networks.lenet300_100.lr_milestones=[1]", "imp.levels=2", "sweep.networks=[lenet300_100]",
+    "sweep.seeds=[0]", "sweep.s0=[0.0]",
+]
+
+
 @pytest.mark.slow
 def test_entrypoint_runs_the_quick_pipeline_and_reuses_it(tmp_path):
     app = tmp_path / "app"
@@ -143,11 +151,13 @@ def test_entrypoint_runs_the_quick_pipeline_and_reuses_it(tmp_path):
         pytest.skip("dvc.yaml is not committed yet: no pipeline to run")
     out = tmp_path / "out"
     env = _env(out, app, CS_REPRO_DEVICE="cpu")
-    first = subprocess.run([str(ENTRYPOINT), "quick"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    # The image's default command path on the quick profile, shrunk to tiny data with Hydra overrides.
+    tiny = [arg for override in TINY_QUICK for arg in ("-S", override)]
+    first = subprocess.run([str(ENTRYPOINT), "quick", *tiny], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
     assert (out / "metrics" / "summary.json").is_file()
     assert any((out / "figures").iterdir())
-    second = subprocess.run([str(ENTRYPOINT), "quick"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    second = subprocess.run([str(ENTRYPOINT), "quick", *tiny], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-5000:]
     trained = re.findall(r"Running stage '((?:cs|imp)[^']*)'", second.stdout)
     assert not trained, f"the second run trained again: {trained}"
