@@ -259,5 +259,99 @@ from cs_repro.parallel import parallel_command  # noqa: E402  (docs/parallel.md)
 
 app.command("parallel")(user_errors(parallel_command))
 
+# --- the reviewers' baselines and ablations (cs_repro.baselines): `cs-repro baseline <command>` -------------
+
+baseline_app = typer.Typer(help="Baselines and ablations: L0, GMP, magnitude pruning, random controls, CS ablations.",
+                           no_args_is_help=True)
+app.add_typer(baseline_app, name="baseline")
+NetworkOption = Annotated[str, typer.Option(help="key of `networks` in params.yaml")]
+SeedOption = Annotated[int, typer.Option(help="seed: init, split, data order, noise")]
+OutOption = Annotated[Path, typer.Option(help="output directory")]
+
+
+@baseline_app.command("l0-search")
+@user_errors
+def baseline_l0_search(network: NetworkOption, penalty: Annotated[float, typer.Option(help="L0 lambda")],
+                       seed: SeedOption, out: OutOption, params: ParamsOption = Path("params.yaml"),
+                       device: DeviceOption = None, checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
+                       timing: TimingOption = None) -> None:
+    """L0 (hard-concrete gates) training: ticket.pt and the gated network's result row."""
+    from cs_repro.baselines import run_l0_search
+
+    run_l0_search(_params(params), network, penalty, seed, out, _device(device), checkpoint_dir, timing)
+
+
+@baseline_app.command("retrain")
+@user_errors
+def baseline_retrain(ticket: Annotated[Path, typer.Option(help="ticket file")], out: OutOption,
+                     variants: Annotated[str, typer.Option(help="comma list of rewind, reinit, random "
+                                                                "(random only when random_control.enabled)")] = "rewind,random",
+                     params: ParamsOption = Path("params.yaml"), device: DeviceOption = None,
+                     checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS, timing: TimingOption = None) -> None:
+    """Retrain a ticket from its rewind point (out/rewind) and its random-mask control (out/random)."""
+    from cs_repro.baselines import run_baseline_retrain
+
+    run_baseline_retrain(_params(params), ticket, out, _device(device), tuple(v for v in variants.split(",") if v),
+                         checkpoint_dir, timing)
+
+
+@baseline_app.command("gmp")
+@user_errors
+def baseline_gmp(network: NetworkOption, sparsity: Annotated[float, typer.Option(help="target sparsity s_f")],
+                 seed: SeedOption, out: OutOption, params: ParamsOption = Path("params.yaml"), device: DeviceOption = None,
+                 checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS, timing: TimingOption = None) -> None:
+    """Gradual magnitude pruning (Zhu & Gupta) to one target sparsity."""
+    from cs_repro.baselines import run_gmp
+
+    run_gmp(_params(params), network, sparsity, seed, out, _device(device), checkpoint_dir, timing)
+
+
+@baseline_app.command("gmp-cs-layers")
+@user_errors
+def baseline_gmp_cs_layers(cs_ticket: Annotated[Path, typer.Option(help="a CS ticket.pt")], out: OutOption,
+                           params: ParamsOption = Path("params.yaml"), device: DeviceOption = None,
+                           checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS, timing: TimingOption = None) -> None:
+    """Ablation: GMP to a CS ticket's layer-wise sparsities (out/layerwise) and globally to its overall one (out/global)."""
+    from cs_repro.baselines import run_gmp_cs_layers
+
+    run_gmp_cs_layers(_params(params), cs_ticket, out, _device(device), checkpoint_dir, timing)
+
+
+@baseline_app.command("magnitude-dense")
+@user_errors
+def baseline_magnitude_dense(network: NetworkOption, seed: SeedOption, out: OutOption,
+                             params: ParamsOption = Path("params.yaml"), device: DeviceOption = None,
+                             checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS, timing: TimingOption = None) -> None:
+    """Train the dense network that one-shot magnitude pruning starts from (dense.pt: final + rewind weights)."""
+    from cs_repro.baselines import run_magnitude_dense
+
+    run_magnitude_dense(_params(params), network, seed, out, _device(device), checkpoint_dir, timing)
+
+
+@baseline_app.command("magnitude")
+@user_errors
+def baseline_magnitude(network: NetworkOption, sparsity: Annotated[float, typer.Option(help="target sparsity")],
+                       seed: SeedOption, dense: Annotated[Path, typer.Option(help="magnitude-dense output directory")],
+                       out: OutOption, params: ParamsOption = Path("params.yaml"), device: DeviceOption = None,
+                       checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS, timing: TimingOption = None) -> None:
+    """One-shot global magnitude pruning: rewind ticket (+ random control) and fine-tuned pruned network."""
+    from cs_repro.baselines import run_magnitude
+
+    run_magnitude(_params(params), network, sparsity, seed, dense, out, _device(device), checkpoint_dir, timing)
+
+
+@baseline_app.command("cs-ablation")
+@user_errors
+def baseline_cs_ablation(name: Annotated[str, typer.Argument(help="cs_beta1 or cs_released_clamp")],
+                         network: NetworkOption, s0: Annotated[float, typer.Option(help="initial mask logit")],
+                         seed: SeedOption, out: OutOption, params: ParamsOption = Path("params.yaml"),
+                         device: DeviceOption = None, checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
+                         timing: TimingOption = None) -> None:
+    """CS ablation search (out/search) and its ticket's rewind retraining (out/retrain/rewind)."""
+    from cs_repro.baselines import run_cs_ablation
+
+    run_cs_ablation(_params(params), name, network, s0, seed, out, _device(device), checkpoint_dir, timing)
+
+
 if __name__ == "__main__":
     app()

@@ -126,6 +126,16 @@ class Params:
     imp: IMPParams = field(default_factory=IMPParams, metadata={"help": "IMP search"})
     controls: ControlParams = field(default_factory=ControlParams, metadata={"help": "controls"})
     sweep: SweepParams = field(default_factory=SweepParams, metadata={"help": "fan-out"})
+    # The reviewers' baselines and ablations (cs_repro.baselines); their classes are at the end of this file.
+    baselines: BaselineSweepParams = field(default_factory=lambda: BaselineSweepParams(),
+                                           metadata={"help": "fan-out of the baselines and ablations"})
+    l0: L0Params = field(default_factory=lambda: L0Params(), metadata={"help": "L0 (hard-concrete) baseline"})
+    gmp: GMPParams = field(default_factory=lambda: GMPParams(), metadata={"help": "gradual magnitude pruning baseline"})
+    magnitude: MagnitudeParams = field(default_factory=lambda: MagnitudeParams(),
+                                       metadata={"help": "one-shot magnitude pruning with rewinding / fine-tuning"})
+    random_control: RandomControlParams = field(default_factory=lambda: RandomControlParams(),
+                                                metadata={"help": "random-mask control of baseline tickets"})
+    ablations: AblationParams = field(default_factory=lambda: AblationParams(), metadata={"help": "CS ablations"})
 
     def validate(self) -> None:
         self.sweep.validate("sweep")
@@ -283,3 +293,74 @@ def describe(cls: type = Params, prefix: str = "") -> list[tuple[str, str, str]]
             rows.append((key, repr(default), f.metadata.get("help", "")))
     return rows
 
+
+
+# --- the reviewers' baselines and ablations (cs_repro.baselines) -----------------------------------
+# Cross-section checks (baseline networks defined, ablation s0 values searched by CS) live in
+# cs_repro.baselines.check_baselines, run before any baseline trains.
+
+
+@dataclass
+class BaselineSweepParams:
+    """What fans out into the baseline stages. Like `sweep`, read only by stage names and commands."""
+
+    networks: list[str] = _field(["lenet300_100"], "keys of `networks` the baselines and ablations run on")
+    seeds: list[int] = _field([0], "seeds of the baseline runs")
+    sparsities: list[float] = _field([0.8, 0.9, 0.95], "target sparsities of GMP and one-shot magnitude pruning")
+    l0_penalty: list[float] = _field([1e-4], "L0 lambdas: each is its own L0 run (sparsity is steered by it)")
+    cs_s0: list[float] = _field([0.0], "s0 of the CS ablations; must be in sweep.s0 (gmp_cs_layers reads that CS ticket)")
+
+    def __post_init__(self) -> None:
+        for key in ("networks", "seeds", "sparsities", "l0_penalty", "cs_s0"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise UserError(f"baselines.{key} must not repeat a value")
+        for value in self.sparsities:
+            if not 0.0 < value < 1.0:
+                raise UserError(f"baselines.sparsities: {value} must lie strictly between 0 and 1")
+        for value in self.l0_penalty:
+            if value < 0.0:
+                raise UserError(f"baselines.l0_penalty: {value} must be >= 0")
+
+
+@dataclass
+class L0Params:
+    """L0 regularisation with hard-concrete gates (Louizos et al. 2018); lambda comes from baselines.l0_penalty."""
+
+    droprate_init: float = _field(0.3, "initial drop rate p: log_alpha starts at log(1-p) - log(p)",
+                                  min_exclusive=0.0, max_exclusive=1.0)
+    rounds: int = _field(1, "phases of E epochs (lr schedule restarts, optimiser state carries over)", min=1)
+    gate_lr: float = _field(0.01, "Adam lr of the gate parameters log_alpha (on the weights' lr schedule)",
+                            min_exclusive=0.0)
+
+
+@dataclass
+class GMPParams:
+    """Gradual magnitude pruning (Zhu & Gupta 2017): cubic schedule over optimiser steps."""
+
+    start_epoch: int = _field(0, "t0: pruning starts after this many epochs", min=0)
+    end_epoch: int = _field(1, "pruning reaches the target after this many epochs (t0 + n*dt); <= the network's epochs",
+                            min=1)
+    frequency: int = _field(100, "dt: optimiser steps between pruning steps", min=1)
+
+
+@dataclass
+class MagnitudeParams:
+    """One-shot global magnitude pruning of a trained dense network (Renda et al. 2020)."""
+
+    finetune_epochs: int = _field(0, "fine-tuning epochs at the final lr; 0 = the network's epochs E", min=0)
+
+
+@dataclass
+class RandomControlParams:
+    """Random masks with exactly a ticket's layer-wise counts, retrained from its rewind point."""
+
+    enabled: bool = _field(True, "retrain a random-mask control next to each baseline ticket")
+
+
+@dataclass
+class AblationParams:
+    """CS ablations asked for by reviewer 1."""
+
+    beta1_threshold: float = _field(0.5, "cs_beta1: keep a weight when sigmoid(s) exceeds this after training",
+                                    min_exclusive=0.0, max_exclusive=1.0)

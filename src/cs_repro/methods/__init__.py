@@ -12,5 +12,14 @@ for _name, _module in {
     "imp": "cs_repro.methods.imp",
     "imp_c": "cs_repro.methods.imp",
     "retrain": "cs_repro.methods.retrain",
+    # The reviewers' baselines and ablations (run by cs_repro.baselines).
+    "l0": "cs_repro.methods.l0",
+    "gmp": "cs_repro.methods.gmp",
+    "gmp_cs_layers": "cs_repro.methods.gmp",
+    "magnitude_rewind": "cs_repro.methods.magnitude",
+    "magnitude_finetune": "cs_repro.methods.magnitude",
+    "random": "cs_repro.methods.random_masks",
+    "cs_beta1": "cs_repro.methods.cs",
+    "cs_released_clamp": "cs_repro.methods.cs",
 }.items():
     METHODS.register(_name)(_module)

@@ -1,0 +1,368 @@
+"""Assembling the reviewers' baselines and ablations, like `cs_repro.experiment` does for CS and IMP.
+
+Every run goes through the one training loop (`experiment._loop`) with a method's `Hooks`, and writes a
+metrics.json whose `result_rows` the evaluation stage turns into result rows as they are (see
+`cs_repro.evaluation`); tickets are written in CS's ticket format and retrained by `experiment.run_retrain`.
+
+  run_l0_search          L0 gates (methods/l0.py): ticket (mask + rewind point) and the pruned network
+                         with its deterministic gates (method l0, variant pruned, track pruning)
+  run_baseline_retrain   a ticket's rewind retraining (experiment.run_retrain) and its random-mask control
+  run_random_control     random masks with the ticket's exact layer-wise counts (variant random)
+  run_gmp                gradual magnitude pruning (methods/gmp.py), global or per-layer targets
+  run_gmp_cs_layers      ablation: GMP to a CS ticket's layer-wise sparsities vs GMP global to its overall one
+  run_magnitude_dense    the dense network one-shot magnitude pruning starts from (final + rewind weights)
+  run_magnitude          one-shot global magnitude pruning: rewind ticket + fine-tuned pruned network
+  run_cs_ablation        CS with beta = 1 and a threshold on sigmoid(s) (cs_beta1); CS with the released
+                         code's between-round clamp (cs_released_clamp)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cs_repro.errors import UserError
+from cs_repro.experiment import (
+    CHECKPOINT_DIR, RunSpec, _drop_checkpoint, _final, _loop, _network_config, _ticket_digest, _write_run,
+    load_prepared, make_model, make_splits, mask_scale_for, run_retrain,
+)
+from cs_repro.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from cs_repro.masks import HardMasks, SoftMasks, plain_state_dict, sparsity_of
+from cs_repro.methods.cs import CSConfig, CSSearch
+from cs_repro.methods.gmp import GMPConfig, GMPPruning
+from cs_repro.methods.l0 import L0Config, L0Gates, L0Search
+from cs_repro.methods.magnitude import DenseTraining, one_shot_masks
+from cs_repro.methods.random_masks import random_generator, random_masks_like
+from cs_repro.methods.retrain import TicketRetrain
+from cs_repro.params import Params
+from cs_repro.tickets import Ticket, load_ticket, save_ticket
+
+log = logging.getLogger("cs_repro")
+
+CS_ABLATIONS = ("cs_beta1", "cs_released_clamp")
+DENSE_FORMAT = "cs-repro-dense/1"
+
+
+def check_baselines(params: Params) -> None:
+    """Cross-section checks of the baseline params (a section cannot see the others when it is parsed)."""
+    b = params.baselines
+    for name in b.networks:
+        if name not in params.networks:
+            raise UserError(f"baselines.networks names {name!r}, which is not a key of networks ({', '.join(params.networks)})")
+        net = params.networks[name]
+        if net.dataset not in params.sweep.datasets:
+            raise UserError(f"networks.{name}.dataset={net.dataset!r} is not in sweep.datasets {params.sweep.datasets}: add it")
+        if params.gmp.end_epoch > net.epochs:
+            raise UserError(f"gmp.end_epoch={params.gmp.end_epoch} exceeds networks.{name}.epochs={net.epochs}")
+    if params.gmp.start_epoch >= params.gmp.end_epoch:
+        raise UserError(f"gmp.start_epoch={params.gmp.start_epoch} must be less than gmp.end_epoch={params.gmp.end_epoch}")
+    # gmp_cs_layers and the CS random control read the CS tickets of these (network, s0, seed).
+    for key, values, searched in (("networks", b.networks, params.sweep.networks), ("cs_s0", b.cs_s0, params.sweep.s0),
+                                  ("seeds", b.seeds, params.sweep.seeds)):
+        missing = [v for v in values if v not in searched]
+        if missing:
+            raise UserError(f"baselines.{key} has {missing}, which sweep.{'s0' if key == 'cs_s0' else key} does not "
+                            "search with CS; the ablations need those CS tickets")
+
+
+def _row(method: str, variant: str, track: str, seed: int, setting: str, meta: dict, last, search_epochs: float,
+         retrain_epochs: int, ticket_file: Path) -> dict[str, Any]:
+    """A row in the results schema (network, dataset, sparsity and cost are filled by the evaluation stage)."""
+    return {
+        "method": method, "variant": variant, "track": track, "seed": seed, "setting": setting,
+        "remaining_weights": meta["remaining_weights"], "layer_remaining": meta["layer_remaining"],
+        "test_accuracy": last.test_accuracy, "val_accuracy": last.val_accuracy,
+        "search_epochs": search_epochs, "retrain_epochs": retrain_epochs, "ticket_file": str(ticket_file),
+    }
+
+
+def _ticket_meta(method: str, network: str, net, seed: int, setting: str, config: dict, search_epochs: float,
+                 **extra) -> dict[str, Any]:
+    return {"method": method, "network": network, "model": net.model, "dataset": net.dataset, "seed": seed,
+            "setting": setting, "params": config, "rewind_epoch": net.rewind_epoch, "search_epochs": search_epochs,
+            "mask_scale": 1.0, **extra}
+
+
+def _sub(timing_dir: Path | None, name: str) -> Path | None:
+    return Path(timing_dir) / name if timing_dir else None
+
+
+# --- L0 -------------------------------------------------------------------------------------------
+
+
+def run_l0_search(params: Params, network: str, penalty: float, seed: int, out_dir: Path, device: torch.device,
+                  checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> Ticket:
+    """L0 training: writes ticket.pt (mask = deterministic gate > 0, rewind weights) and metrics.json whose
+    result row is the trained network with its deterministic gates (track pruning)."""
+    check_baselines(params)
+    net = params.network(network)
+    config = L0Config(penalty=penalty, droprate_init=params.l0.droprate_init, rounds=params.l0.rounds,
+                      gate_lr=params.l0.gate_lr, rewind_epoch=net.rewind_epoch)
+    setting = f"penalty={penalty:g}"
+    run = RunSpec("l0", network, seed, setting, {"l0": asdict(config), "network": _network_config(params, network)})
+    started = time.perf_counter()
+    data = make_splits(net, load_prepared(net.dataset), seed, device)
+    model, names = make_model(net, seed, device)
+    gates = L0Gates.attach(model, names, config)
+    hooks = L0Search(gates, config)
+    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
+    history = loop.run()
+    search_epochs = config.rounds * net.epochs
+    ticket = Ticket({n: m.cpu() for n, m in gates.binary_masks().items()}, hooks.rewind_state,
+                    _ticket_meta("l0", network, net, seed, setting, run.config, search_epochs, penalty=penalty)).with_counts()
+    save_ticket(ticket, out_dir / "ticket.pt")
+    # The loop's last evaluation ran in eval mode, i.e. with the deterministic gates: the pruned network as is.
+    rows = [_row("l0", "pruned", "pruning", seed, setting, ticket.metadata, history[-1], search_epochs, 0,
+                 out_dir / "ticket.pt")]
+    _write_run(out_dir, run, history, _final(history, remaining_weights=ticket.metadata["remaining_weights"],
+                                             layer_remaining=ticket.metadata["layer_remaining"], search_epochs=search_epochs),
+               time.perf_counter() - started, loop.epoch_seconds, device, {"result_rows": rows}, timing_dir)
+    _drop_checkpoint(run, checkpoint_dir)
+    log.info("%s: L0 ticket keeps %.2f%% of prunable weights; gated network test %.2f%%", run.label(),
+             100 * ticket.metadata["remaining_weights"], 100 * history[-1].test_accuracy)
+    return ticket
+
+
+# --- tickets: rewind retraining and the random control ---------------------------------------------
+
+
+def run_random_control(params: Params, ticket_path: Path, out_dir: Path, device: torch.device,
+                       checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> dict[str, Any]:
+    """Random masks with exactly the ticket's layer-wise counts, retrained from the ticket's rewind point."""
+    ticket = load_ticket(ticket_path)
+    meta = ticket.metadata
+    network, seed = meta["network"], int(meta["seed"])
+    net = params.network(network)
+    if net.model != meta.get("model"):
+        raise UserError(f"ticket {ticket_path} was found on model {meta.get('model')!r}, but networks.{network}.model is {net.model!r}")
+    masks = random_masks_like(ticket.masks, random_generator(seed))
+    control = Ticket(masks, ticket.rewind_state, {**meta, "control": "random", "source_ticket": str(ticket_path)}).with_counts()
+    control_path = Path(out_dir) / "ticket.pt"
+    save_ticket(control, control_path)
+    run = RunSpec("control_random", network, seed, f"{meta['method']} {meta['setting']}", {
+        "ticket": _ticket_digest(ticket_path), "variant": "random", "network": _network_config(params, network)})
+    started = time.perf_counter()
+    data = make_splits(net, load_prepared(net.dataset), seed, device)
+    model, _ = make_model(net, seed, device)
+    hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, ticket.rewind_state,
+                          float(meta.get("mask_scale", 1.0)), label=run.method)
+    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
+    history = loop.run()
+    row = _row(meta["method"], "random", "ticket", seed, meta["setting"], control.metadata, history[-1],
+               meta["search_epochs"], net.epochs, control_path)
+    final = _final(history, remaining_weights=control.metadata["remaining_weights"],
+                   layer_remaining=control.metadata["layer_remaining"], retrain_epochs=net.epochs)
+    _write_run(out_dir, run, history, final, time.perf_counter() - started, loop.epoch_seconds, device,
+               {"result_rows": [row], "ticket": {k: v for k, v in meta.items() if k != "params"},
+                "ticket_file": str(ticket_path), "variant": "random"}, timing_dir)
+    _drop_checkpoint(run, checkpoint_dir)
+    return final
+
+
+def run_baseline_retrain(params: Params, ticket_path: Path, out_dir: Path, device: torch.device,
+                         variants: tuple[str, ...] = ("rewind", "random"), checkpoint_dir: Path | None = CHECKPOINT_DIR,
+                         timing_dir: Path | None = None) -> None:
+    """out/rewind: experiment.run_retrain from the rewind point; out/random: the random control
+    (only when random_control.enabled)."""
+    for variant in variants:
+        if variant not in ("rewind", "reinit", "random"):
+            raise UserError(f"variant {variant!r} is not allowed; choose rewind, reinit or random")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for variant in variants:
+        if variant == "random":
+            if params.random_control.enabled:
+                run_random_control(params, ticket_path, Path(out_dir) / "random", device, checkpoint_dir,
+                                   _sub(timing_dir, "random"))
+        else:
+            run_retrain(params, ticket_path, variant, Path(out_dir) / variant, device, checkpoint_dir,
+                        _sub(timing_dir, variant))
+
+
+# --- GMP ------------------------------------------------------------------------------------------
+
+
+def run_gmp(params: Params, network: str, sparsity: float, seed: int, out_dir: Path, device: torch.device,
+            checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None,
+            layer_targets: dict[str, float] | None = None, method: str = "gmp", setting: str | None = None) -> Ticket:
+    """GMP from initialisation to `sparsity` (or per-layer targets): pruned.pt (mask + final weights) and
+    metrics.json (the final network is the result: variant pruned, track pruning; every pruning step)."""
+    check_baselines(params)
+    net = params.network(network)
+    setting = setting or f"sparsity={sparsity:g}"
+    data = make_splits(net, load_prepared(net.dataset), seed, device)
+    model, names = make_model(net, seed, device)
+    config = GMPConfig(tuple(names), sparsity, params.gmp.start_epoch, params.gmp.end_epoch, params.gmp.frequency,
+                       tuple(sorted((layer_targets or {}).items())))
+    run = RunSpec(method, network, seed, setting, {"gmp": asdict(config), "network": _network_config(params, network)})
+    started = time.perf_counter()
+    hooks = GMPPruning(config, label=method)
+    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
+    history = loop.run()
+    result = Ticket(hooks.masks, plain_state_dict(model), _ticket_meta(
+        method, network, net, seed, setting, run.config, net.epochs, target_sparsity=sparsity,
+        weights="final trained weights of the pruned network (not a rewind point)")).with_counts()
+    save_ticket(result, out_dir / "pruned.pt")
+    rows = [_row(method, "pruned", "pruning", seed, setting, result.metadata, history[-1], net.epochs, 0,
+                 out_dir / "pruned.pt")]
+    _write_run(out_dir, run, history, _final(history, remaining_weights=result.metadata["remaining_weights"],
+                                             layer_remaining=result.metadata["layer_remaining"]),
+               time.perf_counter() - started, loop.epoch_seconds, device,
+               {"result_rows": rows, "pruning_steps": hooks.events}, timing_dir)
+    _drop_checkpoint(run, checkpoint_dir)
+    log.info("%s: GMP keeps %.2f%%; test %.2f%%", run.label(), 100 * result.metadata["remaining_weights"],
+             100 * history[-1].test_accuracy)
+    return result
+
+
+def run_gmp_cs_layers(params: Params, cs_ticket_path: Path, out_dir: Path, device: torch.device,
+                      checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> None:
+    """Ablation: GMP handed a CS ticket's layer-wise sparsities (out/layerwise, method gmp_cs_layers) next to
+    GMP with one global threshold to the same overall sparsity (out/global, method gmp); same seed."""
+    ticket = load_ticket(cs_ticket_path)
+    meta = ticket.metadata
+    report = sparsity_of(ticket.masks)
+    layer_targets = {name: 1.0 - kept / total for name, (kept, total) in report.per_layer.items()}
+    setting = f"cs {meta['setting']}"
+    common = dict(network=meta["network"], sparsity=report.sparsity, seed=int(meta["seed"]), device=device,
+                  checkpoint_dir=checkpoint_dir, setting=setting)
+    run_gmp(params, out_dir=Path(out_dir) / "layerwise", timing_dir=_sub(timing_dir, "layerwise"),
+            layer_targets=layer_targets, method="gmp_cs_layers", **common)
+    run_gmp(params, out_dir=Path(out_dir) / "global", timing_dir=_sub(timing_dir, "global"), method="gmp", **common)
+
+
+# --- one-shot magnitude pruning with rewinding / fine-tuning ---------------------------------------
+
+
+def run_magnitude_dense(params: Params, network: str, seed: int, out_dir: Path, device: torch.device,
+                        checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> None:
+    """Train the dense network (as IMP's level 0: same seed, same weights) and keep its final weights and
+    rewind point in dense.pt. No result rows: IMP's level 0 is the dense reference."""
+    check_baselines(params)
+    net = params.network(network)
+    run = RunSpec("magnitude_dense", network, seed, "", {"rewind_epoch": net.rewind_epoch,
+                                                          "network": _network_config(params, network)})
+    started = time.perf_counter()
+    data = make_splits(net, load_prepared(net.dataset), seed, device)
+    model, _ = make_model(net, seed, device)
+    hooks = DenseTraining(net.rewind_epoch)
+    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
+    history = loop.run()
+    atomic_torch_save({"format": DENSE_FORMAT, "final_state": plain_state_dict(model), "rewind_state": hooks.rewind_state,
+                       "metadata": {"network": network, "model": net.model, "seed": seed, "epochs": net.epochs,
+                                    "rewind_epoch": net.rewind_epoch}}, Path(out_dir) / "dense.pt")
+    _write_run(out_dir, run, history, _final(history), time.perf_counter() - started, loop.epoch_seconds, device,
+               None, timing_dir)
+    _drop_checkpoint(run, checkpoint_dir)
+
+
+def run_magnitude(params: Params, network: str, sparsity: float, seed: int, dense_dir: Path, out_dir: Path,
+                  device: torch.device, checkpoint_dir: Path | None = CHECKPOINT_DIR,
+                  timing_dir: Path | None = None) -> Ticket:
+    """One-shot global magnitude pruning of the trained dense network to `sparsity`:
+    ticket.pt (method magnitude_rewind) retrained in out/retrain/{rewind,random}; the pruned trained weights
+    fine-tuned for magnitude.finetune_epochs at the final lr in out/finetune (method magnitude_finetune)."""
+    check_baselines(params)
+    net = params.network(network)
+    dense = safe_torch_load(Path(dense_dir) / "dense.pt", "dense network")
+    if dense.get("format") != DENSE_FORMAT or dense["metadata"].get("model") != net.model or dense["metadata"].get("seed") != seed:
+        raise UserError(f"{dense_dir}/dense.pt is not the dense {net.model} of seed {seed}: rerun magnitude_dense")
+    setting = f"sparsity={sparsity:g}"
+    _, names = make_model(net, seed, torch.device("cpu"))
+    masks = one_shot_masks({n: dense["final_state"][n] for n in names}, sparsity)
+    config = {"sparsity": sparsity, "dense": str(dense_dir), "network": _network_config(params, network)}
+    ticket = Ticket(masks, dense["rewind_state"], _ticket_meta("magnitude_rewind", network, net, seed, setting, config,
+                                                                net.epochs, target_sparsity=sparsity)).with_counts()
+    ticket_path = Path(out_dir) / "ticket.pt"
+    save_ticket(ticket, ticket_path)
+
+    # (b) fine-tuning the pruned trained weights at the schedule's final learning rate.
+    ft_epochs = params.magnitude.finetune_epochs or net.epochs
+    final_lr = net.lr * net.lr_gamma ** len(net.lr_milestones)
+    ft_net = dataclasses.replace(net, epochs=ft_epochs, lr=final_lr, lr_milestones=[], rewind_epoch=0)
+    ft_params = dataclasses.replace(params, networks={**params.networks, network: ft_net})
+    run = RunSpec("magnitude_finetune", network, seed, setting, {
+        "ticket": _ticket_digest(ticket_path), "finetune_epochs": ft_epochs, "lr": final_lr,
+        "network": _network_config(params, network)})
+    started = time.perf_counter()
+    data = make_splits(net, load_prepared(net.dataset), seed, device)
+    model, _ = make_model(net, seed, device)
+    hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, dense["final_state"], label=run.method)
+    loop = _loop(ft_params, run, hooks, model, data, device, checkpoint_dir)
+    history = loop.run()
+    rows = [_row("magnitude_finetune", "finetuned", "pruning", seed, setting, ticket.metadata, history[-1], net.epochs,
+                 ft_epochs, ticket_path)]
+    _write_run(Path(out_dir) / "finetune", run, history,
+               _final(history, remaining_weights=ticket.metadata["remaining_weights"], retrain_epochs=ft_epochs),
+               time.perf_counter() - started, loop.epoch_seconds, device, {"result_rows": rows},
+               _sub(timing_dir, "finetune"))
+    _drop_checkpoint(run, checkpoint_dir)
+
+    # (a) rewinding: the ticket retrained from the rewind point, and its random control.
+    run_baseline_retrain(params, ticket_path, Path(out_dir) / "retrain", device, ("rewind", "random"), checkpoint_dir,
+                         _sub(timing_dir, "retrain"))
+    return ticket
+
+
+# --- CS ablations ---------------------------------------------------------------------------------
+
+
+def run_cs_ablation(params: Params, name: str, network: str, s0: float, seed: int, out_dir: Path, device: torch.device,
+                    checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> Ticket:
+    """cs_beta1: CS with beta = 1 in every epoch, mask = sigmoid(s) > ablations.beta1_threshold after training.
+    cs_released_clamp: CS with the released code's between-round clamp s <- min(s, s0).
+    Writes out/search/{ticket.pt, metrics.json} (pruned-network row) and retrains the ticket in out/retrain/rewind."""
+    if name not in CS_ABLATIONS:
+        raise UserError(f"unknown CS ablation {name!r}; choose one of: {', '.join(CS_ABLATIONS)}")
+    check_baselines(params)
+    net = params.network(network)
+    beta1 = name == "cs_beta1"
+    threshold = params.ablations.beta1_threshold if beta1 else 0.5
+    config = CSConfig(
+        s0=s0, penalty_weight=params.lambda_, beta_final=1.0 if beta1 else params.cs.beta_final, rounds=params.cs.rounds,
+        mask_lr=params.cs.mask_lr, clamp_rule=params.cs.clamp_rule if beta1 else "released", rewind_epoch=net.rewind_epoch,
+    )
+    setting = f"s0={s0:g}"
+    run = RunSpec(name, network, seed, setting, {"cs": asdict(config), "threshold": threshold,
+                                                 "mask_scale": params.cs.mask_scale, "network": _network_config(params, network)})
+    search_dir = Path(out_dir) / "search"
+    started = time.perf_counter()
+    data = make_splits(net, load_prepared(net.dataset), seed, device)
+    model, names = make_model(net, seed, device)
+    masks = SoftMasks.attach(model, names, s0)
+    hooks = CSSearch(masks, config)
+    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
+    history = loop.run()
+    cut = math.log(threshold / (1.0 - threshold))  # sigmoid(s) > t  <=>  s > logit(t), without rounding
+    binary = {n: (logits > cut).cpu() for n, logits in masks.state_dict().items()}
+    search_epochs = config.rounds * net.epochs
+    ticket = Ticket(binary, hooks.rewind_state, _ticket_meta(
+        name, network, net, seed, setting, run.config, search_epochs, s0=s0, threshold=threshold,
+        mask_scale=mask_scale_for(params.cs.mask_scale, s0))).with_counts()
+    save_ticket(ticket, search_dir / "ticket.pt")
+    # Pruning track as for CS: the trained weights with the binary mask, scaled by 1/sigmoid(s0).
+    masks.detach()
+    HardMasks.apply(model, {n: m.to(device) for n, m in binary.items()}, scale=mask_scale_for("released", s0)).remove()
+    pruned = {"test_accuracy": loop.evaluate(data.test), "val_accuracy": loop.evaluate(data.val)}
+    last = dataclasses.replace(history[-1], **pruned)
+    rows = [_row(name, "pruned", "pruning", seed, setting, ticket.metadata, last, search_epochs, 0, search_dir / "ticket.pt")]
+    _write_run(search_dir, run, history, _final(history, remaining_weights=ticket.metadata["remaining_weights"],
+                                                layer_remaining=ticket.metadata["layer_remaining"], search_epochs=search_epochs),
+               time.perf_counter() - started, loop.epoch_seconds, device, {"result_rows": rows, "pruned": pruned},
+               _sub(timing_dir, "search"))
+    _drop_checkpoint(run, checkpoint_dir)
+    run_baseline_retrain(params, search_dir / "ticket.pt", Path(out_dir) / "retrain", device, ("rewind",), checkpoint_dir,
+                         _sub(timing_dir, "retrain"))
+    return ticket
+
+
+__all__ = [
+    "check_baselines", "run_l0_search", "run_random_control", "run_baseline_retrain", "run_gmp", "run_gmp_cs_layers",
+    "run_magnitude_dense", "run_magnitude", "run_cs_ablation", "CS_ABLATIONS",
+]

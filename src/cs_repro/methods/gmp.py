@@ -1,0 +1,166 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2017), the reviewers' pruning baseline.
+
+The network trains from initialisation for E epochs; sparsity rises on the cubic schedule
+
+    s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))^3,   s_i = 0,
+
+applied every dt **optimiser steps** from t0 = start_epoch * (steps per epoch) until
+t0 + n*dt <= end_epoch * (steps per epoch), n = floor(span / dt) (dt is shortened to the span if it is
+longer), so the last pruning step lands exactly on s_f. Each pruning step keeps the round((1 - s_t) * N)
+largest |w| among the weights still kept, ranked across all prunable tensors together (global); with
+per-layer targets (the `gmp_cs_layers` ablation) each tensor l follows its own schedule to s_f^l and is
+ranked on its own. Pruned weights stay at exactly 0: HardMasks masks their gradients, and the momentum
+buffers of newly pruned weights are zeroed at the pruning step.
+
+Steps, not epochs, because the schedule is meant to be fine-grained (the paper prunes every few hundred
+steps). The loop has no per-step hook, so the pruning runs as a post-step hook of the weights' optimiser;
+the step count is (epoch * steps per epoch + steps done this epoch), hence deterministic and resumable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cs_repro.errors import UserError
+from cs_repro.masks import HardMasks, sparsity_of
+from cs_repro.methods.imp import global_magnitude_masks
+from cs_repro.train import Hooks, TrainingLoop, make_sgd
+
+
+@dataclass(frozen=True)
+class GMPConfig:
+    prunable: tuple[str, ...]
+    target: float  # s_f over all prunable weights (the global schedule)
+    start_epoch: int = 0
+    end_epoch: int = 1
+    frequency: int = 100  # dt, in optimiser steps
+    layer_targets: tuple[tuple[str, float], ...] = ()  # per-tensor s_f^l; empty = global ranking
+
+
+@dataclass(frozen=True)
+class Schedule:
+    t0: int
+    dt: int
+    n: int
+
+    @classmethod
+    def build(cls, start_epoch: int, end_epoch: int, frequency: int, steps_per_epoch: int) -> "Schedule":
+        if end_epoch <= start_epoch:
+            raise UserError(f"gmp.end_epoch={end_epoch} must be greater than gmp.start_epoch={start_epoch}")
+        span = (end_epoch - start_epoch) * steps_per_epoch
+        dt = min(frequency, span)
+        return cls(t0=start_epoch * steps_per_epoch, dt=dt, n=span // dt)
+
+    def steps(self) -> list[int]:
+        """The step counts (optimiser steps done) at which pruning happens: t0 + k*dt, k = 1..n
+        (k = 0 would be s_i = 0, nothing to prune)."""
+        return [self.t0 + k * self.dt for k in range(1, self.n + 1)]
+
+    def sparsity(self, step: int, final: float, initial: float = 0.0) -> float:
+        """s_t of the cubic schedule (s_i before t0, s_f after t0 + n*dt)."""
+        progress = min(max((step - self.t0) / (self.n * self.dt), 0.0), 1.0)
+        return final + (initial - final) * (1.0 - progress) ** 3
+
+
+def kept_at(sparsity: float, total: int) -> int:
+    return max(1, round((1.0 - sparsity) * total))
+
+
+class GMPPruning(Hooks):
+    """Dense training with gradual magnitude pruning on the cubic schedule (one phase of E epochs)."""
+
+    def __init__(self, config: GMPConfig, label: str = "gmp") -> None:
+        self.config = config
+        self.label = label
+        self.masks: dict[str, Tensor] | None = None
+        self.events: list[dict[str, Any]] = []  # one per pruning step: step, target sparsity, kept count
+        self.step = 0
+        self._schedule: Schedule | None = None
+        self._prune_at: set[int] = set()
+        self._hard: HardMasks | None = None
+        layer_targets = dict(config.layer_targets)
+        if layer_targets and set(layer_targets) != set(config.prunable):
+            raise UserError("gmp per-layer targets must name exactly the prunable tensors "
+                            f"(missing: {sorted(set(config.prunable) - set(layer_targets))})")
+        for value in [config.target, *layer_targets.values()]:  # a tensor keeps at least one weight (kept_at)
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"gmp target sparsity {value} must lie in [0, 1]")
+
+    # -- the schedule
+    def _setup(self, loop: TrainingLoop) -> None:
+        if self.config.end_epoch > loop.epochs:
+            raise UserError(f"gmp.end_epoch={self.config.end_epoch} exceeds the network's epochs ({loop.epochs})")
+        self._schedule = Schedule.build(self.config.start_epoch, self.config.end_epoch, self.config.frequency,
+                                        len(loop.data.train))
+        self._prune_at = set(self._schedule.steps())
+
+    @property
+    def schedule(self) -> Schedule:
+        assert self._schedule is not None
+        return self._schedule
+
+    def begin_phase(self, loop: TrainingLoop, phase: int) -> None:
+        params = dict(loop.model.named_parameters())
+        self.masks = {n: torch.ones_like(params[n], dtype=torch.bool, device="cpu") for n in self.config.prunable}
+
+    def make_optimizers(self, loop: TrainingLoop, phase: int):
+        self._setup(loop)
+        optimizer = make_sgd([p for p in loop.model.parameters() if p.requires_grad], loop.optim.lr, loop.optim)
+        optimizer.register_step_post_hook(lambda opt, args, kwargs: self._after_step(loop, opt))
+        return [optimizer]
+
+    def begin_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> None:
+        self.step = epoch * len(loop.data.train)
+
+    def _after_step(self, loop: TrainingLoop, optimizer: torch.optim.Optimizer) -> None:
+        self.step += 1
+        if self.step in self._prune_at:
+            self.prune(loop, optimizer, self.step)
+
+    @torch.no_grad()
+    def prune(self, loop: TrainingLoop, optimizer: torch.optim.Optimizer, step: int) -> None:
+        params = dict(loop.model.named_parameters())
+        layer_targets = dict(self.config.layer_targets)
+        if layer_targets:
+            masks = {}
+            for name in self.config.prunable:
+                keep = kept_at(self.schedule.sparsity(step, layer_targets[name]), params[name].numel())
+                masks[name] = global_magnitude_masks({name: params[name]}, {name: self.masks[name]}, keep)[name]
+        else:
+            total = sum(params[n].numel() for n in self.config.prunable)
+            keep = kept_at(self.schedule.sparsity(step, self.config.target), total)
+            masks = global_magnitude_masks({n: params[n] for n in self.config.prunable}, self.masks, keep)
+        self.masks = masks
+        self._apply(loop)
+        for name, mask in masks.items():  # a pruned weight's momentum would move it off 0 again
+            buffer = optimizer.state.get(params[name], {}).get("momentum_buffer")
+            if buffer is not None:
+                buffer.mul_(mask.to(device=buffer.device, dtype=buffer.dtype))
+        report = sparsity_of(masks)
+        self.events.append({"step": step, "target_sparsity": self.schedule.sparsity(step, self.config.target),
+                            "remaining_count": report.remaining, "sparsity": report.sparsity,
+                            "layer_remaining_count": {n: kept for n, (kept, _) in report.per_layer.items()}})
+
+    def _apply(self, loop: TrainingLoop) -> None:
+        if self._hard is not None:
+            self._hard.remove()
+        self._hard = HardMasks.apply(loop.model, self.masks)
+
+    def end_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
+        report = sparsity_of(self.masks)
+        return {"remaining_weights": report.remaining_weights, "sparsity": report.sparsity}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": self.masks, "events": self.events}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.masks = state["masks"]
+        self.events = list(state["events"])
+
+    def resume(self, loop: TrainingLoop) -> None:
+        if self.masks is not None:
+            self._apply(loop)

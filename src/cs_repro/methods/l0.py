@@ -1,0 +1,220 @@
+"""L0 regularisation with hard-concrete gates (Louizos, Welling, Kingma 2018), the reviewers' baseline.
+
+Every prunable weight W gets a gate z of the same shape with its own location parameter log_alpha;
+the network sees W * z through `torch.nn.utils.parametrize` (like CS's soft masks in `cs_repro.masks`).
+
+* Training: one u ~ U(0, 1) per gate and step (shared by the batch), drawn from a generator seeded by
+  (seed, phase, epoch) so a run is deterministic and resumes to the same numbers:
+  s = sigmoid((log u - log(1-u) + log_alpha) / beta), s_bar = s * (zeta - gamma) + gamma, z = clamp(s_bar, 0, 1).
+* Test time (eval mode): z = clamp(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1).
+* Penalty (expected number of non-zero gates): sum sigmoid(log_alpha - beta * log(-gamma / zeta)),
+  weighted by the L0 lambda (`--penalty`, swept over `baselines.l0_penalty`).
+* Binary mask: the deterministic gate is non-zero, i.e. log_alpha > log(-gamma / zeta).
+
+Constants as in the paper: gamma = -0.1, zeta = 1.1, beta = 2/3. The weights keep the network's SGD
+settings (the same as every other method); the log_alpha get their own optimiser, Adam (Louizos et al.
+train with Adam; with SGD the penalty's gradient, the same for every gate, dwarfs the loss's per-gate
+signal, so all gates closed together: measured on LeNet-300-100, 100% kept at lambda 0.03, 0% at 0.1),
+with lr `l0.gate_lr` on the same schedule and no weight decay.
+Training runs `rounds` phases of E epochs (the lr schedule restarts, optimiser state carries over);
+the rewind point is the full model state after epoch k of the first phase, as for CS and IMP.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from cs_repro.errors import UserError
+from cs_repro.masks import default_prunable_names, plain_state_dict, sparsity_of
+from cs_repro.train import Hooks, Phase, TrainingLoop, epoch_seed, make_sgd
+
+GAMMA = -0.1
+ZETA = 1.1
+BETA = 2.0 / 3.0
+NOISE_SEED_OFFSET = 7_919  # the gate noise is drawn independently of the data order (same seed formula)
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class L0Config:
+    penalty: float  # the L0 lambda
+    droprate_init: float = 0.3  # initial P(gate closed) in Louizos et al.'s parametrisation
+    rounds: int = 1
+    gate_lr: float = 0.01  # Adam, as in Louizos et al.
+    rewind_epoch: int = 1
+    gamma: float = GAMMA
+    zeta: float = ZETA
+    beta: float = BETA
+
+
+def initial_log_alpha(droprate_init: float) -> float:
+    """log_alpha = log(1 - p) - log(p), Louizos et al.'s initialisation for a drop rate p."""
+    return math.log(1.0 - droprate_init) - math.log(droprate_init)
+
+
+def sample_gates(log_alpha: Tensor, u: Tensor, gamma: float = GAMMA, zeta: float = ZETA, beta: float = BETA) -> Tensor:
+    """The stretched, clamped hard-concrete sample z for uniform noise u (differentiable in log_alpha)."""
+    u = u.clamp(_EPS, 1.0 - _EPS)
+    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / beta)
+    return (s * (zeta - gamma) + gamma).clamp(0.0, 1.0)
+
+
+def deterministic_gates(log_alpha: Tensor, gamma: float = GAMMA, zeta: float = ZETA) -> Tensor:
+    """The test-time gate clamp(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1)."""
+    return (torch.sigmoid(log_alpha) * (zeta - gamma) + gamma).clamp(0.0, 1.0)
+
+
+def prob_nonzero(log_alpha: Tensor, gamma: float = GAMMA, zeta: float = ZETA, beta: float = BETA) -> Tensor:
+    """P(z != 0) = 1 - Q(s_bar <= 0) = sigmoid(log_alpha - beta * log(-gamma / zeta)): the expected-L0 term."""
+    return torch.sigmoid(log_alpha - beta * math.log(-gamma / zeta))
+
+
+def prob_one(log_alpha: Tensor, gamma: float = GAMMA, zeta: float = ZETA, beta: float = BETA) -> Tensor:
+    """P(z = 1) = P(s_bar >= 1) = sigmoid(log_alpha - beta * log((1 - gamma) / (zeta - 1))).
+
+    z = 1 exactly when s >= t = (1 - gamma) / (zeta - gamma); with s = sigmoid((L + log_alpha) / beta) and
+    L = log u - log(1 - u) standard logistic, P(s >= t) = P(L >= beta * logit(t) - log_alpha)
+    = sigmoid(log_alpha - beta * logit(t)), and logit(t) = log((1 - gamma) / (zeta - 1))."""
+    return torch.sigmoid(log_alpha - beta * math.log((1.0 - gamma) / (zeta - 1.0)))
+
+
+class HardConcreteGate(nn.Module):
+    """A parametrization: W -> W * z with hard-concrete gates z (sampled in training, deterministic in eval)."""
+
+    def __init__(self, shape: torch.Size, log_alpha: float, config: L0Config, device=None, dtype=None) -> None:
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.full(shape, float(log_alpha), device=device, dtype=dtype))
+        self.gamma, self.zeta, self.beta = config.gamma, config.zeta, config.beta
+        self.generator: torch.Generator | None = None
+
+    def gates(self) -> Tensor:
+        if self.training:
+            if self.generator is None:
+                raise RuntimeError("L0 gate noise has no generator: the L0 hooks set one at every epoch")
+            u = torch.rand(self.log_alpha.shape, generator=self.generator, device=self.log_alpha.device,
+                           dtype=self.log_alpha.dtype)
+            return sample_gates(self.log_alpha, u, self.gamma, self.zeta, self.beta)
+        return deterministic_gates(self.log_alpha, self.gamma, self.zeta)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.gates()
+
+    def expected_l0(self) -> Tensor:
+        return prob_nonzero(self.log_alpha, self.gamma, self.zeta, self.beta).sum()
+
+    @torch.no_grad()
+    def binary_mask(self) -> Tensor:
+        """Deterministic gate > 0, i.e. log_alpha > log(-gamma / zeta) (computed on the logit: no rounding)."""
+        return self.log_alpha > math.log(-self.gamma / self.zeta)
+
+
+def _tensor_owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, tensor_name = name.rpartition(".")
+    try:
+        module = model.get_submodule(module_name) if module_name else model
+    except AttributeError:
+        module = None
+    if module is None or not isinstance(getattr(module, tensor_name, None), Tensor):
+        raise UserError(f"prunable tensor {name!r} does not exist in {type(model).__name__}")
+    return module, tensor_name
+
+
+class L0Gates:
+    """Hard-concrete gates attached to a model's prunable weights."""
+
+    def __init__(self, model: nn.Module, names: list[str], parts: dict[str, HardConcreteGate]) -> None:
+        self.model, self.names, self.parts = model, names, parts
+
+    @classmethod
+    def attach(cls, model: nn.Module, names: list[str] | None, config: L0Config) -> "L0Gates":
+        names = list(names) if names is not None else default_prunable_names(model)
+        if not names:
+            raise UserError("no prunable tensors given: name at least one weight to gate")
+        parts = {}
+        for name in names:
+            module, tensor_name = _tensor_owner(model, name)
+            if parametrize.is_parametrized(module, tensor_name):
+                raise UserError(f"{name!r} already carries a mask; detach it first")
+            weight = getattr(module, tensor_name)
+            part = HardConcreteGate(weight.shape, initial_log_alpha(config.droprate_init), config,
+                                    device=weight.device, dtype=weight.dtype)
+            parametrize.register_parametrization(module, tensor_name, part, unsafe=True)
+            parts[name] = part
+        return cls(model, names, parts)
+
+    def log_alphas(self) -> list[nn.Parameter]:
+        return [part.log_alpha for part in self.parts.values()]
+
+    def set_generator(self, generator: torch.Generator) -> None:
+        for part in self.parts.values():
+            part.generator = generator
+
+    def expected_l0(self) -> Tensor:
+        return sum(part.expected_l0() for part in self.parts.values())
+
+    @torch.no_grad()
+    def binary_masks(self) -> dict[str, Tensor]:
+        return {name: part.binary_mask() for name, part in self.parts.items()}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {name: part.log_alpha.detach().clone() for name, part in self.parts.items()}
+
+
+class L0Search(Hooks):
+    """Hooks that train a network with L0 gates: loss = CE + penalty * expected L0."""
+
+    label = "l0"
+
+    def __init__(self, gates: L0Gates, config: L0Config) -> None:
+        if not 0.0 < config.droprate_init < 1.0:
+            raise UserError(f"l0.droprate_init={config.droprate_init} must lie strictly between 0 and 1")
+        self.gates = gates
+        self.config = config
+        self.rewind_state: dict | None = None
+
+    def phases(self, loop: TrainingLoop) -> list[Phase]:
+        return [Phase(f"round {r + 1}/{self.config.rounds}", loop.epochs) for r in range(self.config.rounds)]
+
+    def begin_phase(self, loop: TrainingLoop, phase: int) -> None:
+        if phase == 0 and self.config.rewind_epoch == 0:
+            self.rewind_state = plain_state_dict(loop.model)
+
+    def make_optimizers(self, loop: TrainingLoop, phase: int):
+        if phase > 0 and loop.optimizers:
+            return loop.optimizers  # state carries across rounds; the lr schedule restarts
+        gate_ids = {id(p) for p in self.gates.log_alphas()}
+        weights = [p for p in loop.model.parameters() if id(p) not in gate_ids]
+        gate_optimizer = torch.optim.Adam(self.gates.log_alphas(), lr=self.config.gate_lr)
+        for group in gate_optimizer.param_groups:
+            group["initial_lr"] = self.config.gate_lr  # the loop scales this by the phase's lr schedule
+        return [make_sgd(weights, loop.optim.lr, loop.optim), gate_optimizer]
+
+    def begin_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> None:
+        seed = epoch_seed(loop.seed + NOISE_SEED_OFFSET, phase, epoch)
+        self.gates.set_generator(torch.Generator(device=loop.device).manual_seed(seed))
+
+    def loss(self, loop: TrainingLoop, logits: Tensor, labels: Tensor) -> Tensor:
+        loss = super().loss(loop, logits, labels)
+        if self.config.penalty:
+            loss = loss + self.config.penalty * self.gates.expected_l0()
+        return loss
+
+    def end_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
+        if phase == 0 and epoch + 1 == self.config.rewind_epoch:
+            self.rewind_state = plain_state_dict(loop.model)
+        report = sparsity_of(self.gates.binary_masks())
+        with torch.no_grad():
+            expected = float(self.gates.expected_l0())
+        return {"remaining_weights": report.remaining_weights, "sparsity": report.sparsity, "expected_l0": expected}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rewind_state": self.rewind_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rewind_state = state["rewind_state"]

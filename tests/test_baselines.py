@@ -1,0 +1,292 @@
+"""The reviewers' baselines and ablations: L0 gates, GMP, one-shot magnitude pruning, random-mask controls,
+CS ablations; closed-form checks, exact counts, resume, and result rows that the evaluation accepts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cs_repro import baselines as bl
+from cs_repro import experiment as ex
+from cs_repro.errors import UserError
+from cs_repro.evaluation import collect_rows
+from cs_repro.methods.gmp import GMPPruning, Schedule, kept_at
+from cs_repro.methods.l0 import (
+    BETA, GAMMA, ZETA, HardConcreteGate, L0Config, L0Search, deterministic_gates, prob_nonzero, prob_one, sample_gates,
+)
+from cs_repro.methods.random_masks import random_generator, random_masks_like
+from cs_repro.params import params_from_dict
+from cs_repro.profiles import compose_profile
+from cs_repro.report.rows import as_rows
+from cs_repro.tickets import load_ticket
+
+CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    """Byte-identical metrics.json but for the output folder named in the rows' ticket_file."""
+    text_b = (b / "metrics.json").read_text().replace(str(b), str(a))
+    assert (a / "metrics.json").read_text() == text_b
+
+
+# --- L0 gates: closed forms -------------------------------------------------------------------------
+
+
+LOG_ALPHAS = (-3.0, -1.0, 0.0, 0.7, 2.5)
+
+
+def _expected_gate(log_alpha: float, points: int = 200_000) -> float:
+    """E[z] by the midpoint rule over u in (0, 1) (z is a monotone function of u)."""
+    u = (torch.arange(points, dtype=torch.float64) + 0.5) / points
+    return float(sample_gates(torch.full((points,), log_alpha, dtype=torch.float64), u).mean())
+
+
+@pytest.mark.parametrize("log_alpha", LOG_ALPHAS)
+def test_hard_concrete_gate_statistics_match_the_closed_forms(log_alpha):
+    n = 200_000
+    gate = HardConcreteGate(torch.Size([n]), log_alpha, L0Config(penalty=0.0))
+    gate.generator = torch.Generator().manual_seed(11)
+    gate.train()
+    with torch.no_grad():
+        z = gate.gates().double()
+    la = torch.tensor(log_alpha, dtype=torch.float64)
+    p_nonzero = float(prob_nonzero(la))
+    p_one = float(prob_one(la))
+    # P(z != 0) = sigmoid(log_alpha - beta * log(-gamma / zeta)), independently of the helper:
+    assert p_nonzero == pytest.approx(1 / (1 + math.exp(-(log_alpha - BETA * math.log(-GAMMA / ZETA)))), rel=1e-12)
+    for empirical, p in ((float((z > 0).double().mean()), p_nonzero), (float((z == 1).double().mean()), p_one)):
+        assert abs(empirical - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12
+    # The mean gate against the numerically integrated expectation (z in [0, 1]: sd <= 1/2).
+    assert abs(float(z.mean()) - _expected_gate(log_alpha)) <= 5 * 0.5 / math.sqrt(n)
+    assert ((z >= 0) & (z <= 1)).all()
+
+
+def test_deterministic_gate_and_binary_mask():
+    la = torch.tensor([-5.0, math.log(-GAMMA / ZETA) - 1e-4, math.log(-GAMMA / ZETA) + 1e-4, 0.0, 5.0])
+    z = deterministic_gates(la)
+    assert torch.allclose(z, (torch.sigmoid(la) * (ZETA - GAMMA) + GAMMA).clamp(0, 1))
+    gate = HardConcreteGate(torch.Size([5]), 0.0, L0Config(penalty=0.0))
+    with torch.no_grad():
+        gate.log_alpha.copy_(la)
+    gate.eval()
+    assert torch.equal(gate.binary_mask(), torch.tensor([False, False, True, True, True]))
+    assert torch.equal(gate.binary_mask(), gate.gates() > 0)
+    assert z[-1] == 1.0 and z[0] == 0.0
+
+
+def test_l0_noise_is_seeded_per_epoch():
+    from types import SimpleNamespace
+
+    from cs_repro.methods.l0 import L0Gates
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    gates = L0Gates.attach(model, ["0.weight"], L0Config(penalty=0.0))
+    hooks = L0Search(gates, L0Config(penalty=0.0))
+    loop = SimpleNamespace(seed=3, device=CPU)
+    draws = []
+    for epoch in (0, 1, 0):
+        hooks.begin_epoch(loop, 0, epoch)
+        draws.append(gates.parts["0.weight"].gates().detach().clone())
+    assert torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[1])
+
+
+# --- GMP: the cubic schedule ------------------------------------------------------------------------
+
+
+def test_gmp_schedule_formula():
+    schedule = Schedule.build(start_epoch=1, end_epoch=3, frequency=7, steps_per_epoch=20)
+    assert (schedule.t0, schedule.dt, schedule.n) == (20, 7, 5)
+    assert schedule.steps() == [27, 34, 41, 48, 55]
+    for step in schedule.steps():
+        expected = 0.9 + (0.0 - 0.9) * (1 - (step - 20) / (5 * 7)) ** 3
+        assert schedule.sparsity(step, 0.9) == pytest.approx(expected)
+    assert schedule.sparsity(55, 0.9) == 0.9 and schedule.sparsity(10, 0.9) == 0.0
+
+
+def test_gmp_follows_the_cubic_schedule_and_ends_exactly_at_the_target(workspace, tiny_params):
+    params = tiny_params({"gmp": {"start_epoch": 0, "end_epoch": 2, "frequency": 6}})
+    target = 0.9
+    result = bl.run_gmp(params, "lenet300_100", target, 0, workspace / "gmp", CPU, checkpoint_dir=None)
+    doc = _metrics(workspace / "gmp")
+    events = doc["pruning_steps"]
+    total = result.metadata["prunable_count"]
+    steps_per_epoch = 2000 // 100
+    schedule = Schedule.build(0, 2, 6, steps_per_epoch)
+    assert [e["step"] for e in events] == schedule.steps() and len(events) == schedule.n
+    for event in events:  # counted from the masks at every pruning step
+        assert event["remaining_count"] == kept_at(schedule.sparsity(event["step"], target), total)
+    assert events[-1]["remaining_count"] == round((1 - target) * total)
+    # The final network: exactly the target, and its pruned weights are exactly zero.
+    assert result.metadata["remaining_count"] == round((1 - target) * total)
+    for name, mask in result.masks.items():
+        assert (result.rewind_state[name][~mask] == 0).all()
+    assert [row["remaining_weights"] for row in doc["epochs"]][-1] == pytest.approx(1 - target, abs=1 / total)
+
+
+def test_gmp_per_layer_targets_are_met_exactly_per_layer(workspace, tiny_params):
+    params = tiny_params({"gmp": {"start_epoch": 0, "end_epoch": 1, "frequency": 5}})
+    targets = {"fc1.weight": 0.95, "fc2.weight": 0.6, "fc3.weight": 0.2}
+    model, names = ex.make_model(params.network("lenet300_100"), 0, CPU)
+    assert sorted(names) == sorted(targets)
+    result = bl.run_gmp(params, "lenet300_100", 0.9, 0, workspace / "gmp", CPU, checkpoint_dir=None,
+                        layer_targets=targets, method="gmp_cs_layers", setting="test")
+    for name, mask in result.masks.items():
+        assert int(mask.sum()) == round((1 - targets[name]) * mask.numel())
+
+
+def test_gmp_resumes_to_identical_metrics(workspace, tiny_params, monkeypatch):
+    params = tiny_params({"gmp": {"start_epoch": 0, "end_epoch": 2, "frequency": 6}})
+    bl.run_gmp(params, "lenet300_100", 0.8, 0, workspace / "whole", CPU, checkpoint_dir=workspace / "ck1")
+    original = GMPPruning.end_epoch
+    calls = {"n": 0}
+
+    def interrupt_after_two_epochs(self, loop, phase, epoch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, loop, phase, epoch)
+
+    monkeypatch.setattr(GMPPruning, "end_epoch", interrupt_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        bl.run_gmp(params, "lenet300_100", 0.8, 0, workspace / "resumed", CPU, checkpoint_dir=workspace / "ck2")
+    monkeypatch.setattr(GMPPruning, "end_epoch", original)
+    bl.run_gmp(params, "lenet300_100", 0.8, 0, workspace / "resumed", CPU, checkpoint_dir=workspace / "ck2")
+    _assert_same_run(workspace / "whole", workspace / "resumed")
+
+
+# --- random-mask controls -----------------------------------------------------------------------------
+
+
+def test_random_masks_keep_exactly_the_layerwise_counts():
+    generator = torch.Generator().manual_seed(0)
+    masks = {"a": torch.rand(30, 20, generator=generator) > 0.7, "b": torch.rand(50, generator=generator) > 0.1,
+             "c": torch.zeros(7, dtype=torch.bool), "d": torch.ones(3, 3, dtype=torch.bool)}
+    random = random_masks_like(masks, random_generator(5))
+    for name in masks:
+        assert random[name].shape == masks[name].shape and random[name].dtype == torch.bool
+        assert int(random[name].sum()) == int(masks[name].sum())
+    assert not torch.equal(random["a"], masks["a"])
+    again = random_masks_like(masks, random_generator(5))
+    assert all(torch.equal(random[n], again[n]) for n in masks)
+
+
+# --- end to end: every method writes result rows the evaluation accepts --------------------------------
+
+
+def test_every_baseline_writes_result_rows_that_evaluation_accepts(workspace, tiny_params):
+    small = dict(epochs=2, lr_milestones=[1], train_subset=1000, test_subset=500, val_size=200)
+    params = tiny_params({"l0": {"gate_lr": 0.3, "droprate_init": 0.7},
+                          "gmp": {"start_epoch": 0, "end_epoch": 2, "frequency": 4},
+                          "baselines": {"sparsities": [0.9], "l0_penalty": [3e-3], "cs_s0": [0.0]}}, **small)
+    runs = workspace / "runs" / "lenet300_100"
+    # CS (the real method) for the ablation that reads its ticket.
+    ex.run_cs_search(params, "lenet300_100", 0.0, 0, runs / "cs" / "search", CPU, checkpoint_dir=None)
+    # L0: search, rewind retraining and random control.
+    l0 = bl.run_l0_search(params, "lenet300_100", 3e-3, 0, runs / "l0" / "search", CPU, checkpoint_dir=None)
+    assert 0.0 < l0.metadata["remaining_weights"] < 1.0
+    bl.run_baseline_retrain(params, runs / "l0" / "search" / "ticket.pt", runs / "l0" / "retrain", CPU, checkpoint_dir=None)
+    random_ticket = load_ticket(runs / "l0" / "retrain" / "random" / "ticket.pt")
+    for name, mask in l0.masks.items():
+        assert int(random_ticket.masks[name].sum()) == int(mask.sum())
+        assert torch.equal(random_ticket.rewind_state[name], l0.rewind_state[name])
+    # GMP, magnitude pruning with rewinding / fine-tuning.
+    bl.run_gmp(params, "lenet300_100", 0.9, 0, runs / "gmp", CPU, checkpoint_dir=None)
+    bl.run_magnitude_dense(params, "lenet300_100", 0, runs / "magnitude" / "dense", CPU, checkpoint_dir=None)
+    magnitude = bl.run_magnitude(params, "lenet300_100", 0.9, 0, runs / "magnitude" / "dense", runs / "magnitude" / "s",
+                                 CPU, checkpoint_dir=None)
+    assert magnitude.metadata["remaining_count"] == round(0.1 * magnitude.metadata["prunable_count"])
+    # The dense run is IMP's level 0: same seed, same rewind point.
+    imp = ex.run_imp(tiny_params({"imp": {"levels": 1}}, **small), "lenet300_100", 0,
+                     workspace / "imp_check", CPU, checkpoint_dir=None)
+    assert all(torch.equal(imp[0].rewind_state[k], magnitude.rewind_state[k]) for k in magnitude.rewind_state)
+    # Ablations.
+    for name in bl.CS_ABLATIONS:
+        bl.run_cs_ablation(params, name, "lenet300_100", 0.0, 0, runs / name, CPU, checkpoint_dir=None)
+    bl.run_gmp_cs_layers(params, runs / "cs" / "search" / "ticket.pt", runs / "gmp_cs_layers", CPU, checkpoint_dir=None)
+    cs_ticket = load_ticket(runs / "cs" / "search" / "ticket.pt")
+    layerwise = load_ticket(runs / "gmp_cs_layers" / "layerwise" / "pruned.pt")
+    for name, mask in cs_ticket.masks.items():  # GMP reaches CS's layer-wise counts exactly
+        assert int(layerwise.masks[name].sum()) == max(1, int(mask.sum()))
+
+    rows, _, _ = collect_rows(params, workspace / "runs")
+    validated = as_rows(rows)
+    found = {(r.method, r.variant, r.track) for r in validated}
+    assert {
+        ("l0", "pruned", "pruning"), ("l0", "rewind", "ticket"), ("l0", "random", "ticket"),
+        ("gmp", "pruned", "pruning"), ("magnitude_finetune", "finetuned", "pruning"),
+        ("magnitude_rewind", "rewind", "ticket"), ("magnitude_rewind", "random", "ticket"),
+        ("cs_beta1", "pruned", "pruning"), ("cs_beta1", "rewind", "ticket"),
+        ("cs_released_clamp", "pruned", "pruning"), ("cs_released_clamp", "rewind", "ticket"),
+        ("gmp_cs_layers", "pruned", "pruning"),
+    } <= found
+    for row in validated:
+        assert row.flops_nonzero <= row.flops_dense and row.network == "lenet300_100"
+    l0_rows = [r for r in validated if r.method == "l0"]
+    assert {r.setting for r in l0_rows} == {"penalty=0.003"}
+
+
+def test_l0_search_is_deterministic_and_resumes(workspace, tiny_params, monkeypatch):
+    params = tiny_params({"l0": {"gate_lr": 0.05}}, train_subset=1000, test_subset=500, val_size=200)
+    bl.run_l0_search(params, "lenet300_100", 3e-4, 0, workspace / "whole", CPU, checkpoint_dir=workspace / "ck1")
+    original = L0Search.end_epoch
+    calls = {"n": 0}
+
+    def interrupt_after_two_epochs(self, loop, phase, epoch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, loop, phase, epoch)
+
+    monkeypatch.setattr(L0Search, "end_epoch", interrupt_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        bl.run_l0_search(params, "lenet300_100", 3e-4, 0, workspace / "resumed", CPU, checkpoint_dir=workspace / "ck2")
+    monkeypatch.setattr(L0Search, "end_epoch", original)
+    bl.run_l0_search(params, "lenet300_100", 3e-4, 0, workspace / "resumed", CPU, checkpoint_dir=workspace / "ck2")
+    _assert_same_run(workspace / "whole", workspace / "resumed")
+
+
+# --- params and pipeline wiring -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", ["quick", "paper"])
+def test_profiles_satisfy_the_baseline_checks(profile):
+    params = params_from_dict(compose_profile(profile, conf_dir=REPO / "conf"))
+    bl.check_baselines(params)
+
+
+def test_baseline_checks_name_the_key(tiny_params):
+    with pytest.raises(UserError, match="baselines.cs_s0"):
+        bl.check_baselines(tiny_params({"baselines": {"cs_s0": [0.5]}}))
+    with pytest.raises(UserError, match="gmp.end_epoch"):
+        bl.check_baselines(tiny_params({"gmp": {"end_epoch": 10}}))
+
+
+def test_baseline_stages_declare_only_their_own_sections():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+    def declared(name):
+        return {p if isinstance(p, str) else next(iter(p)) for p in stages[name].get("params", [])}
+
+    net = "networks.${item.network}"
+    assert declared("l0_search") == {"l0", net}
+    assert declared("l0_retrain") == {"random_control", net}
+    assert declared("gmp") == {"gmp", net}
+    assert declared("gmp_cs_layers") == {"gmp", net}
+    assert declared("magnitude_dense") == {net}
+    assert declared("magnitude") == {"magnitude", "random_control", net}
+    assert declared("cs_beta1") == {"lambda", "cs", "ablations", net}
+    assert declared("cs_released_clamp") == {"lambda", "cs", net}
+    assert declared("cs_random_control") == {"random_control", net}
+    for stage in stages.values():  # the fan-out lists reach no stage body
+        assert not any(p.startswith("baselines") for p in {p if isinstance(p, str) else next(iter(p))
+                                                            for p in stage.get("params", [])})
