@@ -189,7 +189,10 @@ class SoftMasks:
 
     @torch.no_grad()
     def penalty_value(self) -> float:
-        return float(self.penalty())
+        """The penalty for logging, summed in float64 and rounded to 0.1: a float32 sum over ~10^5
+        gates depends on how many threads split it, and metrics must not (same seed -> same file)."""
+        total = sum(float(part.gate().double().sum()) for part in self.parts.values())
+        return round(total, 1)
 
     @torch.no_grad()
     def clamp_logits(self, upper: Tensor | float | None = None, multiply_by: float = 1.0) -> None:
