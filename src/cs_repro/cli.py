@@ -163,6 +163,10 @@ def retrain(
     for variant in chosen:
         if variant not in ("rewind", "reinit"):
             raise UserError(f"--variants: {variant!r} is not allowed; use rewind, reinit, controls or control-only")
+    if not tickets.exists() and (tickets.parent / "skipped.json").exists():
+        out.mkdir(parents=True, exist_ok=True)  # the search was switched off (e.g. imp.continue_levels: 0)
+        atomic_write_json({"skipped": f"no tickets: {tickets.parent} was skipped"}, out / "skipped.json")
+        return
     files = sorted(tickets.glob("*.pt")) if tickets.is_dir() else [tickets]
     if not files:
         raise UserError(f"no ticket files (*.pt) in {tickets}")
