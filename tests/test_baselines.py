@@ -104,7 +104,7 @@ def test_l0_noise_is_seeded_per_epoch():
 
 
 def test_gmp_schedule_formula():
-    schedule = Schedule.build(start_epoch=1, end_epoch=3, frequency=7, steps_per_epoch=20)
+    schedule = Schedule.build(start=0.25, end=0.75, frequency=7, total_steps=80)
     assert (schedule.t0, schedule.dt, schedule.n) == (20, 7, 5)
     assert schedule.steps() == [27, 34, 41, 48, 55]
     for step in schedule.steps():
@@ -114,14 +114,13 @@ def test_gmp_schedule_formula():
 
 
 def test_gmp_follows_the_cubic_schedule_and_ends_exactly_at_the_target(workspace, tiny_params):
-    params = tiny_params({"gmp": {"start_epoch": 0, "end_epoch": 2, "frequency": 6}})
+    params = tiny_params({"gmp": {"start": 0.0, "end": 0.67, "frequency": 6}})
     target = 0.9
     result = bl.run_gmp(params, "lenet300_100", target, 0, workspace / "gmp", CPU, checkpoint_dir=None)
     doc = _metrics(workspace / "gmp")
     events = doc["pruning_steps"]
     total = result.metadata["prunable_count"]
-    steps_per_epoch = 2000 // 100
-    schedule = Schedule.build(0, 2, 6, steps_per_epoch)
+    schedule = Schedule.build(0.0, 0.67, 6, 3 * (2000 // 100))  # 3 epochs of 20 steps: t0 = 0, span 40
     assert [e["step"] for e in events] == schedule.steps() and len(events) == schedule.n
     for event in events:  # counted from the masks at every pruning step
         assert event["remaining_count"] == kept_at(schedule.sparsity(event["step"], target), total)
@@ -134,7 +133,7 @@ def test_gmp_follows_the_cubic_schedule_and_ends_exactly_at_the_target(workspace
 
 
 def test_gmp_per_layer_targets_are_met_exactly_per_layer(workspace, tiny_params):
-    params = tiny_params({"gmp": {"start_epoch": 0, "end_epoch": 1, "frequency": 5}})
+    params = tiny_params({"gmp": {"start": 0.0, "end": 0.34, "frequency": 5}})
     targets = {"fc1.weight": 0.95, "fc2.weight": 0.6, "fc3.weight": 0.2}
     model, names = ex.make_model(params.network("lenet300_100"), 0, CPU)
     assert sorted(names) == sorted(targets)
@@ -145,7 +144,7 @@ def test_gmp_per_layer_targets_are_met_exactly_per_layer(workspace, tiny_params)
 
 
 def test_gmp_resumes_to_identical_metrics(workspace, tiny_params, monkeypatch):
-    params = tiny_params({"gmp": {"start_epoch": 0, "end_epoch": 2, "frequency": 6}})
+    params = tiny_params({"gmp": {"start": 0.0, "end": 0.67, "frequency": 6}})
     bl.run_gmp(params, "lenet300_100", 0.8, 0, workspace / "whole", CPU, checkpoint_dir=workspace / "ck1")
     original = GMPPruning.end_epoch
     calls = {"n": 0}
@@ -186,7 +185,7 @@ def test_random_masks_keep_exactly_the_layerwise_counts():
 def test_every_baseline_writes_result_rows_that_evaluation_accepts(workspace, tiny_params):
     small = dict(epochs=2, lr_milestones=[1], train_subset=1000, test_subset=500, val_size=200)
     params = tiny_params({"l0": {"gate_lr": 0.3, "droprate_init": 0.7},
-                          "gmp": {"start_epoch": 0, "end_epoch": 2, "frequency": 4},
+                          "gmp": {"start": 0.0, "end": 1.0, "frequency": 4},
                           "baselines": {"sparsities": [0.9], "l0_penalty": [3e-3], "cs_s0": [0.0]}}, **small)
     runs = workspace / "runs" / "lenet300_100"
     # CS (the real method) for the ablation that reads its ticket.
@@ -235,6 +234,12 @@ def test_every_baseline_writes_result_rows_that_evaluation_accepts(workspace, ti
     assert {r.setting for r in l0_rows} == {"penalty=0.003"}
 
 
+def test_disabled_random_control_still_writes_the_stage_outputs(workspace, tiny_params):
+    params = tiny_params({"random_control": {"enabled": False}})
+    bl.run_baseline_retrain(params, workspace / "missing.pt", workspace / "out", CPU, ("random",), None, workspace / "t")
+    assert (workspace / "out" / "random_skipped.json").exists() and (workspace / "t" / "random_skipped.json").exists()
+
+
 def test_l0_search_is_deterministic_and_resumes(workspace, tiny_params, monkeypatch):
     params = tiny_params({"l0": {"gate_lr": 0.05}}, train_subset=1000, test_subset=500, val_size=200)
     bl.run_l0_search(params, "lenet300_100", 3e-4, 0, workspace / "whole", CPU, checkpoint_dir=workspace / "ck1")
@@ -267,8 +272,8 @@ def test_profiles_satisfy_the_baseline_checks(profile):
 def test_baseline_checks_name_the_key(tiny_params):
     with pytest.raises(UserError, match="baselines.cs_s0"):
         bl.check_baselines(tiny_params({"baselines": {"cs_s0": [0.5]}}))
-    with pytest.raises(UserError, match="gmp.end_epoch"):
-        bl.check_baselines(tiny_params({"gmp": {"end_epoch": 10}}))
+    with pytest.raises(UserError, match="gmp.start"):
+        bl.check_baselines(tiny_params({"gmp": {"start": 0.5, "end": 0.4}}))
 
 
 def test_baseline_stages_declare_only_their_own_sections():

@@ -59,10 +59,8 @@ def check_baselines(params: Params) -> None:
         net = params.networks[name]
         if net.dataset not in params.sweep.datasets:
             raise UserError(f"networks.{name}.dataset={net.dataset!r} is not in sweep.datasets {params.sweep.datasets}: add it")
-        if params.gmp.end_epoch > net.epochs:
-            raise UserError(f"gmp.end_epoch={params.gmp.end_epoch} exceeds networks.{name}.epochs={net.epochs}")
-    if params.gmp.start_epoch >= params.gmp.end_epoch:
-        raise UserError(f"gmp.start_epoch={params.gmp.start_epoch} must be less than gmp.end_epoch={params.gmp.end_epoch}")
+    if params.gmp.start >= params.gmp.end:
+        raise UserError(f"gmp.start={params.gmp.start} must be less than gmp.end={params.gmp.end}")
     # gmp_cs_layers and the CS random control read the CS tickets of these (network, s0, seed).
     for key, values, searched in (("networks", b.networks, params.sweep.networks), ("cs_s0", b.cs_s0, params.sweep.s0),
                                   ("seeds", b.seeds, params.sweep.seeds)):
@@ -180,6 +178,11 @@ def run_baseline_retrain(params: Params, ticket_path: Path, out_dir: Path, devic
             if params.random_control.enabled:
                 run_random_control(params, ticket_path, Path(out_dir) / "random", device, checkpoint_dir,
                                    _sub(timing_dir, "random"))
+            else:  # a stage's outputs must exist even when there is nothing to run
+                for folder in (Path(out_dir), timing_dir):
+                    if folder is not None:
+                        atomic_write_json({"skipped": "random_control.enabled is false"},
+                                          Path(folder) / "random_skipped.json")
         else:
             run_retrain(params, ticket_path, variant, Path(out_dir) / variant, device, checkpoint_dir,
                         _sub(timing_dir, variant))
@@ -198,7 +201,7 @@ def run_gmp(params: Params, network: str, sparsity: float, seed: int, out_dir: P
     setting = setting or f"sparsity={sparsity:g}"
     data = make_splits(net, load_prepared(net.dataset), seed, device)
     model, names = make_model(net, seed, device)
-    config = GMPConfig(tuple(names), sparsity, params.gmp.start_epoch, params.gmp.end_epoch, params.gmp.frequency,
+    config = GMPConfig(tuple(names), sparsity, params.gmp.start, params.gmp.end, params.gmp.frequency,
                        tuple(sorted((layer_targets or {}).items())))
     run = RunSpec(method, network, seed, setting, {"gmp": asdict(config), "network": _network_config(params, network)})
     started = time.perf_counter()

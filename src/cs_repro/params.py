@@ -336,12 +336,14 @@ class L0Params:
 
 @dataclass
 class GMPParams:
-    """Gradual magnitude pruning (Zhu & Gupta 2017): cubic schedule over optimiser steps."""
+    """Gradual magnitude pruning (Zhu & Gupta 2017): cubic schedule over optimiser steps. Start and end are
+    fractions of the training so that the schedule survives a change of `networks.<net>.epochs`."""
 
-    start_epoch: int = _field(0, "t0: pruning starts after this many epochs", min=0)
-    end_epoch: int = _field(1, "pruning reaches the target after this many epochs (t0 + n*dt); <= the network's epochs",
-                            min=1)
-    frequency: int = _field(100, "dt: optimiser steps between pruning steps", min=1)
+    start: float = _field(0.0, "t0 as a fraction of all training steps (E epochs): pruning starts there",
+                          min=0.0, max_exclusive=1.0)
+    end: float = _field(0.67, "t0 + n*dt as a fraction of all training steps: the target is reached there",
+                        min_exclusive=0.0, max=1.0)
+    frequency: int = _field(100, "dt: optimiser steps between pruning steps (shortened to the span if longer)", min=1)
 
 
 @dataclass

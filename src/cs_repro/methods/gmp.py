@@ -4,9 +4,10 @@ The network trains from initialisation for E epochs; sparsity rises on the cubic
 
     s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))^3,   s_i = 0,
 
-applied every dt **optimiser steps** from t0 = start_epoch * (steps per epoch) until
-t0 + n*dt <= end_epoch * (steps per epoch), n = floor(span / dt) (dt is shortened to the span if it is
-longer), so the last pruning step lands exactly on s_f. Each pruning step keeps the round((1 - s_t) * N)
+applied every dt **optimiser steps** from t0 = round(start * T) until t0 + n*dt <= round(end * T), T the
+number of training steps (E epochs), n = floor(span / dt) (dt is shortened to the span if it is longer),
+so the last pruning step lands exactly on s_f. (`start`, `end`: fractions of training, so the schedule
+survives a change of the epoch count.) Each pruning step keeps the round((1 - s_t) * N)
 largest |w| among the weights still kept, ranked across all prunable tensors together (global); with
 per-layer targets (the `gmp_cs_layers` ablation) each tensor l follows its own schedule to s_f^l and is
 ranked on its own. Pruned weights stay at exactly 0: HardMasks masks their gradients, and the momentum
@@ -35,8 +36,8 @@ from cs_repro.train import Hooks, TrainingLoop, make_sgd
 class GMPConfig:
     prunable: tuple[str, ...]
     target: float  # s_f over all prunable weights (the global schedule)
-    start_epoch: int = 0
-    end_epoch: int = 1
+    start: float = 0.0  # t0 / T
+    end: float = 0.67  # (t0 + n*dt) / T, at most
     frequency: int = 100  # dt, in optimiser steps
     layer_targets: tuple[tuple[str, float], ...] = ()  # per-tensor s_f^l; empty = global ranking
 
@@ -48,12 +49,14 @@ class Schedule:
     n: int
 
     @classmethod
-    def build(cls, start_epoch: int, end_epoch: int, frequency: int, steps_per_epoch: int) -> "Schedule":
-        if end_epoch <= start_epoch:
-            raise UserError(f"gmp.end_epoch={end_epoch} must be greater than gmp.start_epoch={start_epoch}")
-        span = (end_epoch - start_epoch) * steps_per_epoch
+    def build(cls, start: float, end: float, frequency: int, total_steps: int) -> "Schedule":
+        """t0 = round(start * T); the span ends at round(end * T) (at least one step after t0, within T)."""
+        if not 0.0 <= start < end <= 1.0:
+            raise UserError(f"gmp.start={start} and gmp.end={end} must satisfy 0 <= start < end <= 1")
+        t0 = min(round(start * total_steps), max(total_steps - 1, 0))
+        span = max(1, min(round(end * total_steps), total_steps) - t0)
         dt = min(frequency, span)
-        return cls(t0=start_epoch * steps_per_epoch, dt=dt, n=span // dt)
+        return cls(t0=t0, dt=dt, n=span // dt)
 
     def steps(self) -> list[int]:
         """The step counts (optimiser steps done) at which pruning happens: t0 + k*dt, k = 1..n
@@ -92,10 +95,8 @@ class GMPPruning(Hooks):
 
     # -- the schedule
     def _setup(self, loop: TrainingLoop) -> None:
-        if self.config.end_epoch > loop.epochs:
-            raise UserError(f"gmp.end_epoch={self.config.end_epoch} exceeds the network's epochs ({loop.epochs})")
-        self._schedule = Schedule.build(self.config.start_epoch, self.config.end_epoch, self.config.frequency,
-                                        len(loop.data.train))
+        self._schedule = Schedule.build(self.config.start, self.config.end, self.config.frequency,
+                                        loop.epochs * len(loop.data.train))
         self._prune_at = set(self._schedule.steps())
 
     @property
