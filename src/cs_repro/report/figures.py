@@ -38,8 +38,9 @@ PANEL_W, PANEL_H = 5.6, 4.4
 X_REMAINING = "Remaining weights (%)"
 Y_ACCURACY = "Test accuracy (%)"
 
-#: Methods drawn only with ``show_optional=True`` (besides the non-"rewind" ticket controls).
-OPTIONAL_METHODS = frozenset({"imp_c"})
+#: Methods drawn only with ``show_optional=True`` (besides the non-"rewind" ticket controls):
+#: IMP-C and the ablations, which would crowd the headline figure.
+OPTIONAL_METHODS = frozenset({"imp_c", "cs_beta1", "cs_released_clamp", "gmp_cs_layers"})
 
 _COLORS = {
     "cs": "#d62728",

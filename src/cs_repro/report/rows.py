@@ -220,6 +220,9 @@ METHOD_NAMES = {
     "gmp": "GMP",
     "magnitude_rewind": "Magnitude + rewind",
     "magnitude_finetune": "Magnitude + fine-tune",
+    "gmp_cs_layers": "GMP (CS layer-wise targets)",
+    "cs_beta1": "CS, beta = 1 + threshold",
+    "cs_released_clamp": "CS, released clamp rule",
 }
 VARIANT_NAMES = {
     "rewind": "rewind",
