@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -37,6 +36,7 @@ def main() -> None:
     from cs_repro import experiment as ex
     from cs_repro.device import choose_device, hardware_name
     from cs_repro.params import params_from_dict
+    from cs_repro.profiles import load_profile
 
     device = choose_device()
     workdir = Path(tempfile.mkdtemp())
@@ -44,7 +44,7 @@ def main() -> None:
     root = write_cifar10(workdir / "cifar", n_per_batch=10_000, n_test=10_000)
     print(f"wrote CIFAR-format files in {time.perf_counter() - started:.1f}s", flush=True)
 
-    raw = yaml.safe_load((REPO / "conf" / "profile" / "paper.yaml").read_text())
+    raw = load_profile("paper", REPO / "conf")
     raw["data"].update(root=str(root), download=False, verify_checksums=False)
     raw["cs"]["rounds"] = 1
     raw["imp"]["levels"] = 1

@@ -80,7 +80,10 @@ class _Source:
 
     def batches(self, generator):
         self._batches.generator = generator
-        return iter(self._batches)
+        if self._batches.device.type != "cuda":
+            return iter(self._batches)
+        # The model is channels_last on CUDA; hand it inputs in the same layout (no CPU effect).
+        return ((x.contiguous(memory_format=torch.channels_last), y) for x, y in self._batches)
 
     def __len__(self) -> int:
         return len(self._batches)

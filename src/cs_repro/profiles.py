@@ -41,3 +41,30 @@ def write_params(params: dict[str, Any], path: Path) -> None:
     from cs_repro.io import atomic_write_text
 
     atomic_write_text(yaml.safe_dump(params, sort_keys=False), path)
+
+
+def load_profile(name: str, conf_dir: Path = CONF_DIR) -> dict[str, Any]:
+    """A profile as a dict: through Hydra when it is installed (it comes with DVC), else by reading the
+    YAML and resolving its plain `${a.b}` references (enough for our profiles; for machines without DVC)."""
+    try:
+        import hydra  # noqa: F401
+    except ImportError:
+        path = Path(conf_dir) / "profile" / f"{name}.yaml"
+        if not path.exists():
+            raise UserError(f"unknown profile {name!r}; choose one of: {', '.join(available_profiles(conf_dir))}")
+        raw = yaml.safe_load(path.read_text())
+        return _resolve_references(raw, raw)
+    return compose_profile(name, conf_dir=conf_dir)
+
+
+def _resolve_references(node: Any, root: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        return {key: _resolve_references(value, root) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_resolve_references(value, root) for value in node]
+    if isinstance(node, str) and node.startswith("${") and node.endswith("}"):
+        target: Any = root
+        for key in node[2:-1].split("."):
+            target = target[key]
+        return _resolve_references(target, root)
+    return node
