@@ -342,3 +342,15 @@ def test_builtin_claims_without_paper():
     if paper.is_file():
         claims = markdown.read_claims(paper)
         assert len(claims) == 3 and claims[0].startswith("CS finds matching subnetworks")
+
+
+def test_cs_vs_l0_paragraph_follows_the_numbers(rows):
+    no_l0 = markdown.cs_vs_l0(Aggregates(rows))
+    assert no_l0.startswith("CS vs. L0: not compared")
+    # L0 tickets 3 points worse than CS at the same sparsities, on every network: CS wins both ways.
+    l0_rows = [dict(r, method="l0", test_accuracy=r["test_accuracy"] - 0.03) for r in rows
+               if r["method"] == "cs" and r["variant"] == "rewind" and r["track"] == "ticket"]
+    text = markdown.cs_vs_l0(Aggregates(rows + l0_rows))
+    assert text.startswith("CS vs. L0: CS finds sparser matching tickets and is more accurate")
+    better_l0 = [dict(r, test_accuracy=r["test_accuracy"] + 0.06) for r in l0_rows]
+    assert markdown.cs_vs_l0(Aggregates(rows + better_l0)).startswith("CS vs. L0: CS does not beat L0 here")
