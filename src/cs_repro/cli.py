@@ -81,6 +81,15 @@ def _device(requested: str | None):
     return device
 
 
+def _write_skipped(reason: str, *folders: Path | None) -> None:
+    """A switched-off stage still creates its declared outputs: a marker saying why it did nothing."""
+    from cs_repro.io import atomic_write_json
+
+    for folder in folders:
+        if folder is not None:
+            atomic_write_json({"skipped": reason}, Path(folder) / "skipped.json")
+
+
 @app.command()
 @user_errors
 def prepare(
@@ -130,12 +139,10 @@ def imp(
     """Iterative magnitude pruning with rewinding (IMP), or IMP-C with --continue. Level l's training is
     the retraining of ticket l."""
     from cs_repro.experiment import run_imp
-    from cs_repro.io import atomic_write_json
 
     p = _params(params)
     if continue_search and p.imp.continue_levels == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json({"skipped": "imp.continue_levels is 0"}, out / "skipped.json")
+        _write_skipped("imp.continue_levels is 0", out, timing)
         log.info("IMP-C skipped: imp.continue_levels is 0")
         return
     run_imp(p, network, seed, out, _device(device), continue_search, checkpoint_dir, timing)
@@ -154,7 +161,6 @@ def retrain(
 ) -> None:
     """Retrain tickets from their rewind point ('rewind') and/or from fresh weights ('reinit' control)."""
     from cs_repro.experiment import run_retrain
-    from cs_repro.io import atomic_write_json
     from cs_repro.tickets import load_ticket
 
     p = _params(params)
@@ -164,15 +170,14 @@ def retrain(
         if variant not in ("rewind", "reinit"):
             raise UserError(f"--variants: {variant!r} is not allowed; use rewind, reinit, controls or control-only")
     if not tickets.exists() and (tickets.parent / "skipped.json").exists():
-        out.mkdir(parents=True, exist_ok=True)  # the search was switched off (e.g. imp.continue_levels: 0)
-        atomic_write_json({"skipped": f"no tickets: {tickets.parent} was skipped"}, out / "skipped.json")
+        # the search was switched off (e.g. imp.continue_levels: 0)
+        _write_skipped(f"no tickets: {tickets.parent} was skipped", out, timing)
         return
     files = sorted(tickets.glob("*.pt")) if tickets.is_dir() else [tickets]
     if not files:
         raise UserError(f"no ticket files (*.pt) in {tickets}")
-    out.mkdir(parents=True, exist_ok=True)
     if not chosen:
-        atomic_write_json({"skipped": "controls.reinit is false"}, out / "skipped.json")
+        _write_skipped("controls.reinit is false", out, timing)
         return
     dev = _device(device)
     for path in files:
