@@ -28,8 +28,13 @@ if ! mkdir -p "$OUT_DIR" 2>/dev/null || [ ! -w "$OUT_DIR" ]; then
   exit 1
 fi
 if [ -d "$WORKSPACE/.git" ]; then
+  # dvc.lock describes the outputs on this volume, not the image's committed run: keep it across the reset.
+  saved_lock="$(mktemp)"
+  cp "$WORKSPACE/dvc.lock" "$saved_lock" 2>/dev/null || true
   git -C "$WORKSPACE" fetch -q "$APP_DIR" HEAD
   git -C "$WORKSPACE" reset -q --hard FETCH_HEAD
+  if [ -s "$saved_lock" ]; then cp "$saved_lock" "$WORKSPACE/dvc.lock"; fi
+  rm -f "$saved_lock"
 else
   git clone -q "$APP_DIR" "$WORKSPACE"
 fi
