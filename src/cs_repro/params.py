@@ -31,7 +31,7 @@ def _field(default: Any, help: str, **checks: Any) -> Any:
 class NetworkParams:
     """How one network is trained: used for CS rounds, IMP levels and ticket retraining alike."""
 
-    model: str = _field("lenet300_100", "model registry name (cs-repro models lists them)")
+    model: str = _field("lenet300_100", "model registry name (`cs-repro list` shows them)")
     dataset: str = _field("fashion_mnist", "dataset registry name")
     train_subset: int = _field(0, "train on a class-balanced subset of this many images (0 = all)", min=0)
     test_subset: int = _field(0, "evaluate on a class-balanced subset of this many test images (0 = all; quick profile only)", min=0)
