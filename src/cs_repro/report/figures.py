@@ -10,6 +10,7 @@ built without pyplot, so nothing global is kept alive.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -150,6 +151,29 @@ def _suptitle(fig: Figure, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+def _accuracy_panels(agg: Aggregates, track: str, include: Callable[[str, str], bool],
+                     out_dir: Path | None, name: str) -> Figure | None:
+    """Test accuracy vs remaining weights, one panel per network, for the (method, variant) pairs of
+    `track` that `include` accepts; dense band, shared legend."""
+    networks = [n for n in agg.networks() if agg.methods(n, track)]
+    if not networks:
+        return None
+    fig, axes = _new_figure(len(networks))
+    for ax, network in zip(axes[0], networks):
+        _dense_band(ax, agg, network)
+        for method in agg.methods(network, track):
+            for variant in agg.variants(network, method, track):
+                groups = agg.groups_for(network, method, variant, track) if include(method, variant) else []
+                if groups:
+                    _draw_groups(ax, groups, method, variant)
+        _remaining_axis(ax)
+        _style_axes(ax, X_REMAINING, Y_ACCURACY)
+        ax.set_title(panel_title(network, agg.dataset(network)), fontsize=TITLE_PT)
+    _shared_legend(fig, axes[0])
+    _save(fig, out_dir, name)
+    return fig
+
+
 def ticket_search(agg: Aggregates, out_dir: Path | None = None,
                   show_optional: bool = False) -> Figure | None:
     """Headline: test accuracy of retrained tickets vs remaining weights, one panel per network.
@@ -157,47 +181,15 @@ def ticket_search(agg: Aggregates, out_dir: Path | None = None,
     Main lines: every ticket-track method's "rewind" tickets except IMP-C.  With
     ``show_optional``: IMP-C and the controls (variants other than "rewind", e.g. reinit, random).
     """
-    networks = [n for n in agg.networks() if agg.methods(n, "ticket")]
-    if not networks:
-        return None
-    fig, axes = _new_figure(len(networks))
-    for ax, network in zip(axes[0], networks):
-        _dense_band(ax, agg, network)
-        for method in agg.methods(network, "ticket"):
-            if method in OPTIONAL_METHODS and not show_optional:
-                continue
-            for variant in agg.variants(network, method, "ticket"):
-                if variant != "rewind" and not show_optional:
-                    continue
-                groups = agg.groups_for(network, method, variant, "ticket")
-                if groups:
-                    _draw_groups(ax, groups, method, variant)
-        _remaining_axis(ax)
-        _style_axes(ax, X_REMAINING, Y_ACCURACY)
-        ax.set_title(panel_title(network, agg.dataset(network)), fontsize=TITLE_PT)
-    _shared_legend(fig, axes[0])
-    _save(fig, out_dir, "ticket_search")
-    return fig
+    def include(method: str, variant: str) -> bool:
+        return show_optional or (method not in OPTIONAL_METHODS and variant == "rewind")
+
+    return _accuracy_panels(agg, "ticket", include, out_dir, "ticket_search")
 
 
 def pruning(agg: Aggregates, out_dir: Path | None = None) -> Figure | None:
     """Pruning track (no rewinding): accuracy of the pruned / fine-tuned networks."""
-    networks = [n for n in agg.networks() if agg.methods(n, "pruning")]
-    if not networks:
-        return None
-    fig, axes = _new_figure(len(networks))
-    for ax, network in zip(axes[0], networks):
-        _dense_band(ax, agg, network)
-        for method in agg.methods(network, "pruning"):
-            for variant in agg.variants(network, method, "pruning"):
-                _draw_groups(ax, agg.groups_for(network, method, variant, "pruning"),
-                             method, variant)
-        _remaining_axis(ax)
-        _style_axes(ax, X_REMAINING, Y_ACCURACY)
-        ax.set_title(panel_title(network, agg.dataset(network)), fontsize=TITLE_PT)
-    _shared_legend(fig, axes[0])
-    _save(fig, out_dir, "pruning")
-    return fig
+    return _accuracy_panels(agg, "pruning", lambda method, variant: True, out_dir, "pruning")
 
 
 def _search_label(method: str, mode: str) -> str:
