@@ -7,11 +7,16 @@ weight decay 1e-4; for CS a second SGD over the mask logits without weight decay
 lambda = 1e-8). After warm-up, timed blocks of dense and masked steps alternate (the order flips
 every repeat) so machine noise hits both; the reported numbers are medians over the blocks.
 
+For scale it also times the cheapest masked weight there is: a fixed 0/1-style mask as a
+parametrization doing one multiply forward and one backward, with no mask gradient and no second
+optimiser. No soft mask can cost less than that on the same machine, because CS does all of it and more.
+
     python benchmarks/mask_overhead.py [--steps 20] [--repeats 7] [--threads N] [--models ...]
 
 Prints, per model:
     <model> masked/dense step time: <ratio>
-    <model> ms/step: dense <ms> masked <ms>
+    <model> ms/step: dense <ms> masked <ms> fixed-mask floor <ms>
+    <model> fixed-mask floor/dense step time: <ratio>
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
 
+from cs_repro.kernels import fused_soft_mask_available
 from cs_repro.masks import SoftMasks
 from cs_repro.models import build_model, prunable_names
 from cs_repro.train import OptimConfig, make_sgd
@@ -34,16 +42,33 @@ PENALTY = 1e-8
 LR = 0.1
 
 
-class Runner:
-    """One model with its optimisers and a fixed batch; `step()` is one training step of the loop."""
+class FixedMask(nn.Module):
+    """The floor: W * m for a constant m, one multiply forward and one backward."""
 
-    def __init__(self, name: str, masked: bool, seed: int) -> None:
+    def __init__(self, shape: torch.Size) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.ones(shape))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+class Runner:
+    """One model with its optimisers and a fixed batch; `step()` is one training step of the loop.
+
+    kind: "dense", "masked" (CS soft masks, as the search trains them) or "fixed" (the floor)."""
+
+    def __init__(self, name: str, kind: str, seed: int) -> None:
         in_channels, size = SHAPES[name]
         torch.manual_seed(seed)
         self.model = build_model(name, NUM_CLASSES, in_channels, size)
         self.model.train()
         config = OptimConfig()
-        if masked:
+        if kind == "fixed":
+            for tensor_name in prunable_names(name, self.model):
+                module = self.model.get_submodule(tensor_name.rpartition(".")[0])
+                parametrize.register_parametrization(module, "weight", FixedMask(module.weight.shape))
+        if kind == "masked":
             self.masks = SoftMasks.attach(self.model, prunable_names(name, self.model), s0=0.0)
             self.masks.fuse_penalty(PENALTY)
             logit_ids = {id(p) for p in self.masks.logits()}
@@ -75,20 +100,21 @@ class Runner:
         return (time.perf_counter() - started) / steps
 
 
-def measure(name: str, steps: int, repeats: int, warmup: int) -> tuple[float, float, float]:
-    """(dense s/step, masked s/step, median of the per-repeat masked/dense ratios)."""
-    dense = Runner(name, masked=False, seed=0)
-    masked = Runner(name, masked=True, seed=0)
+def measure(name: str, steps: int, repeats: int, warmup: int) -> dict[str, tuple[float, float]]:
+    """kind -> (median s/step, median of the per-repeat kind/dense ratios), dense included."""
+    runners = {kind: Runner(name, kind, seed=0) for kind in ("dense", "masked", "fixed")}
     for _ in range(warmup):
-        dense.step()
-        masked.step()
-    dense_times, masked_times = [], []
+        for runner in runners.values():
+            runner.step()
+    times: dict[str, list[float]] = {kind: [] for kind in runners}
     for repeat in range(repeats):
-        order = (dense, masked) if repeat % 2 == 0 else (masked, dense)
-        for runner in order:
-            (dense_times if runner is dense else masked_times).append(runner.time_block(steps))
-    ratios = [m / d for m, d in zip(masked_times, dense_times)]
-    return statistics.median(dense_times), statistics.median(masked_times), statistics.median(ratios)
+        order = list(runners) if repeat % 2 == 0 else list(reversed(runners))
+        for kind in order:
+            times[kind].append(runners[kind].time_block(steps))
+    return {
+        kind: (statistics.median(times[kind]), statistics.median(t / d for t, d in zip(times[kind], times["dense"])))
+        for kind in runners
+    }
 
 
 def default_steps(name: str) -> int:
@@ -106,13 +132,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, repeats {args.repeats}")
+    kernel = "fused C++ kernel" if fused_soft_mask_available() else "ATen ops"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, repeats {args.repeats}, "
+          f"soft mask on CPU: {kernel}")
     for name in args.models:
         steps = args.steps or default_steps(name)
         warmup = args.warmup if args.warmup is not None else steps
-        dense_s, masked_s, ratio = measure(name, steps, args.repeats, warmup)
-        print(f"{name} masked/dense step time: {ratio:.2f}")
-        print(f"{name} ms/step: dense {1e3 * dense_s:.2f} masked {1e3 * masked_s:.2f}")
+        result = measure(name, steps, args.repeats, warmup)
+        print(f"{name} masked/dense step time: {result['masked'][1]:.2f}")
+        print(f"{name} ms/step: dense {1e3 * result['dense'][0]:.2f} masked {1e3 * result['masked'][0]:.2f} "
+              f"fixed-mask floor {1e3 * result['fixed'][0]:.2f}")
+        print(f"{name} fixed-mask floor/dense step time: {result['fixed'][1]:.2f}")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ Two kinds:
   that is 0 and gets no gradient). The forward pass is the dense one: no overhead but one multiply
   per gradient.
 
-The soft mask is one autograd function that computes sigmoid once and reuses it in the backward
-pass; optionally it also adds the penalty's gradient there (`fuse_penalty`), which saves the
-separate pass over the logits that a penalty term in the loss would cost. It is written for few
-passes over weight-sized tensors (see `_SoftMaskedWeight`); `benchmarks/mask_overhead.py` measures
-the step time against the dense network. `torch.nn.utils.parametrize` itself costs ~6 us per
-masked tensor per step on a CPU (measured), so it stays.
+On the CPU in float32 the soft mask runs as one fused C++ op (`cs_repro.kernels`: one pass forward,
+one backward, penalty gradient folded in, autograd formula in C++). Elsewhere (GPU, float64, or where
+the kernel cannot be built) it is `_SoftMaskedWeight`, an autograd function of ATen ops that computes
+sigmoid once and reuses it in the backward pass and, with `fuse_penalty`, adds the penalty's
+gradient there too. `benchmarks/mask_overhead.py` measures the step time against the dense network.
+`torch.nn.utils.parametrize` itself costs ~6 us per masked tensor per step on a CPU (measured), so
+it stays.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
 from cs_repro.errors import UserError
+from cs_repro.kernels import fused_soft_mask_available
 
 
 class _SoftMaskedWeight(torch.autograd.Function):
@@ -98,6 +100,10 @@ class SoftMask(nn.Module):
         self.penalty_weight = 0.0
 
     def forward(self, weight: Tensor) -> Tensor:
+        if weight.is_cpu and weight.dtype == torch.float32 and fused_soft_mask_available():
+            return torch.ops.cs_repro.soft_masked_weight(
+                weight, self.logits, float(self.beta), self.scale, self.penalty_weight
+            )
         return _SoftMaskedWeight.apply(weight, self.logits, self.beta, self.scale, self.penalty_weight)
 
     def gate(self) -> Tensor:
