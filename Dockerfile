@@ -13,6 +13,7 @@
 FROM nvidia/cuda:13.0.0-base-ubuntu22.04
 
 ARG DEBIAN_FRONTEND=noninteractive
+# g++, python3.11-dev: the fused CPU soft-mask kernel (cs_repro.kernels) is compiled on first use.
 # git: DVC experiments need a git repository. dataset-fashion-mnist: the quick profile's data, read from
 # /usr/share/datasets like on Debian, so `docker run cs-repro quick` works offline.
 # safe.directory: a mounted host folder owned by another uid must still be usable as a git repository.
@@ -22,7 +23,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        ca-certificates git python3.11 python3.11-venv dataset-fashion-mnist \
+        ca-certificates git python3.11 python3.11-venv python3.11-dev g++ dataset-fashion-mnist \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/venv \
     && git config --system --add safe.directory '*' \

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -195,3 +199,24 @@ def test_kernel_cache_is_keyed_and_relocatable(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv(kernels.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert kernels.build_directory().parent == tmp_path / "xdg" / "cs_repro" / "kernels"
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).with_name("cs-repro")), *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+@needs_kernel
+def test_build_kernel_command_reports_where_the_kernel_is() -> None:
+    result = _cli("build-kernel")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"fused soft-mask kernel ready: {kernels.build_directory()}"
+
+
+def test_build_kernel_command_errors_are_one_line() -> None:
+    off = _cli("build-kernel", CS_REPRO_MASK_KERNEL="aten")
+    assert off.returncode == 0 and "switched off" in off.stdout
+    bad = _cli("build-kernel", CS_REPRO_MASK_KERNEL="fastest")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == ["error: CS_REPRO_MASK_KERNEL='fastest' is not a mask kernel; "
+                                               "use auto, fused or aten"]

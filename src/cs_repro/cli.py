@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -262,6 +263,20 @@ def list_registered() -> None:
     typer.echo("models:   " + ", ".join(MODELS.names()))
     typer.echo("datasets: " + ", ".join(DATASETS.names()))
     typer.echo("methods:  " + ", ".join(METHODS.names()))
+
+
+@app.command("build-kernel")
+@user_errors
+def build_kernel() -> None:
+    """Build (or find) the fused CPU soft-mask kernel now; otherwise it is built on first use (~12 s)."""
+    from cs_repro import kernels
+
+    if kernels.kernel_mode() == "aten":
+        typer.echo(f"{kernels.KERNEL_ENV}=aten: the kernel is switched off, soft masks use ATen ops")
+        return
+    os.environ[kernels.KERNEL_ENV] = "fused"  # fail loudly here rather than fall back
+    kernels.fused_soft_mask_available()
+    typer.echo(f"fused soft-mask kernel ready: {kernels.build_directory()}")
 
 
 from cs_repro.parallel import parallel_command  # noqa: E402  (docs/parallel.md)
