@@ -192,7 +192,7 @@ def test_a_failing_stage_is_named_and_the_others_finish(tmp_path):
     result = _run("cs-repro", "parallel", "-j", "2", cwd=repo, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     log = ".cache/parallel-logs/cs_search@lenet300_100-0.0-0.log"
-    assert f"FAILED cs_search@lenet300_100-0.0-0  after" in result.stdout
+    assert "FAILED cs_search@lenet300_100-0.0-0  after" in result.stdout
     assert f"failed: cs_search@lenet300_100-0.0-0 (log: {log})" in result.stdout
     assert "No such option" in (repo / log).read_text()
     for stage in ("cs_retrain@lenet300_100-0.0-0", "evaluate", "report"):

@@ -1,6 +1,6 @@
 """Assembling the reviewers' baselines and ablations, like `cs_repro.experiment` does for CS and IMP.
 
-Every run goes through the one training loop (`experiment._loop`) with a method's `Hooks`, and writes a
+Every run goes through the one training loop (`experiment.TrainingRun`) with a method's `Hooks`, and writes a
 metrics.json whose `result_rows` the evaluation stage turns into result rows as they are (see
 `cs_repro.evaluation`); tickets are written in CS's ticket format and retrained by `experiment.run_retrain`.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,8 @@ import torch
 
 from cs_repro.errors import UserError
 from cs_repro.experiment import (
-    CHECKPOINT_DIR, RunSpec, _drop_checkpoint, _final, _loop, _network_config, _ticket_digest, _write_run,
-    load_prepared, make_model, make_splits, mask_scale_for, run_retrain,
+    CHECKPOINT_DIR, RunSpec, TrainingRun, _final, _network_config, _ticket_digest, make_model, mask_scale_for,
+    run_retrain, ticket_network,
 )
 from cs_repro.io import atomic_torch_save, atomic_write_json, safe_torch_load
 from cs_repro.masks import HardMasks, SoftMasks, plain_state_dict, sparsity_of
@@ -105,13 +104,10 @@ def run_l0_search(params: Params, network: str, penalty: float, seed: int, out_d
                       gate_lr=params.l0.gate_lr, rewind_epoch=net.rewind_epoch)
     setting = f"penalty={penalty:g}"
     run = RunSpec("l0", network, seed, setting, {"l0": asdict(config), "network": _network_config(params, network)})
-    started = time.perf_counter()
-    data = make_splits(net, load_prepared(net.dataset), seed, device)
-    model, names = make_model(net, seed, device)
-    gates = L0Gates.attach(model, names, config)
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
+    gates = L0Gates.attach(training.model, training.prunable, config)
     hooks = L0Search(gates, config)
-    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
-    history = loop.run()
+    history = training.train(run, hooks)
     search_epochs = config.rounds * net.epochs
     ticket = Ticket({n: m.cpu() for n, m in gates.binary_masks().items()}, hooks.rewind_state,
                     _ticket_meta("l0", network, net, seed, setting, run.config, search_epochs, penalty=penalty)).with_counts()
@@ -119,10 +115,9 @@ def run_l0_search(params: Params, network: str, penalty: float, seed: int, out_d
     # The loop's last evaluation ran in eval mode, i.e. with the deterministic gates: the pruned network as is.
     rows = [_row("l0", "pruned", "pruning", seed, setting, ticket.metadata, history[-1], search_epochs, 0,
                  out_dir / "ticket.pt")]
-    _write_run(out_dir, run, history, _final(history, remaining_weights=ticket.metadata["remaining_weights"],
-                                             layer_remaining=ticket.metadata["layer_remaining"], search_epochs=search_epochs),
-               time.perf_counter() - started, loop.epoch_seconds, device, {"result_rows": rows}, timing_dir)
-    _drop_checkpoint(run, checkpoint_dir)
+    training.finish(out_dir, _final(history, remaining_weights=ticket.metadata["remaining_weights"],
+                                    layer_remaining=ticket.metadata["layer_remaining"], search_epochs=search_epochs),
+                    {"result_rows": rows})
     log.info("%s: L0 ticket keeps %.2f%% of prunable weights; gated network test %.2f%%", run.label(),
              100 * ticket.metadata["remaining_weights"], 100 * history[-1].test_accuracy)
     return ticket
@@ -136,31 +131,24 @@ def run_random_control(params: Params, ticket_path: Path, out_dir: Path, device:
     """Random masks with exactly the ticket's layer-wise counts, retrained from the ticket's rewind point."""
     ticket = load_ticket(ticket_path)
     meta = ticket.metadata
-    network, seed = meta["network"], int(meta["seed"])
-    net = params.network(network)
-    if net.model != meta.get("model"):
-        raise UserError(f"ticket {ticket_path} was found on model {meta.get('model')!r}, but networks.{network}.model is {net.model!r}")
+    network, seed = ticket_network(params, ticket, ticket_path)
     masks = random_masks_like(ticket.masks, random_generator(seed))
     control = Ticket(masks, ticket.rewind_state, {**meta, "control": "random", "source_ticket": str(ticket_path)}).with_counts()
     control_path = Path(out_dir) / "ticket.pt"
     save_ticket(control, control_path)
     run = RunSpec("control_random", network, seed, f"{meta['method']} {meta['setting']}", {
         "ticket": _ticket_digest(ticket_path), "variant": "random", "network": _network_config(params, network)})
-    started = time.perf_counter()
-    data = make_splits(net, load_prepared(net.dataset), seed, device)
-    model, _ = make_model(net, seed, device)
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
     hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, ticket.rewind_state,
                           float(meta.get("mask_scale", 1.0)), label=run.method)
-    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
-    history = loop.run()
+    history = training.train(run, hooks)
+    epochs = training.net.epochs
     row = _row(meta["method"], "random", "ticket", seed, meta["setting"], control.metadata, history[-1],
-               meta["search_epochs"], net.epochs, control_path)
+               meta["search_epochs"], epochs, control_path)
     final = _final(history, remaining_weights=control.metadata["remaining_weights"],
-                   layer_remaining=control.metadata["layer_remaining"], retrain_epochs=net.epochs)
-    _write_run(out_dir, run, history, final, time.perf_counter() - started, loop.epoch_seconds, device,
-               {"result_rows": [row], "ticket": {k: v for k, v in meta.items() if k != "params"},
-                "ticket_file": str(ticket_path), "variant": "random"}, timing_dir)
-    _drop_checkpoint(run, checkpoint_dir)
+                   layer_remaining=control.metadata["layer_remaining"], retrain_epochs=epochs)
+    training.finish(out_dir, final, {"result_rows": [row], "ticket": {k: v for k, v in meta.items() if k != "params"},
+                                     "ticket_file": str(ticket_path), "variant": "random"})
     return final
 
 
@@ -199,26 +187,21 @@ def run_gmp(params: Params, network: str, sparsity: float, seed: int, out_dir: P
     check_baselines(params)
     net = params.network(network)
     setting = setting or f"sparsity={sparsity:g}"
-    data = make_splits(net, load_prepared(net.dataset), seed, device)
-    model, names = make_model(net, seed, device)
-    config = GMPConfig(tuple(names), sparsity, params.gmp.start, params.gmp.end, params.gmp.frequency,
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
+    config = GMPConfig(tuple(training.prunable), sparsity, params.gmp.start, params.gmp.end, params.gmp.frequency,
                        tuple(sorted((layer_targets or {}).items())))
     run = RunSpec(method, network, seed, setting, {"gmp": asdict(config), "network": _network_config(params, network)})
-    started = time.perf_counter()
     hooks = GMPPruning(config, label=method)
-    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
-    history = loop.run()
-    result = Ticket(hooks.masks, plain_state_dict(model), _ticket_meta(
+    history = training.train(run, hooks)
+    result = Ticket(hooks.masks, plain_state_dict(training.model), _ticket_meta(
         method, network, net, seed, setting, run.config, net.epochs, target_sparsity=sparsity,
         weights="final trained weights of the pruned network (not a rewind point)")).with_counts()
     save_ticket(result, out_dir / "pruned.pt")
     rows = [_row(method, "pruned", "pruning", seed, setting, result.metadata, history[-1], net.epochs, 0,
                  out_dir / "pruned.pt")]
-    _write_run(out_dir, run, history, _final(history, remaining_weights=result.metadata["remaining_weights"],
-                                             layer_remaining=result.metadata["layer_remaining"]),
-               time.perf_counter() - started, loop.epoch_seconds, device,
-               {"result_rows": rows, "pruning_steps": hooks.events}, timing_dir)
-    _drop_checkpoint(run, checkpoint_dir)
+    training.finish(out_dir, _final(history, remaining_weights=result.metadata["remaining_weights"],
+                                    layer_remaining=result.metadata["layer_remaining"]),
+                    {"result_rows": rows, "pruning_steps": hooks.events})
     log.info("%s: GMP keeps %.2f%%; test %.2f%%", run.label(), 100 * result.metadata["remaining_weights"],
              100 * history[-1].test_accuracy)
     return result
@@ -251,18 +234,14 @@ def run_magnitude_dense(params: Params, network: str, seed: int, out_dir: Path, 
     net = params.network(network)
     run = RunSpec("magnitude_dense", network, seed, "", {"rewind_epoch": net.rewind_epoch,
                                                           "network": _network_config(params, network)})
-    started = time.perf_counter()
-    data = make_splits(net, load_prepared(net.dataset), seed, device)
-    model, _ = make_model(net, seed, device)
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
     hooks = DenseTraining(net.rewind_epoch)
-    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
-    history = loop.run()
-    atomic_torch_save({"format": DENSE_FORMAT, "final_state": plain_state_dict(model), "rewind_state": hooks.rewind_state,
+    history = training.train(run, hooks)
+    atomic_torch_save({"format": DENSE_FORMAT, "final_state": plain_state_dict(training.model),
+                       "rewind_state": hooks.rewind_state,
                        "metadata": {"network": network, "model": net.model, "seed": seed, "epochs": net.epochs,
                                     "rewind_epoch": net.rewind_epoch}}, Path(out_dir) / "dense.pt")
-    _write_run(out_dir, run, history, _final(history), time.perf_counter() - started, loop.epoch_seconds, device,
-               None, timing_dir)
-    _drop_checkpoint(run, checkpoint_dir)
+    training.finish(out_dir, _final(history))
 
 
 def run_magnitude(params: Params, network: str, sparsity: float, seed: int, dense_dir: Path, out_dir: Path,
@@ -293,19 +272,15 @@ def run_magnitude(params: Params, network: str, sparsity: float, seed: int, dens
     run = RunSpec("magnitude_finetune", network, seed, setting, {
         "ticket": _ticket_digest(ticket_path), "finetune_epochs": ft_epochs, "lr": final_lr,
         "network": _network_config(params, network)})
-    started = time.perf_counter()
-    data = make_splits(net, load_prepared(net.dataset), seed, device)
-    model, _ = make_model(net, seed, device)
+    # The split depends only on fields fine-tuning leaves alone (dataset, subsets, batch size).
+    training = TrainingRun(ft_params, network, seed, device, checkpoint_dir, _sub(timing_dir, "finetune"))
     hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, dense["final_state"], label=run.method)
-    loop = _loop(ft_params, run, hooks, model, data, device, checkpoint_dir)
-    history = loop.run()
+    history = training.train(run, hooks)
     rows = [_row("magnitude_finetune", "finetuned", "pruning", seed, setting, ticket.metadata, history[-1], net.epochs,
                  ft_epochs, ticket_path)]
-    _write_run(Path(out_dir) / "finetune", run, history,
-               _final(history, remaining_weights=ticket.metadata["remaining_weights"], retrain_epochs=ft_epochs),
-               time.perf_counter() - started, loop.epoch_seconds, device, {"result_rows": rows},
-               _sub(timing_dir, "finetune"))
-    _drop_checkpoint(run, checkpoint_dir)
+    training.finish(Path(out_dir) / "finetune",
+                    _final(history, remaining_weights=ticket.metadata["remaining_weights"], retrain_epochs=ft_epochs),
+                    {"result_rows": rows})
 
     # (a) rewinding: the ticket retrained from the rewind point, and its random control.
     run_baseline_retrain(params, ticket_path, Path(out_dir) / "retrain", device, ("rewind", "random"), checkpoint_dir,
@@ -335,13 +310,10 @@ def run_cs_ablation(params: Params, name: str, network: str, s0: float, seed: in
     run = RunSpec(name, network, seed, setting, {"cs": asdict(config), "threshold": threshold,
                                                  "mask_scale": params.cs.mask_scale, "network": _network_config(params, network)})
     search_dir = Path(out_dir) / "search"
-    started = time.perf_counter()
-    data = make_splits(net, load_prepared(net.dataset), seed, device)
-    model, names = make_model(net, seed, device)
-    masks = SoftMasks.attach(model, names, s0)
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, _sub(timing_dir, "search"))
+    masks = SoftMasks.attach(training.model, training.prunable, s0)
     hooks = CSSearch(masks, config)
-    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
-    history = loop.run()
+    history = training.train(run, hooks)
     cut = math.log(threshold / (1.0 - threshold))  # sigmoid(s) > t  <=>  s > logit(t), without rounding
     binary = {n: (logits > cut).cpu() for n, logits in masks.state_dict().items()}
     search_epochs = config.rounds * net.epochs
@@ -351,15 +323,14 @@ def run_cs_ablation(params: Params, name: str, network: str, s0: float, seed: in
     save_ticket(ticket, search_dir / "ticket.pt")
     # Pruning track as for CS: the trained weights with the binary mask, scaled by 1/sigmoid(s0).
     masks.detach()
-    HardMasks.apply(model, {n: m.to(device) for n, m in binary.items()}, scale=mask_scale_for("released", s0)).remove()
-    pruned = {"test_accuracy": loop.evaluate(data.test), "val_accuracy": loop.evaluate(data.val)}
+    HardMasks.apply(training.model, {n: m.to(device) for n, m in binary.items()},
+                    scale=mask_scale_for("released", s0)).remove()
+    pruned = training.evaluate()
     last = dataclasses.replace(history[-1], **pruned)
     rows = [_row(name, "pruned", "pruning", seed, setting, ticket.metadata, last, search_epochs, 0, search_dir / "ticket.pt")]
-    _write_run(search_dir, run, history, _final(history, remaining_weights=ticket.metadata["remaining_weights"],
-                                                layer_remaining=ticket.metadata["layer_remaining"], search_epochs=search_epochs),
-               time.perf_counter() - started, loop.epoch_seconds, device, {"result_rows": rows, "pruned": pruned},
-               _sub(timing_dir, "search"))
-    _drop_checkpoint(run, checkpoint_dir)
+    training.finish(search_dir, _final(history, remaining_weights=ticket.metadata["remaining_weights"],
+                                       layer_remaining=ticket.metadata["layer_remaining"], search_epochs=search_epochs),
+                    {"result_rows": rows, "pruned": pruned})
     run_baseline_retrain(params, search_dir / "ticket.pt", Path(out_dir) / "retrain", device, ("rewind",), checkpoint_dir,
                          _sub(timing_dir, "retrain"))
     return ticket

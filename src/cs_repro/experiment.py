@@ -206,6 +206,61 @@ def _network_config(params: Params, network: str) -> dict[str, Any]:
     return asdict(params.network(network))
 
 
+class TrainingRun:
+    """One run of the training loop, set up the same way for every method and baseline.
+
+    Construction draws the seed's data split and initial model; `train` runs the loop with the method's
+    hooks (resuming from its checkpoint); `finish` writes metrics.json and timing.json and drops the
+    checkpoint. What happens between (attaching masks, building tickets) is the method's own:
+
+    >>> run = TrainingRun(params, "lenet300_100", seed=0, device=cpu)
+    >>> masks = SoftMasks.attach(run.model, run.prunable, s0)
+    >>> history = run.train(spec, CSSearch(masks, config))
+    >>> run.finish(out_dir, final={...})
+    """
+
+    def __init__(self, params: Params, network: str, seed: int, device: torch.device,
+                 checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None,
+                 model_seed: int | None = None) -> None:
+        self.params = params
+        self.net = params.network(network)
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.timing_dir = timing_dir
+        self.started = time.perf_counter()
+        self.data = make_splits(self.net, load_prepared(self.net.dataset), seed, device)
+        self.model, self.prunable = make_model(self.net, seed if model_seed is None else model_seed, device)
+        self.spec: RunSpec | None = None
+        self.loop: TrainingLoop | None = None
+        self.history: list = []
+
+    def train(self, spec: RunSpec, hooks: Hooks) -> list:
+        self.spec = spec
+        self.loop = _loop(self.params, spec, hooks, self.model, self.data, self.device, self.checkpoint_dir)
+        self.history = self.loop.run()
+        return self.history
+
+    def evaluate(self) -> dict[str, float]:
+        """Test and validation accuracy of the model as it is now (e.g. after pruning it)."""
+        return {"test_accuracy": self.loop.evaluate(self.data.test), "val_accuracy": self.loop.evaluate(self.data.val)}
+
+    def finish(self, out_dir: Path, final: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+        _write_run(Path(out_dir), self.spec, self.history, final, time.perf_counter() - self.started,
+                   self.loop.epoch_seconds, self.device, extra, self.timing_dir)
+        _drop_checkpoint(self.spec, self.checkpoint_dir)
+
+
+def ticket_network(params: Params, ticket: Ticket, ticket_path: Path) -> tuple[str, int]:
+    """(network, seed) a ticket was found on, after checking params still describe the same model."""
+    meta = ticket.metadata
+    network = meta["network"]
+    net = params.network(network)
+    if net.model != meta.get("model"):
+        raise UserError(f"ticket {ticket_path} was found on model {meta.get('model')!r}, but networks.{network}.model "
+                        f"is {net.model!r}")
+    return network, int(meta["seed"])
+
+
 def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: Path, device: torch.device,
                   checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> Ticket:
     """One CS search: writes ticket.pt, metrics.json (search curve + pruning-track accuracy), timing.json."""
@@ -216,13 +271,10 @@ def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: P
     )
     run = RunSpec("cs", network, seed, f"s0={s0:g}", {"cs": asdict(config), "mask_scale": params.cs.mask_scale,
                                                        "network": _network_config(params, network)})
-    started = time.perf_counter()
-    data = make_splits(net, load_prepared(net.dataset), seed, device)
-    model, names = make_model(net, seed, device)
-    masks = SoftMasks.attach(model, names, s0)
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
+    masks = SoftMasks.attach(training.model, training.prunable, s0)
     hooks = CSSearch(masks, config)
-    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
-    history = loop.run()
+    history = training.train(run, hooks)
     binary = masks.binary_masks()
     mask_scale = mask_scale_for(params.cs.mask_scale, s0)
     ticket = Ticket(binary, hooks.rewind_state, {
@@ -233,15 +285,13 @@ def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: P
     # Pruning track: the searched network at its own trained weights with the binary mask, no retraining.
     masks.detach()
     # The searched network computes with W * sigmoid(beta_T*s)/sigmoid(s0), i.e. W * mask / sigmoid(s0) once beta_T is large.
-    HardMasks.apply(model, binary, scale=mask_scale_for("released", s0)).remove()
-    pruned = {"test_accuracy": loop.evaluate(data.test), "val_accuracy": loop.evaluate(data.val)}
-    seconds = time.perf_counter() - started
+    HardMasks.apply(training.model, binary, scale=mask_scale_for("released", s0)).remove()
+    pruned = training.evaluate()
     save_ticket(ticket, out_dir / "ticket.pt")
-    _write_run(out_dir, run, history, _final(
+    training.finish(out_dir, _final(
         history, remaining_weights=ticket.metadata["remaining_weights"], layer_remaining=ticket.metadata["layer_remaining"],
         search_epochs=config.rounds * net.epochs,
-    ), seconds, loop.epoch_seconds, device, {"pruned": pruned}, timing_dir)
-    _drop_checkpoint(run, checkpoint_dir)
+    ), {"pruned": pruned})
     log.info("%s: ticket keeps %.2f%% of prunable weights; pruned network test %.2f%%",
              run.label(), 100 * ticket.metadata["remaining_weights"], 100 * pruned["test_accuracy"])
     return ticket
@@ -259,14 +309,11 @@ def run_imp(params: Params, network: str, seed: int, out_dir: Path, device: torc
     net = params.network(network)
     levels = params.imp.continue_levels if continue_search else params.imp.levels
     method = "imp_c" if continue_search else "imp"
-    data = make_splits(net, load_prepared(net.dataset), seed, device)
-    model, names = make_model(net, seed, device)
-    config = IMPConfig(tuple(names), params.imp.prune_fraction, levels, net.rewind_epoch, not continue_search)
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
+    config = IMPConfig(tuple(training.prunable), params.imp.prune_fraction, levels, net.rewind_epoch, not continue_search)
     run = RunSpec(method, network, seed, "", {"imp": asdict(config), "network": _network_config(params, network)})
-    started = time.perf_counter()
     hooks = IMPSearch(config)
-    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
-    history = loop.run()
+    history = training.train(run, hooks)
     tickets, level_rows = [], []
     for level, masks in enumerate(hooks.level_masks):
         rows = [r for r in history if r.phase == level]
@@ -282,15 +329,12 @@ def run_imp(params: Params, network: str, seed: int, out_dir: Path, device: torc
             "level": level, "setting": f"level={level}", "remaining_weights": ticket.metadata["remaining_weights"],
             "layer_remaining": ticket.metadata["layer_remaining"], "test_accuracy": rows[-1].test_accuracy,
             "val_accuracy": rows[-1].val_accuracy, "search_epochs": search_epochs,
-            "search_seconds": sum(loop.epoch_seconds[: (level + 1) * net.epochs]),
+            "search_seconds": sum(training.loop.epoch_seconds[: (level + 1) * net.epochs]),
         })
-    seconds = time.perf_counter() - started
-    _write_run(out_dir, run, history, _final(history, remaining_weights=tickets[-1].metadata["remaining_weights"]),
-               seconds, loop.epoch_seconds, device, {"levels": [{k: v for k, v in row.items() if k != "search_seconds"}
-                                                                for row in level_rows]}, timing_dir)
+    training.finish(out_dir, _final(history, remaining_weights=tickets[-1].metadata["remaining_weights"]),
+                    {"levels": [{k: v for k, v in row.items() if k != "search_seconds"} for row in level_rows]})
     atomic_write_json({"levels": [{"level": r["level"], "search_seconds": r["search_seconds"]} for r in level_rows]},
                       (timing_dir or out_dir) / "level_timing.json")
-    _drop_checkpoint(run, checkpoint_dir)
     return tickets
 
 
@@ -301,26 +345,19 @@ def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, 
         raise UserError(f"variant {variant!r} is not allowed; choose rewind or reinit")
     ticket = load_ticket(ticket_path)
     meta = ticket.metadata
-    network, seed = meta["network"], int(meta["seed"])
-    net = params.network(network)
-    if net.model != meta.get("model"):
-        raise UserError(f"ticket {ticket_path} was found on model {meta.get('model')!r}, but networks.{network}.model is {net.model!r}")
+    network, seed = ticket_network(params, ticket, ticket_path)
     run = RunSpec(f"retrain_{variant}", network, seed, f"{meta['method']} {meta['setting']}", {
         "ticket": _ticket_digest(ticket_path), "variant": variant, "network": _network_config(params, network)})
-    started = time.perf_counter()
-    data = make_splits(net, load_prepared(net.dataset), seed, device)
-    model, _ = make_model(net, seed + REINIT_SEED_OFFSET if variant == "reinit" else seed, device)
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir,
+                           model_seed=seed + REINIT_SEED_OFFSET if variant == "reinit" else seed)
     start_state = ticket.rewind_state if variant == "rewind" else None
     masks = {k: v.to(device) for k, v in ticket.masks.items()}
     hooks = TicketRetrain(masks, start_state, float(meta.get("mask_scale", 1.0)), label=run.method)
-    loop = _loop(params, run, hooks, model, data, device, checkpoint_dir)
-    history = loop.run()
+    history = training.train(run, hooks)
     final = _final(history, remaining_weights=meta["remaining_weights"], layer_remaining=meta["layer_remaining"],
-                   search_epochs=meta["search_epochs"], retrain_epochs=net.epochs)
-    _write_run(out_dir, run, history, final, time.perf_counter() - started, loop.epoch_seconds, device,
-               {"ticket": {k: v for k, v in meta.items() if k != "params"}, "ticket_file": str(ticket_path),
-                "variant": variant}, timing_dir)
-    _drop_checkpoint(run, checkpoint_dir)
+                   search_epochs=meta["search_epochs"], retrain_epochs=training.net.epochs)
+    training.finish(out_dir, final, {"ticket": {k: v for k, v in meta.items() if k != "params"},
+                                     "ticket_file": str(ticket_path), "variant": variant})
     return final
 
 

@@ -178,7 +178,7 @@ FASHION_MNIST = DATASETS.register("fashion_mnist")(
         loader=_make_loader(
             "FashionMNIST",
             "FashionMNIST",
-            (f"install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist)",),
+            ("install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist)",),
         ),
         class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     )
