@@ -122,7 +122,7 @@ def test_rewinding_restores_the_saved_state_including_batchnorm_statistics():
     torch.manual_seed(0)
     model = build_model("resnet20", 10, 3, 32)
     names = prunable_names("resnet20", model)
-    masks = SoftMasks.attach(model, names, s0=0.0)
+    SoftMasks.attach(model, names, s0=0.0)  # the rewind point must come out mask-free
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     inputs, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     from cs_repro.masks import plain_state_dict

@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cs_repro.masks import SoftMasks, plain_state_dict, sparsity_of
-from cs_repro.train import Hooks, Phase, TrainingLoop, make_sgd
+from cs_repro.masks import SoftMasks, sparsity_of
+from cs_repro.methods.rounds import MaskRounds
+from cs_repro.train import TrainingLoop, make_sgd
 
 
 @dataclass(frozen=True)
@@ -48,41 +49,28 @@ def clamp_between_rounds(masks: SoftMasks, s0: float, beta_final: float, rule: s
         raise ValueError(f"unknown clamp rule {rule!r}")
 
 
-class CSSearch(Hooks):
-    """Hooks that turn the training loop into a CS search."""
+class CSSearch(MaskRounds):
+    """Hooks that turn the training loop into a CS search (rounds, rewind point, optimisers: `MaskRounds`)."""
 
     label = "cs"
 
     def __init__(self, masks: SoftMasks, config: CSConfig) -> None:
+        super().__init__(config.rounds, config.rewind_epoch)
         self.masks = masks
         self.config = config
-        self.rewind_state: dict | None = None
         masks.fuse_penalty(config.penalty_weight)
 
-    def phases(self, loop: TrainingLoop) -> list[Phase]:
-        return [Phase(f"round {r + 1}/{self.config.rounds}", loop.epochs) for r in range(self.config.rounds)]
+    def mask_parameters(self):
+        return self.masks.logits()
 
-    def begin_phase(self, loop: TrainingLoop, phase: int) -> None:
-        if phase == 0 and self.config.rewind_epoch == 0:
-            self.rewind_state = plain_state_dict(loop.model)
-
-    def make_optimizers(self, loop: TrainingLoop, phase: int):
-        if phase > 0 and loop.optimizers:
-            return loop.optimizers  # optimiser state carries across rounds; only the lr schedule restarts
-        logit_ids = {id(p) for p in self.masks.logits()}
-        weights = [p for p in loop.model.parameters() if id(p) not in logit_ids]
-        mask_lr = self.config.mask_lr or loop.optim.lr
-        return [
-            make_sgd(weights, loop.optim.lr, loop.optim),
-            make_sgd(self.masks.logits(), mask_lr, loop.optim, weight_decay=0.0),
-        ]
+    def make_mask_optimizer(self, loop: TrainingLoop):
+        # SGD like the weights' (momentum, Nesterov) but without weight decay.
+        return make_sgd(self.masks.logits(), self.config.mask_lr or loop.optim.lr, loop.optim, weight_decay=0.0)
 
     def begin_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> None:
         self.masks.set_temperature(temperature_at(epoch, loop.epochs, self.config.beta_final))
 
-    def end_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
-        if phase == 0 and epoch + 1 == self.config.rewind_epoch:
-            self.rewind_state = plain_state_dict(loop.model)
+    def epoch_report(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
         report = sparsity_of(self.masks.binary_masks())
         return {
             "temperature": self.masks.temperature,
@@ -94,9 +82,3 @@ class CSSearch(Hooks):
     def end_phase(self, loop: TrainingLoop, phase: int) -> None:
         if phase + 1 < self.config.rounds:
             clamp_between_rounds(self.masks, self.config.s0, self.config.beta_final, self.config.clamp_rule)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rewind_state": self.rewind_state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rewind_state = state["rewind_state"]

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cs_repro.masks import HardMasks, plain_state_dict, sparsity_of
+from cs_repro.masks import HardMasks, sparsity_of
+from cs_repro.methods.rounds import RewindPoint
 from cs_repro.train import Hooks, Phase, TrainingLoop
 
 
@@ -68,10 +69,14 @@ class IMPSearch(Hooks):
     def __init__(self, config: IMPConfig) -> None:
         self.config = config
         self.label = "imp" if config.rewind_between_levels else "imp_c"
-        self.rewind_state: dict[str, Tensor] | None = None
+        self.rewind = RewindPoint(config.rewind_epoch)
         self.masks: dict[str, Tensor] | None = None
         self.level_masks: list[dict[str, Tensor]] = []  # the ticket of every level, 0 = dense
         self._hard: HardMasks | None = None
+
+    @property
+    def rewind_state(self) -> dict[str, Tensor] | None:
+        return self.rewind.state
 
     def phases(self, loop: TrainingLoop) -> list[Phase]:
         return [Phase("dense", loop.epochs)] + [
@@ -83,8 +88,7 @@ class IMPSearch(Hooks):
         if phase == 0:
             self.masks = {n: torch.ones_like(params[n], dtype=torch.bool, device="cpu") for n in self.config.prunable}
             self.level_masks = [self.masks]
-            if self.config.rewind_epoch == 0:
-                self.rewind_state = plain_state_dict(loop.model)
+            self.rewind.at_phase_start(loop, phase)
             return
         total = sum(m.numel() for m in self.masks.values())
         keep = remaining_after(phase, total, self.config.prune_fraction)
@@ -100,16 +104,15 @@ class IMPSearch(Hooks):
         self._hard = HardMasks.apply(loop.model, self.masks)
 
     def end_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
-        if phase == 0 and epoch + 1 == self.config.rewind_epoch:
-            self.rewind_state = plain_state_dict(loop.model)
+        self.rewind.at_epoch_end(loop, phase, epoch)
         report = sparsity_of(self.masks)
         return {"level": phase, "remaining_weights": report.remaining_weights, "sparsity": report.sparsity}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rewind_state": self.rewind_state, "level_masks": self.level_masks}
+        return {"rewind_state": self.rewind.state, "level_masks": self.level_masks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rewind_state = state["rewind_state"]
+        self.rewind.state = state["rewind_state"]
         self.level_masks = state["level_masks"]
         self.masks = self.level_masks[-1] if self.level_masks else None
 

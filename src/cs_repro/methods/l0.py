@@ -31,8 +31,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from cs_repro.errors import UserError
-from cs_repro.masks import default_prunable_names, plain_state_dict, sparsity_of
-from cs_repro.train import Hooks, Phase, TrainingLoop, epoch_seed, make_sgd
+from cs_repro.masks import default_prunable_names, sparsity_of
+from cs_repro.methods.rounds import MaskRounds
+from cs_repro.train import TrainingLoop, epoch_seed
 
 GAMMA = -0.1
 ZETA = 1.1
@@ -166,34 +167,27 @@ class L0Gates:
         return {name: part.log_alpha.detach().clone() for name, part in self.parts.items()}
 
 
-class L0Search(Hooks):
-    """Hooks that train a network with L0 gates: loss = CE + penalty * expected L0."""
+class L0Search(MaskRounds):
+    """Hooks that train a network with L0 gates: loss = CE + penalty * expected L0 (rounds, rewind point,
+    optimisers: `MaskRounds`; the gates use Adam)."""
 
     label = "l0"
 
     def __init__(self, gates: L0Gates, config: L0Config) -> None:
         if not 0.0 < config.droprate_init < 1.0:
             raise UserError(f"l0.droprate_init={config.droprate_init} must lie strictly between 0 and 1")
+        super().__init__(config.rounds, config.rewind_epoch)
         self.gates = gates
         self.config = config
-        self.rewind_state: dict | None = None
 
-    def phases(self, loop: TrainingLoop) -> list[Phase]:
-        return [Phase(f"round {r + 1}/{self.config.rounds}", loop.epochs) for r in range(self.config.rounds)]
+    def mask_parameters(self):
+        return self.gates.log_alphas()
 
-    def begin_phase(self, loop: TrainingLoop, phase: int) -> None:
-        if phase == 0 and self.config.rewind_epoch == 0:
-            self.rewind_state = plain_state_dict(loop.model)
-
-    def make_optimizers(self, loop: TrainingLoop, phase: int):
-        if phase > 0 and loop.optimizers:
-            return loop.optimizers  # state carries across rounds; the lr schedule restarts
-        gate_ids = {id(p) for p in self.gates.log_alphas()}
-        weights = [p for p in loop.model.parameters() if id(p) not in gate_ids]
+    def make_mask_optimizer(self, loop: TrainingLoop):
         gate_optimizer = torch.optim.Adam(self.gates.log_alphas(), lr=self.config.gate_lr)
         for group in gate_optimizer.param_groups:
             group["initial_lr"] = self.config.gate_lr  # the loop scales this by the phase's lr schedule
-        return [make_sgd(weights, loop.optim.lr, loop.optim), gate_optimizer]
+        return gate_optimizer
 
     def begin_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> None:
         seed = epoch_seed(loop.seed + NOISE_SEED_OFFSET, phase, epoch)
@@ -205,16 +199,8 @@ class L0Search(Hooks):
             loss = loss + self.config.penalty * self.gates.expected_l0()
         return loss
 
-    def end_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
-        if phase == 0 and epoch + 1 == self.config.rewind_epoch:
-            self.rewind_state = plain_state_dict(loop.model)
+    def epoch_report(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
         report = sparsity_of(self.gates.binary_masks())
         with torch.no_grad():
             expected = float(self.gates.expected_l0())
         return {"remaining_weights": report.remaining_weights, "sparsity": report.sparsity, "expected_l0": expected}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rewind_state": self.rewind_state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rewind_state = state["rewind_state"]

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cs_repro.masks import plain_state_dict
 from cs_repro.methods.imp import global_magnitude_masks
+from cs_repro.methods.rounds import RewindPoint
 from cs_repro.train import Hooks, TrainingLoop
 
 
@@ -39,20 +39,21 @@ class DenseTraining(Hooks):
     label = "dense"
 
     def __init__(self, rewind_epoch: int) -> None:
-        self.rewind_epoch = rewind_epoch
-        self.rewind_state: dict[str, Tensor] | None = None
+        self.rewind = RewindPoint(rewind_epoch)
+
+    @property
+    def rewind_state(self) -> dict[str, Tensor] | None:
+        return self.rewind.state
 
     def begin_phase(self, loop: TrainingLoop, phase: int) -> None:
-        if self.rewind_epoch == 0:
-            self.rewind_state = plain_state_dict(loop.model)
+        self.rewind.at_phase_start(loop, phase)
 
     def end_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
-        if epoch + 1 == self.rewind_epoch:
-            self.rewind_state = plain_state_dict(loop.model)
+        self.rewind.at_epoch_end(loop, phase, epoch)
         return {"remaining_weights": 1.0, "sparsity": 0.0}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rewind_state": self.rewind_state}
+        return {"rewind_state": self.rewind.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rewind_state = state["rewind_state"]
+        self.rewind.state = state["rewind_state"]
