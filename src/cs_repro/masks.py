@@ -135,6 +135,23 @@ def _split_name(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return module, tensor_name
 
 
+def attach_parametrizations(model: nn.Module, names: list[str] | None, make_part, what: str) -> tuple[list[str], dict]:
+    """Register `make_part(weight)` as the parametrization of each named tensor (default: every Conv/Linear
+    weight). Shared by CS soft masks and L0 gates; `what` names the thing in error messages."""
+    names = list(names) if names is not None else default_prunable_names(model)
+    if not names:
+        raise UserError(f"no prunable tensors given: name at least one weight to {what}")
+    parts = {}
+    for name in names:
+        module, tensor_name = _split_name(model, name)
+        if parametrize.is_parametrized(module, tensor_name):
+            raise UserError(f"{name!r} already carries a mask; detach it first")
+        part = make_part(getattr(module, tensor_name))
+        parametrize.register_parametrization(module, tensor_name, part, unsafe=True)
+        parts[name] = part
+    return names, parts
+
+
 class SoftMasks:
     """CS soft masks attached to a model's prunable weights.
 
@@ -150,18 +167,8 @@ class SoftMasks:
 
     @classmethod
     def attach(cls, model: nn.Module, names: list[str] | None = None, s0: float = 0.0) -> "SoftMasks":
-        names = list(names) if names is not None else default_prunable_names(model)
-        if not names:
-            raise UserError("no prunable tensors given: name at least one weight to mask")
-        parts = {}
-        for name in names:
-            module, tensor_name = _split_name(model, name)
-            if parametrize.is_parametrized(module, tensor_name):
-                raise UserError(f"{name!r} already carries a mask; detach it first")
-            weight = getattr(module, tensor_name)
-            part = SoftMask(weight.shape, s0, device=weight.device, dtype=weight.dtype)
-            parametrize.register_parametrization(module, tensor_name, part, unsafe=True)
-            parts[name] = part
+        names, parts = attach_parametrizations(
+            model, names, lambda weight: SoftMask(weight.shape, s0, device=weight.device, dtype=weight.dtype), "mask")
         return cls(model, names, parts)
 
     # --- what the CS method drives -------------------------------------------------------------

@@ -28,10 +28,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from cs_repro.errors import UserError
-from cs_repro.masks import default_prunable_names, sparsity_of
+from cs_repro.masks import attach_parametrizations, sparsity_of
 from cs_repro.methods.rounds import MaskRounds
 from cs_repro.train import TrainingLoop, epoch_seed
 
@@ -115,17 +114,6 @@ class HardConcreteGate(nn.Module):
         return self.log_alpha > math.log(-self.gamma / self.zeta)
 
 
-def _tensor_owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    module_name, _, tensor_name = name.rpartition(".")
-    try:
-        module = model.get_submodule(module_name) if module_name else model
-    except AttributeError:
-        module = None
-    if module is None or not isinstance(getattr(module, tensor_name, None), Tensor):
-        raise UserError(f"prunable tensor {name!r} does not exist in {type(model).__name__}")
-    return module, tensor_name
-
-
 class L0Gates:
     """Hard-concrete gates attached to a model's prunable weights."""
 
@@ -134,19 +122,11 @@ class L0Gates:
 
     @classmethod
     def attach(cls, model: nn.Module, names: list[str] | None, config: L0Config) -> "L0Gates":
-        names = list(names) if names is not None else default_prunable_names(model)
-        if not names:
-            raise UserError("no prunable tensors given: name at least one weight to gate")
-        parts = {}
-        for name in names:
-            module, tensor_name = _tensor_owner(model, name)
-            if parametrize.is_parametrized(module, tensor_name):
-                raise UserError(f"{name!r} already carries a mask; detach it first")
-            weight = getattr(module, tensor_name)
-            part = HardConcreteGate(weight.shape, initial_log_alpha(config.droprate_init), config,
-                                    device=weight.device, dtype=weight.dtype)
-            parametrize.register_parametrization(module, tensor_name, part, unsafe=True)
-            parts[name] = part
+        log_alpha = initial_log_alpha(config.droprate_init)
+        names, parts = attach_parametrizations(
+            model, names,
+            lambda weight: HardConcreteGate(weight.shape, log_alpha, config, device=weight.device, dtype=weight.dtype),
+            "gate")
         return cls(model, names, parts)
 
     def log_alphas(self) -> list[nn.Parameter]:
