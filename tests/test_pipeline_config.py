@@ -83,6 +83,74 @@ def test_no_stage_persists_outputs_or_names_a_device(stages):
     assert "cuda" not in text and "CUDA_VISIBLE_DEVICES" not in text
 
 
+# --- code dependencies: a stage re-runs whenever code that shapes its outputs changes ----------------
+
+SRC = REPO / "src" / "cs_repro"
+# Modules whose code decides what a stage writes. The rest (cli, params parsing, errors, io, device
+# choice, profiles, parallel runs) only decide how a run is launched or reported.
+SHAPES_OUTPUTS = ["data", "kernels", "masks.py", "train.py", "methods", "experiment.py", "baselines.py", "models",
+                  "flops.py", "evaluation.py", "tickets.py", "report"]
+
+
+def _module_path(module: str) -> Path | None:
+    relative = SRC.joinpath(*module.split(".")[1:])
+    if relative.with_suffix(".py").exists():
+        return relative.with_suffix(".py")
+    return relative if (relative / "__init__.py").exists() else None
+
+
+def _imported(path: Path) -> set[Path]:
+    """cs_repro modules imported by a file, or by any file of a folder (static: every `from cs_repro...`)."""
+    import ast
+
+    found = set()
+    for source in ([path] if path.is_file() else sorted(path.rglob("*.py"))):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "cs_repro":
+                for alias in node.names:  # `from cs_repro.methods import cs` names the module cs
+                    target = _module_path(f"{node.module}.{alias.name}") or _module_path(node.module)
+                    if target:
+                        found.add(target)
+            elif isinstance(node, ast.Import):
+                found.update(t for a in node.names if a.name.split(".")[0] == "cs_repro" and (t := _module_path(a.name)))
+    return found
+
+
+def _within(path: Path, folders: list[Path]) -> bool:
+    return any(path == f or f in path.parents for f in folders)
+
+
+def test_stage_code_deps_cover_everything_they_import(stages):
+    """If a stage depends on experiment.py and experiment.py imports masks.py, which imports kernels/,
+    the stage must depend on all three: DVC only re-runs a stage for changes in what it lists."""
+    shaping = [SRC / name for name in SHAPES_OUTPUTS]
+    checked = 0
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        deps = [REPO / d for d in stage.get("deps", []) if d.startswith("src/cs_repro")]
+        closure, todo = set(), list(deps)
+        while todo:
+            for module in _imported(todo.pop()):
+                if module not in closure:
+                    closure.add(module)
+                    todo.append(module)
+        missing = sorted(str(m.relative_to(REPO)) for m in closure if _within(m, shaping) and not _within(m, deps))
+        assert not missing, f"stage {name} imports {missing} but does not list them in deps"
+        checked += bool(deps)
+    assert checked >= 15  # the training, evaluation and report stages all list code
+
+
+def test_bytecode_caches_do_not_change_code_deps():
+    import subprocess
+    import sys
+
+    dvc = Path(sys.executable).with_name("dvc")
+    ignored = subprocess.run([str(dvc), "check-ignore", "src/cs_repro/models/__pycache__/lenet.cpython-311.pyc"],
+                             cwd=REPO, capture_output=True, text=True)
+    kept = subprocess.run([str(dvc), "check-ignore", "src/cs_repro/models/lenet.py"], cwd=REPO, capture_output=True)
+    assert ignored.returncode == 0 and kept.returncode == 1
+
+
 def test_analytics_are_off_and_hydra_is_on():
     config = (REPO / ".dvc" / "config").read_text()
     assert "analytics = false" in config and "enabled = true" in config
