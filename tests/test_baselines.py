@@ -232,6 +232,18 @@ def test_every_baseline_writes_result_rows_that_evaluation_accepts(workspace, ti
         assert row.flops_nonzero <= row.flops_dense and row.network == "lenet300_100"
     l0_rows = [r for r in validated if r.method == "l0"]
     assert {r.setting for r in l0_rows} == {"penalty=0.003"}
+    # Search cost: a ticket's rows (its retraining, its random control) carry the seconds of the run that
+    # found it; a one-shot magnitude ticket's search is the dense training it pruned.
+    def seconds(folder):
+        return json.loads((folder / "timing.json").read_text())["seconds"]
+
+    by_key = {(r["method"], r["variant"]): r["search_seconds"] for r in rows}
+    l0_search = seconds(runs / "l0" / "search")
+    assert l0_search > 0
+    assert by_key[("l0", "pruned")] == by_key[("l0", "rewind")] == by_key[("l0", "random")] == l0_search
+    dense_seconds = seconds(runs / "magnitude" / "dense")
+    assert by_key[("magnitude_rewind", "rewind")] == by_key[("magnitude_rewind", "random")] == dense_seconds
+    assert by_key[("cs_beta1", "rewind")] == by_key[("cs_beta1", "pruned")] == seconds(runs / "cs_beta1" / "search")
 
 
 def test_disabled_random_control_still_writes_the_stage_outputs(workspace, tiny_params):

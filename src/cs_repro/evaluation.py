@@ -27,10 +27,33 @@ log = logging.getLogger("cs_repro")
 def _timing_dir(metrics_path: Path, runs: Path, timings: Path | None) -> Path:
     """Where a run's timing.json lives: the mirror of its runs/ folder under timings/, else beside it."""
     if timings is not None:
-        mirrored = Path(timings) / metrics_path.parent.relative_to(runs)
+        try:
+            mirrored = Path(timings) / metrics_path.parent.relative_to(runs)
+        except ValueError:  # not under runs/ (a path given another way): only the folder itself
+            return metrics_path.parent
         if mirrored.exists():
             return mirrored
     return metrics_path.parent
+
+
+def ticket_search_seconds(ticket_file: Path, runs: Path, timings: Path | None = None) -> float:
+    """Wall-clock seconds spent finding a ticket, read from the timing of the run that wrote it: its
+    folder's run (CS, L0, the CS ablations), the level's cumulative time (IMP), or the dense training
+    it was pruned from (one-shot magnitude pruning). 0 where no timing was recorded."""
+    ticket_file = Path(ticket_file)
+    folder = ticket_file.parent
+    if folder.name == "tickets":  # IMP: tickets/level_XX.pt beside the search's metrics.json
+        level_timing = _timing_dir(folder.parent / "metrics.json", runs, timings) / "level_timing.json"
+        if not level_timing.exists():
+            return 0.0
+        level = int(ticket_file.stem.removeprefix("level_"))
+        return float({r["level"]: r["search_seconds"] for r in read_json(level_timing)["levels"]}.get(level, 0.0))
+    if (folder / "metrics.json").exists():
+        return float(_timing(_timing_dir(folder / "metrics.json", runs, timings)).get("seconds", 0.0))
+    dense = load_ticket(ticket_file).metadata.get("params", {}).get("dense")
+    if dense:  # magnitude pruning: the ticket's search is the dense run it pruned
+        return float(_timing(_timing_dir(Path(dense) / "metrics.json", runs, timings)).get("seconds", 0.0))
+    return 0.0
 
 
 def _timing(folder: Path) -> dict[str, Any]:
@@ -75,7 +98,6 @@ def collect_rows(params: Params, runs: Path, timings: Path | None = None) -> tup
     """(rows, total compute seconds, hardware names) from every metrics.json under `runs`."""
     rows, total_seconds, hardware = [], 0.0, set()
     cost_of = _CostCounter(params)
-    search_seconds: dict[tuple, float] = {}
     files = sorted(Path(runs).rglob("metrics.json"))
     documents = [(path, read_json(path, "run metrics")) for path in files]
     for path, doc in documents:
@@ -83,8 +105,6 @@ def collect_rows(params: Params, runs: Path, timings: Path | None = None) -> tup
         total_seconds += float(timing.get("seconds", 0.0))
         if "hardware" in timing:
             hardware.add(timing["hardware"])
-        if doc.get("method") == "cs":
-            search_seconds[(doc["network"], doc["seed"], doc["setting"])] = float(timing.get("seconds", 0.0))
     for path, doc in documents:
         method = doc.get("method")
         network = doc.get("network")
@@ -94,16 +114,12 @@ def collect_rows(params: Params, runs: Path, timings: Path | None = None) -> tup
         dataset = params.networks[network].dataset
         epochs = params.networks[network].epochs
         if method in ("imp", "imp_c"):
-            level_seconds = {}
-            timing_file = _timing_dir(path, runs, timings) / "level_timing.json"
-            if timing_file.exists():
-                level_seconds = {r["level"]: r["search_seconds"] for r in read_json(timing_file)["levels"]}
             for level in doc["levels"]:
-                ticket = load_ticket(path.parent / "tickets" / f"level_{level['level']:02d}.pt")
-                cost = cost_of(network, ticket.masks)
+                ticket_file = path.parent / "tickets" / f"level_{level['level']:02d}.pt"
+                cost = cost_of(network, load_ticket(ticket_file).masks)
                 common = dict(seed=doc["seed"], remaining=level["remaining_weights"], test=level["test_accuracy"],
                               val=level["val_accuracy"], search_epochs=level["search_epochs"],
-                              search_seconds=float(level_seconds.get(level["level"], 0.0)), retrain_epochs=epochs,
+                              search_seconds=ticket_search_seconds(ticket_file, runs, timings), retrain_epochs=epochs,
                               layer_remaining=level["layer_remaining"], cost=cost)
                 if method == "imp":
                     rows.append(_row(network, dataset, "imp", "rewind", "ticket", setting=level["setting"], **common))
@@ -117,12 +133,16 @@ def collect_rows(params: Params, runs: Path, timings: Path | None = None) -> tup
             rows.append(_row(
                 network, dataset, "cs", "pruned", "pruning", doc["seed"], doc["setting"],
                 doc["final"]["remaining_weights"], doc["pruned"]["test_accuracy"], doc["pruned"]["val_accuracy"],
-                doc["final"]["search_epochs"], search_seconds.get((network, doc["seed"], doc["setting"]), 0.0), 0,
+                doc["final"]["search_epochs"], ticket_search_seconds(path.parent / "ticket.pt", runs, timings), 0,
                 doc["final"]["layer_remaining"], cost_of(network, ticket.masks),
             ))
         elif "result_rows" in doc:
             # Generic source (baselines): rows already in the results schema, each naming its mask file.
-            seconds = float(_timing(_timing_dir(path, runs, timings)).get("seconds", 0.0))
+            # A control retrains another run's ticket (doc's ticket_file): it costs that ticket's search.
+            if "ticket_file" in doc:
+                seconds = ticket_search_seconds(Path(doc["ticket_file"]), runs, timings)
+            else:
+                seconds = float(_timing(_timing_dir(path, runs, timings)).get("seconds", 0.0))
             for given in doc["result_rows"]:
                 row = dict(given)
                 masks = load_ticket(Path(row.pop("ticket_file"))).masks
@@ -132,7 +152,7 @@ def collect_rows(params: Params, runs: Path, timings: Path | None = None) -> tup
                 rows.append(row)
         elif method and method.startswith("retrain_"):
             meta = doc["ticket"]
-            seconds = search_seconds.get((network, doc["seed"], meta["setting"]), 0.0) if meta["method"] == "cs" else 0.0
+            seconds = ticket_search_seconds(Path(doc["ticket_file"]), runs, timings)
             masks = load_ticket(Path(doc["ticket_file"])).masks
             rows.append(_row(
                 network, dataset, meta["method"], doc["variant"], "ticket", doc["seed"], meta["setting"],
