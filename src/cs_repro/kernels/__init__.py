@@ -6,11 +6,11 @@ backward in one pass each, with the penalty's gradient folded in, and registers 
 in C++ as the op ``torch.ops.cs_repro.soft_masked_weight``. `cs_repro.masks` uses it for float32
 tensors on the CPU and falls back to ATen ops elsewhere or when the kernel cannot be built.
 
-Building takes ~10 s once per machine (it needs a C++ compiler and ninja); the library is cached
+Building takes ~12 s once per machine (it needs a C++ compiler and ninja). The library is cached
 under ``$CS_REPRO_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/cs_repro/kernels``, i.e.
-``~/.cache/cs_repro/kernels``) in a folder keyed by the
-source, torch's version and the CPU, because it is compiled for the CPU it runs on
-(``-march=native``) and a shared home directory may serve several kinds of machine.
+``~/.cache/cs_repro/kernels``) in a folder keyed by the source, the flags, torch's version and the
+CPU: it is compiled for the CPU it runs on (``-march=native``), and a shared home directory may
+serve several kinds of machine.
 
 ``CS_REPRO_MASK_KERNEL=aten`` turns the kernel off (``fused``: require it, fail if it cannot be
 built; ``auto``, the default: use it where it builds).
@@ -36,7 +36,10 @@ CACHE_ENV = "CS_REPRO_KERNEL_CACHE"
 SOURCE = Path(__file__).with_name("soft_mask.cpp")
 LIBRARY_NAME = "cs_repro_soft_mask"
 # No -ffast-math and no FMA contraction: vector and scalar code must give the same bits (see the .cpp).
-CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+# -fopenmp: at::parallel_for is OpenMP in torch's builds; it shares torch's OpenMP runtime and threads.
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+if platform.machine() in ("x86_64", "AMD64"):
+    CFLAGS.append("-mprefer-vector-width=512")  # gcc defaults to 256-bit vectors even where AVX-512 exists
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "loaded": bool, "error": str
