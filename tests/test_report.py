@@ -354,3 +354,29 @@ def test_cs_vs_l0_paragraph_follows_the_numbers(rows):
     assert text.startswith("CS vs. L0: CS finds sparser matching tickets and is more accurate")
     better_l0 = [dict(r, test_accuracy=r["test_accuracy"] + 0.06) for r in l0_rows]
     assert markdown.cs_vs_l0(Aggregates(rows + better_l0)).startswith("CS vs. L0: CS does not beat L0 here")
+
+
+def test_provenance_commit_ignores_what_a_run_rewrites(tmp_path, monkeypatch):
+    """dvc.lock and .gitignore files change during every `dvc repro`; code or params changes must show."""
+    import subprocess
+
+    from cs_repro.evaluation import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("dvc.lock", ".gitignore", "params.yaml"):
+        (tmp_path / name).write_text("a\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".gitignore").write_text("a\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
+    monkeypatch.chdir(tmp_path)
+    clean = git_commit()
+    assert len(clean) >= 7 and "+" not in clean
+    for name in ("dvc.lock", ".gitignore", "sub/.gitignore"):
+        (tmp_path / name).write_text("b\n")
+    assert git_commit() == clean
+    (tmp_path / "params.yaml").write_text("b\n")
+    assert git_commit() == clean + "+changes"

@@ -163,10 +163,16 @@ def collect_rows(params: Params, runs: Path, timings: Path | None = None) -> tup
     return rows, total_seconds, hardware
 
 
+# Files a pipeline run rewrites itself: their changes say nothing about the code or params that ran.
+RUN_WRITTEN = (":(exclude)dvc.lock", ":(exclude,glob)**/.gitignore")
+
+
 def git_commit() -> str:
+    """The commit the results come from; "+changes" when tracked files (code, params) differ from it."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *RUN_WRITTEN],
+                               capture_output=True, text=True, timeout=10)
         return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
