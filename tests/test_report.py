@@ -380,3 +380,29 @@ def test_provenance_commit_ignores_what_a_run_rewrites(tmp_path, monkeypatch):
     assert git_commit() == clean
     (tmp_path / "params.yaml").write_text("b\n")
     assert git_commit() == clean + "+changes"
+
+
+def _epochs(*points):
+    return {"epochs": [{"phase": 0, "phase_name": "round 1/3", "epoch": i, "val_accuracy": acc, "train_loss": loss}
+                       for i, (acc, loss) in enumerate(points)]}
+
+
+def test_collapse_is_found_where_accuracy_falls_back_to_chance():
+    from cs_repro.evaluation import collapse_of
+
+    died = _epochs((0.70, 1.5), (0.78, 0.6), (0.10, 39.9), (0.10, 2.303))
+    assert collapse_of(died, 10) == ("validation accuracy fell to 10.0% (chance: 10%) in round 1/3, epoch 3, "
+                                     "after 78.0%; training loss that epoch 39.9")
+    assert collapse_of(_epochs((0.70, 1.5), (0.80, 0.6), (0.81, 0.5)), 10) is None  # healthy
+    assert collapse_of(_epochs((0.11, 2.3), (0.10, 2.3)), 10) is None  # never learned: nothing to collapse from
+    assert collapse_of(_epochs((0.70, 1.5), (0.25, 1.9)), 10) is None  # worse, not dead
+    assert collapse_of(_epochs((0.70, 1.5), (0.70, float("nan"))), 10) == "training loss became nan in round 1/3, epoch 2"
+
+
+def test_report_lists_collapsed_runs(tmp_path, rows):
+    from cs_repro.report.markdown import write_report
+
+    runs = ["lenet5 cs s0=0.02 seed=1: validation accuracy fell to 10.0% (chance: 10%) in round 1/3, epoch 4"]
+    text = write_report(rows, {**META, "collapsed_runs": runs}, tmp_path).read_text()
+    assert "## Runs that collapsed" in text and f"- {runs[0]}" in text
+    assert "## Runs that collapsed" not in write_report(rows, META, tmp_path / "b").read_text()

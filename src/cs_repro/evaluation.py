@@ -167,6 +167,47 @@ def collect_rows(params: Params, runs: Path, timings: Path | None = None) -> tup
 RUN_WRITTEN = (":(exclude)dvc.lock", ":(exclude,glob)**/.gitignore")
 
 
+# A run "collapsed" when its validation accuracy fell back to chance after it had learned: the
+# network died (e.g. CS's effective weights blew up as the temperature rose) and what it wrote after
+# that point (a mask frozen at the moment of death) is not a search result.
+LEARNED_ABOVE_CHANCE = 0.20
+CHANCE_MARGIN = 0.02
+
+
+def collapse_of(doc: dict[str, Any], num_classes: int) -> str | None:
+    """One sentence saying where a run collapsed to chance accuracy, or None if it did not."""
+    chance = 1.0 / num_classes
+    best = 0.0
+    for row in doc.get("epochs", []):
+        accuracy = float(row["val_accuracy"])
+        loss = float(row["train_loss"])
+        where = f"{row.get('phase_name') or 'phase ' + str(row['phase'] + 1)}, epoch {row['epoch'] + 1}"
+        if loss != loss or loss in (float("inf"), float("-inf")):
+            return f"training loss became {loss} in {where}"
+        if best >= chance + LEARNED_ABOVE_CHANCE and accuracy <= chance + CHANCE_MARGIN:
+            return (f"validation accuracy fell to {100 * accuracy:.1f}% (chance: {100 * chance:.0f}%) in {where}, "
+                    f"after {100 * best:.1f}%; training loss that epoch {loss:.3g}")
+        best = max(best, accuracy)
+    return None
+
+
+def collapsed_runs(params: Params, runs: Path) -> list[str]:
+    """Every run under `runs` that collapsed, as 'network method setting seed=N: where'."""
+    from cs_repro.data import DATASETS
+
+    found = []
+    for path in sorted(Path(runs).rglob("metrics.json")):
+        doc = read_json(path, "run metrics")
+        network = doc.get("network")
+        if network not in params.networks or "epochs" not in doc:
+            continue
+        what = collapse_of(doc, DATASETS.get(params.networks[network].dataset).num_classes)
+        if what:
+            label = " ".join(str(x) for x in (network, doc.get("method"), doc.get("setting")) if x)
+            found.append(f"{label} seed={doc.get('seed')}: {what} ({path.parent.relative_to(runs)})")
+    return found
+
+
 def git_commit() -> str:
     """The commit the results come from; "+changes" when tracked files (code, params) differ from it."""
     try:
@@ -201,7 +242,10 @@ def evaluate_runs(params: Params, runs: Path, out: Path, timings: Path | None = 
         "flops_convention": CONVENTION,
         "matching_rule": MATCHING_RULE,
         "empty_tickets": sorted({f"{r['network']} {r['method']} {r['setting']} seed={r['seed']}" for r in empty}),
+        "collapsed_runs": collapsed_runs(params, runs),
     }
+    for run in meta["collapsed_runs"]:
+        log.warning("collapsed run: %s", run)
     atomic_write_json({"rows": rows, "meta": meta}, out / "results.json")
     aggregates = Aggregates(rows)
     summary = summarize(aggregates)

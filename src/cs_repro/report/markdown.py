@@ -280,6 +280,13 @@ def write_report(rows: Iterable[Row | Mapping[str, Any]] | Aggregates,
             zip(read_claims(claims_path), judge_claims(agg)), start=1):
         lines += [f"{i}. *{claim}*", "", f"   **{verdict}**{sentence[len(verdict):]}", ""]
     lines += ["## CS vs. L0 (the reviewers' question)", "", cs_vs_l0(agg), ""]
+    collapsed = meta.get("collapsed_runs")
+    if isinstance(collapsed, list) and collapsed:
+        lines += ["## Runs that collapsed", "",
+                  f"{len(collapsed)} run(s) fell back to chance accuracy after having learned (the network died). "
+                  "Their results stay in the tables and figures as recorded: for a search, the mask frozen when "
+                  "training died. Read those points with care.", ""]
+        lines += [f"- {run}" for run in collapsed] + [""]
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
