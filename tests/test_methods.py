@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -158,6 +159,29 @@ def test_masked_weights_stay_exactly_zero_through_retraining(workspace, tiny_par
         assert torch.count_nonzero(weights[name][~mask]) == 0
         assert not torch.equal(weights[name][mask], ticket.rewind_state[name][mask])  # kept weights trained
     assert loop.history[-1].test_accuracy > 0.6
+
+
+def test_released_scale_retrains_cs_tickets_with_binary_over_sigmoid_s0(workspace, tiny_params):
+    from cs_repro.evaluation import collect_rows
+
+    params = tiny_params()
+    s0 = 0.5
+    ex.run_cs_search(params, "lenet300_100", s0, 0, workspace / "runs" / "cs", CPU, checkpoint_dir=None)
+    ticket_path = workspace / "runs" / "cs" / "ticket.pt"
+    for variant in ("rewind", "rewind_released_scale"):
+        ex.run_retrain(params, ticket_path, variant, workspace / "runs" / "cs" / variant, CPU, checkpoint_dir=None)
+    plain, released = (_metrics(workspace / "runs" / "cs" / v) for v in ("rewind", "rewind_released_scale"))
+    assert plain["mask_scale"] == 1.0  # the paper's plain binary mask (cs.mask_scale: binary)
+    assert released["mask_scale"] == pytest.approx(1 + math.exp(-s0))  # = 1 / sigmoid(s0)
+    assert plain["epochs"][0]["train_loss"] != released["epochs"][0]["train_loss"]
+    rows, _, _ = collect_rows(params, workspace / "runs")
+    found = {(r["method"], r["variant"]) for r in rows}
+    assert {("cs", "pruned"), ("cs", "rewind"), ("cs_released_scale", "rewind")} <= found
+
+    ex.run_imp(tiny_params({"imp": {"levels": 1}}), "lenet300_100", 0, workspace / "imp", CPU, checkpoint_dir=None)
+    with pytest.raises(UserError, match="rewind_released_scale needs a CS ticket"):
+        ex.run_retrain(params, workspace / "imp" / "tickets" / "level_01.pt", "rewind_released_scale",
+                       workspace / "x", CPU, checkpoint_dir=None)
 
 
 # --- determinism ------------------------------------------------------------------------------

@@ -65,9 +65,9 @@ def _declared(stage: dict) -> set[str]:
 def test_each_stage_declares_only_the_params_it_reads(stages):
     assert _declared(stages["prepare"]["do"]) == {"data"}
     assert _declared(stages["cs_search"]) == {"lambda", "cs", "networks.${item.network}"}
-    assert _declared(stages["cs_retrain"]) == {"controls", "networks.${item.network}"}
+    assert _declared(stages["cs_retrain"]) == {"controls.reinit", "controls.released_scale", "networks.${item.network}"}
     assert _declared(stages["imp_search"]) == {"imp.prune_fraction", "imp.levels", "networks.${item.network}"}
-    assert _declared(stages["imp_controls"]) == {"controls", "networks.${item.network}"}
+    assert _declared(stages["imp_controls"]) == {"controls.reinit", "networks.${item.network}"}
     # lambda reaches CS work only; imp reaches IMP work only; the sweep lists reach no stage body.
     for name, stage in stages.items():
         declared = _declared(stage.get("do", stage))

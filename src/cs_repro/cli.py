@@ -154,22 +154,26 @@ def imp(
 def retrain(
     tickets: Annotated[Path, typer.Option(help="a ticket file, or a directory of ticket files (*.pt)")],
     out: Annotated[Path, typer.Option(help="output directory: <variant>/ (one ticket) or <ticket>/<variant>/")],
-    variants: Annotated[str, typer.Option(help="comma list of rewind, reinit; 'controls' = rewind plus the controls params.yaml enables; 'control-only' = the enabled controls alone")] = "controls",
+    variants: Annotated[str, typer.Option(help="comma list of rewind, reinit, rewind_released_scale; 'controls' = rewind plus the controls params.yaml enables; 'control-only' = the enabled controls alone")] = "controls",
     params: ParamsOption = Path("params.yaml"),
     device: DeviceOption = None,
     checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
     timing: TimingOption = None,
 ) -> None:
-    """Retrain tickets from their rewind point ('rewind') and/or from fresh weights ('reinit' control)."""
-    from cs_repro.experiment import run_retrain
+    """Retrain tickets from their rewind point ('rewind'), from fresh weights ('reinit' control), or from the
+    rewind point with the released code's mask scale ('rewind_released_scale', CS tickets only)."""
+    from cs_repro.experiment import RETRAIN_VARIANTS, run_retrain
     from cs_repro.tickets import load_ticket
 
     p = _params(params)
     controls = ["reinit"] if p.controls.reinit else []
+    if p.controls.released_scale:
+        controls.append("rewind_released_scale")
     chosen = {"controls": ["rewind", *controls], "control-only": controls}.get(variants, variants.split(","))
     for variant in chosen:
-        if variant not in ("rewind", "reinit"):
-            raise UserError(f"--variants: {variant!r} is not allowed; use rewind, reinit, controls or control-only")
+        if variant not in RETRAIN_VARIANTS:
+            raise UserError(f"--variants: {variant!r} is not allowed; use {', '.join(RETRAIN_VARIANTS)}, "
+                            "controls or control-only")
     if not tickets.exists() and (tickets.parent / "skipped.json").exists():
         # the search was switched off (e.g. imp.continue_levels: 0)
         _write_skipped(f"no tickets: {tickets.parent} was skipped", out, timing)
@@ -177,16 +181,21 @@ def retrain(
     files = sorted(tickets.glob("*.pt")) if tickets.is_dir() else [tickets]
     if not files:
         raise UserError(f"no ticket files (*.pt) in {tickets}")
-    if not chosen:
-        _write_skipped("controls.reinit is false", out, timing)
-        return
-    dev = _device(device)
+    runs = []
     for path in files:
-        if tickets.is_dir() and load_ticket(path).metadata.get("remaining_weights", 0.0) >= 1.0:
+        metadata = load_ticket(path).metadata
+        if tickets.is_dir() and metadata.get("remaining_weights", 0.0) >= 1.0:
             continue  # the dense 'ticket' (IMP level 0) has nothing to control for
         for variant in chosen:
-            relative = Path(path.stem, variant) if tickets.is_dir() else Path(variant)
-            run_retrain(p, path, variant, out / relative, dev, checkpoint_dir, timing / relative if timing else None)
+            if variant == "rewind_released_scale" and variants in ("controls", "control-only") and "s0" not in metadata:
+                continue  # the released scale is CS's; other tickets (IMP) have no s0
+            runs.append((path, variant, Path(path.stem, variant) if tickets.is_dir() else Path(variant)))
+    if not runs:  # a stage's outputs must exist even when there is nothing to run
+        _write_skipped("no control applies (controls.reinit, controls.released_scale)", out, timing)
+        return
+    dev = _device(device)
+    for path, variant, relative in runs:
+        run_retrain(p, path, variant, out / relative, dev, checkpoint_dir, timing / relative if timing else None)
 
 
 @app.command()

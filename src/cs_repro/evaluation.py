@@ -6,7 +6,8 @@ Row sources, by the `method` field of each metrics.json (or its `result_rows` li
   imp / imp_c search -> one row per level (imp: the level's training *is* the rewind retraining;
                         imp level 0 is also the dense reference)
   cs search          -> the pruning-track row (trained weights, binary mask, no retraining)
-  retrain_<variant>  -> one ticket-track row for the ticket it retrained (rewind or a control)
+  retrain_<variant>  -> one ticket-track row for the ticket it retrained (rewind or a control;
+                        rewind_released_scale becomes method <ticket method>_released_scale)
 """
 
 from __future__ import annotations
@@ -154,8 +155,13 @@ def collect_rows(params: Params, runs: Path, timings: Path | None = None) -> tup
             meta = doc["ticket"]
             seconds = ticket_search_seconds(Path(doc["ticket_file"]), runs, timings)
             masks = load_ticket(Path(doc["ticket_file"])).masks
+            # The released code's mask scale is a way of retraining the ticket, reported as a method of its
+            # own (e.g. cs_released_scale) so that it gets its own line, table row and matching verdict.
+            method_name, variant = meta["method"], doc["variant"]
+            if variant == "rewind_released_scale":
+                method_name, variant = f"{method_name}_released_scale", "rewind"
             rows.append(_row(
-                network, dataset, meta["method"], doc["variant"], "ticket", doc["seed"], meta["setting"],
+                network, dataset, method_name, variant, "ticket", doc["seed"], meta["setting"],
                 doc["final"]["remaining_weights"], doc["final"]["test_accuracy"], doc["final"]["val_accuracy"],
                 meta["search_epochs"], seconds, doc["final"]["retrain_epochs"], doc["final"]["layer_remaining"],
                 cost_of(network, masks),

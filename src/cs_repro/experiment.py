@@ -40,6 +40,9 @@ PREPARED_DIR = Path("data/prepared")
 CHECKPOINT_DIR = Path(".cache/checkpoints")  # outside every DVC output: resume state only
 EVAL_BATCH = 500  # larger batches are slower for convs on a 2-core CPU (measured: 23 vs 34 us/image for lenet5)
 REINIT_SEED_OFFSET = 100_003  # the reinit control draws weights unrelated to the ticket's own init
+# Retraining variants: from the rewind point with the ticket's own mask scale; from fresh weights; from
+# the rewind point with the released code's scale binary / sigmoid(s0) (CS tickets only).
+RETRAIN_VARIANTS = ("rewind", "reinit", "rewind_released_scale")
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -340,24 +343,30 @@ def run_imp(params: Params, network: str, seed: int, out_dir: Path, device: torc
 
 def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, device: torch.device,
                 checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> dict[str, Any]:
-    """Retrain one ticket: variant 'rewind' (from the rewind point) or 'reinit' (fresh random weights)."""
-    if variant not in ("rewind", "reinit"):
-        raise UserError(f"variant {variant!r} is not allowed; choose rewind or reinit")
+    """Retrain one ticket: variant 'rewind' (from the rewind point), 'reinit' (fresh random weights) or
+    'rewind_released_scale' (from the rewind point, mask x 1/sigmoid(s0) as in the released CS code)."""
+    if variant not in RETRAIN_VARIANTS:
+        raise UserError(f"variant {variant!r} is not allowed; choose one of {', '.join(RETRAIN_VARIANTS)}")
     ticket = load_ticket(ticket_path)
     meta = ticket.metadata
     network, seed = ticket_network(params, ticket, ticket_path)
+    mask_scale = float(meta.get("mask_scale", 1.0))
+    if variant == "rewind_released_scale":
+        if "s0" not in meta:
+            raise UserError(f"{ticket_path}: variant rewind_released_scale needs a CS ticket (one with an s0)")
+        mask_scale = mask_scale_for("released", float(meta["s0"]))
     run = RunSpec(f"retrain_{variant}", network, seed, f"{meta['method']} {meta['setting']}", {
         "ticket": _ticket_digest(ticket_path), "variant": variant, "network": _network_config(params, network)})
     training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir,
                            model_seed=seed + REINIT_SEED_OFFSET if variant == "reinit" else seed)
-    start_state = ticket.rewind_state if variant == "rewind" else None
+    start_state = None if variant == "reinit" else ticket.rewind_state
     masks = {k: v.to(device) for k, v in ticket.masks.items()}
-    hooks = TicketRetrain(masks, start_state, float(meta.get("mask_scale", 1.0)), label=run.method)
+    hooks = TicketRetrain(masks, start_state, mask_scale, label=run.method)
     history = training.train(run, hooks)
     final = _final(history, remaining_weights=meta["remaining_weights"], layer_remaining=meta["layer_remaining"],
                    search_epochs=meta["search_epochs"], retrain_epochs=training.net.epochs)
     training.finish(out_dir, final, {"ticket": {k: v for k, v in meta.items() if k != "params"},
-                                     "ticket_file": str(ticket_path), "variant": variant})
+                                     "ticket_file": str(ticket_path), "variant": variant, "mask_scale": mask_scale})
     return final
 
 

@@ -87,6 +87,9 @@ class ControlParams:
     """Controls retrained next to the tickets."""
 
     reinit: bool = _field(True, "retrain each ticket's mask from fresh random weights")
+    released_scale: bool = _field(
+        False, "also retrain each CS ticket as the released code does, binary mask x 1/sigmoid(s0) "
+               "(results method cs_released_scale; the paper's plain binary mask stays method cs)")
 
 
 @dataclass

@@ -223,6 +223,7 @@ METHOD_NAMES = {
     "gmp_cs_layers": "GMP (CS layer-wise targets)",
     "cs_beta1": "CS, beta = 1 + threshold",
     "cs_released_clamp": "CS, released clamp rule",
+    "cs_released_scale": "CS, released mask scale",
 }
 VARIANT_NAMES = {
     "rewind": "rewind",
