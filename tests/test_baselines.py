@@ -143,10 +143,11 @@ def test_gmp_per_layer_targets_are_met_exactly_per_layer(workspace, tiny_params)
         assert int(mask.sum()) == round((1 - targets[name]) * mask.numel())
 
 
-def test_gmp_resumes_to_identical_metrics(workspace, tiny_params, monkeypatch):
-    params = tiny_params({"gmp": {"start": 0.0, "end": 0.67, "frequency": 6}})
-    bl.run_gmp(params, "lenet300_100", 0.8, 0, workspace / "whole", CPU, checkpoint_dir=workspace / "ck1")
-    original = GMPPruning.end_epoch
+def _interrupted_then_resumed(monkeypatch, hooks_class, run) -> None:
+    """`run(folder, checkpoints)` once whole, once killed (Ctrl-C) after two epochs and run again: the
+    resumed run must end with the same files as the whole one."""
+    run("whole", "ck1")
+    original = hooks_class.end_epoch
     calls = {"n": 0}
 
     def interrupt_after_two_epochs(self, loop, phase, epoch):
@@ -155,11 +156,17 @@ def test_gmp_resumes_to_identical_metrics(workspace, tiny_params, monkeypatch):
             raise KeyboardInterrupt
         return original(self, loop, phase, epoch)
 
-    monkeypatch.setattr(GMPPruning, "end_epoch", interrupt_after_two_epochs)
+    monkeypatch.setattr(hooks_class, "end_epoch", interrupt_after_two_epochs)
     with pytest.raises(KeyboardInterrupt):
-        bl.run_gmp(params, "lenet300_100", 0.8, 0, workspace / "resumed", CPU, checkpoint_dir=workspace / "ck2")
-    monkeypatch.setattr(GMPPruning, "end_epoch", original)
-    bl.run_gmp(params, "lenet300_100", 0.8, 0, workspace / "resumed", CPU, checkpoint_dir=workspace / "ck2")
+        run("resumed", "ck2")
+    monkeypatch.setattr(hooks_class, "end_epoch", original)
+    run("resumed", "ck2")
+
+
+def test_gmp_resumes_to_identical_metrics(workspace, tiny_params, monkeypatch):
+    params = tiny_params({"gmp": {"start": 0.0, "end": 0.67, "frequency": 6}})
+    _interrupted_then_resumed(monkeypatch, GMPPruning, lambda folder, checkpoints: bl.run_gmp(
+        params, "lenet300_100", 0.8, 0, workspace / folder, CPU, checkpoint_dir=workspace / checkpoints))
     _assert_same_run(workspace / "whole", workspace / "resumed")
 
 
@@ -254,21 +261,8 @@ def test_disabled_random_control_still_writes_the_stage_outputs(workspace, tiny_
 
 def test_l0_search_is_deterministic_and_resumes(workspace, tiny_params, monkeypatch):
     params = tiny_params({"l0": {"gate_lr": 0.05}}, train_subset=1000, test_subset=500, val_size=200)
-    bl.run_l0_search(params, "lenet300_100", 3e-4, 0, workspace / "whole", CPU, checkpoint_dir=workspace / "ck1")
-    original = L0Search.end_epoch
-    calls = {"n": 0}
-
-    def interrupt_after_two_epochs(self, loop, phase, epoch):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, loop, phase, epoch)
-
-    monkeypatch.setattr(L0Search, "end_epoch", interrupt_after_two_epochs)
-    with pytest.raises(KeyboardInterrupt):
-        bl.run_l0_search(params, "lenet300_100", 3e-4, 0, workspace / "resumed", CPU, checkpoint_dir=workspace / "ck2")
-    monkeypatch.setattr(L0Search, "end_epoch", original)
-    bl.run_l0_search(params, "lenet300_100", 3e-4, 0, workspace / "resumed", CPU, checkpoint_dir=workspace / "ck2")
+    _interrupted_then_resumed(monkeypatch, L0Search, lambda folder, checkpoints: bl.run_l0_search(
+        params, "lenet300_100", 3e-4, 0, workspace / folder, CPU, checkpoint_dir=workspace / checkpoints))
     _assert_same_run(workspace / "whole", workspace / "resumed")
 
 
