@@ -15,7 +15,7 @@ optimiser. No soft mask can cost less than that on the same machine, because CS 
 
 Prints, per model:
     <model> masked/dense step time: <ratio>
-    <model> ms/step: dense <ms> masked <ms> fixed-mask floor <ms>
+    <model> ms/step: dense <ms> masked <ms> fixed-mask floor <ms> (masked/dense per repeat: <min>-<max>)
     <model> fixed-mask floor/dense step time: <ratio>
 """
 
@@ -100,8 +100,8 @@ class Runner:
         return (time.perf_counter() - started) / steps
 
 
-def measure(name: str, steps: int, repeats: int, warmup: int) -> dict[str, tuple[float, float]]:
-    """kind -> (median s/step, median of the per-repeat kind/dense ratios), dense included."""
+def measure(name: str, steps: int, repeats: int, warmup: int) -> dict[str, tuple[float, float, float, float]]:
+    """kind -> (median s/step, median, min and max of the per-repeat kind/dense ratios), dense included."""
     runners = {kind: Runner(name, kind, seed=0) for kind in ("dense", "masked", "fixed")}
     for _ in range(warmup):
         for runner in runners.values():
@@ -111,10 +111,11 @@ def measure(name: str, steps: int, repeats: int, warmup: int) -> dict[str, tuple
         order = list(runners) if repeat % 2 == 0 else list(reversed(runners))
         for kind in order:
             times[kind].append(runners[kind].time_block(steps))
-    return {
-        kind: (statistics.median(times[kind]), statistics.median(t / d for t, d in zip(times[kind], times["dense"])))
-        for kind in runners
-    }
+    result = {}
+    for kind in runners:
+        ratios = [t / d for t, d in zip(times[kind], times["dense"])]
+        result[kind] = (statistics.median(times[kind]), statistics.median(ratios), min(ratios), max(ratios))
+    return result
 
 
 def default_steps(name: str) -> int:
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         result = measure(name, steps, args.repeats, warmup)
         print(f"{name} masked/dense step time: {result['masked'][1]:.2f}")
         print(f"{name} ms/step: dense {1e3 * result['dense'][0]:.2f} masked {1e3 * result['masked'][0]:.2f} "
-              f"fixed-mask floor {1e3 * result['fixed'][0]:.2f}")
+              f"fixed-mask floor {1e3 * result['fixed'][0]:.2f} (masked/dense per repeat: "
+              f"{result['masked'][2]:.2f}-{result['masked'][3]:.2f})")
         print(f"{name} fixed-mask floor/dense step time: {result['fixed'][1]:.2f}")
 
 
