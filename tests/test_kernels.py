@@ -220,3 +220,31 @@ def test_build_kernel_command_errors_are_one_line() -> None:
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["error: CS_REPRO_MASK_KERNEL='fastest' is not a mask kernel; "
                                                "use auto, fused or aten"]
+
+
+def test_soft_masks_work_under_torch_func_and_torch_compile() -> None:
+    """The fused op's autograd is C++ (opaque to functorch and dynamo): there the ATen path takes over."""
+    from torch.func import functional_call, grad
+
+    torch.manual_seed(0)
+    model = build_model("lenet300_100", 10, 1, 28)
+    masks = SoftMasks.attach(model, prunable_names("lenet300_100", model), s0=0.0)
+    masks.set_temperature(3.0)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for logit in masks.logits():
+            logit.copy_(torch.randn(logit.shape, generator=generator))
+    x = torch.randn(8, 1, 28, 28, generator=generator)
+    y = torch.randint(0, 10, (8,), generator=generator)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss(p):
+        return F.cross_entropy(functional_call(model, p, (x,)), y)
+
+    functional = grad(loss)(params)
+    F.cross_entropy(model(x), y).backward()  # eager: the fused kernel where it is built
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(functional[name], param.grad, rtol=1e-4, atol=1e-6)
+
+    compiled = torch.compile(model, backend="eager")  # dynamo tracing only; no C++ compiler involved
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)

@@ -19,7 +19,7 @@ from cs_repro.masks import (
     HardMasks,
     SoftMasks,
     SparsityReport,
-    _SoftMaskedWeight,
+    aten_soft_masked_weight,
     default_prunable_names,
     plain_state_dict,
     sparsity_of,
@@ -94,7 +94,7 @@ def test_function_gradcheck_float64() -> None:
         beta = torch.tensor(beta_value, dtype=torch.float64)
         scale = 1.0 / sigmoid(-0.2)
         assert torch.autograd.gradcheck(
-            lambda w, s: _SoftMaskedWeight.apply(w, s, beta, scale, 0.0), (weight, logits), eps=1e-6, atol=1e-8
+            lambda w, s: aten_soft_masked_weight(w, s, beta, scale, 0.0), (weight, logits), eps=1e-6, atol=1e-8
         )
 
 
@@ -112,7 +112,7 @@ def test_function_matches_plain_autograd(monkeypatch, beta_as_tensor: bool) -> N
     logits = (0.3 * torch.randn(6, 7, dtype=torch.float64, generator=generator)).requires_grad_()
     grad_out = torch.randn(6, 7, dtype=torch.float64, generator=generator)
     beta, s0, lam = 5.0, -0.1, 0.37
-    out = _SoftMaskedWeight.apply(weight, logits, torch.tensor(beta, dtype=torch.float64), 1 / sigmoid(s0), lam)
+    out = aten_soft_masked_weight(weight, logits, torch.tensor(beta, dtype=torch.float64), 1 / sigmoid(s0), lam)
     grad_w, grad_s = torch.autograd.grad(out, (weight, logits), grad_out)
 
     w2, s2 = weight.detach().clone().requires_grad_(), logits.detach().clone().requires_grad_()

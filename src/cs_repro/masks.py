@@ -47,22 +47,31 @@ class _SoftMaskedWeight(torch.autograd.Function):
 
     On the CPU beta is read as a Python number (cheap there, and it lets the constants ride along in
     the fused ops); elsewhere it stays a tensor so that no step waits on the device.
+
+    Written in the forward/setup_context form so that torch.func transforms accept it; the gate is a
+    second, non-differentiable output because that form can save only inputs and outputs.
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, logits: Tensor, beta: Tensor, scale: float, penalty_weight: float):
+    def forward(weight: Tensor, logits: Tensor, beta: Tensor, scale: float, penalty_weight: float):
         b = _beta_number(beta)
         gate = torch.mul(logits, -b) if b is not None else torch.mul(logits, beta).neg_()
         gate.exp_().add_(1.0).reciprocal_()  # sigmoid(beta*s), in place
+        return torch.addcmul(weight.new_zeros(()), weight, gate, value=scale), gate
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        weight, _, beta, scale, penalty_weight = inputs
+        _, gate = output
+        ctx.mark_non_differentiable(gate)
         ctx.save_for_backward(weight, gate, beta)
-        ctx.beta = b
+        ctx.beta = _beta_number(beta)
         ctx.scale = scale
         ctx.penalty_weight = penalty_weight
-        return torch.addcmul(weight.new_zeros(()), weight, gate, value=scale)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx, grad_out: Tensor, _grad_gate: Tensor | None):
         weight, gate, beta = ctx.saved_tensors
         scale = ctx.scale
         grad_weight = grad_logits = None
@@ -80,6 +89,25 @@ class _SoftMaskedWeight(torch.autograd.Function):
             if ctx.beta is None:
                 grad_logits.mul_(beta * scale)
         return grad_weight, grad_logits, None, None, None
+
+
+def aten_soft_masked_weight(weight: Tensor, logits: Tensor, beta: Tensor, scale: float,
+                            penalty_weight: float) -> Tensor:
+    """W * sigmoid(beta*s) * scale through `_SoftMaskedWeight` (the path off the fused CPU kernel)."""
+    return _SoftMaskedWeight.apply(weight, logits, beta, scale, penalty_weight)[0]
+
+
+def _fused_kernel_applies(weight: Tensor) -> bool:
+    """The fused C++ op serves plain eager training on the CPU in float32. Its autograd formula lives in
+    C++, which torch.func transforms and torch.compile cannot see through, so under those the ATen
+    path runs instead (same values up to float32 rounding)."""
+    return (
+        weight.is_cpu
+        and weight.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+        and torch._C._functorch.peek_interpreter_stack() is None  # not inside torch.func.grad/vmap/...
+        and fused_soft_mask_available()
+    )
 
 
 def _beta_number(beta: Tensor) -> float | None:
@@ -100,11 +128,11 @@ class SoftMask(nn.Module):
         self.penalty_weight = 0.0
 
     def forward(self, weight: Tensor) -> Tensor:
-        if weight.is_cpu and weight.dtype == torch.float32 and fused_soft_mask_available():
+        if _fused_kernel_applies(weight):
             return torch.ops.cs_repro.soft_masked_weight(
                 weight, self.logits, float(self.beta), self.scale, self.penalty_weight
             )
-        return _SoftMaskedWeight.apply(weight, self.logits, self.beta, self.scale, self.penalty_weight)
+        return aten_soft_masked_weight(weight, self.logits, self.beta, self.scale, self.penalty_weight)
 
     def gate(self) -> Tensor:
         """The soft mask sigmoid(beta*s)/sigmoid(s0), differentiable."""
