@@ -10,9 +10,9 @@
 //
 // Bitwise reproducibility across thread counts: at::parallel_for cuts the range at places that
 // depend on the thread count, so every element must get the same bits whether the compiler puts it
-// in a vector body or a scalar tail. The sigmoid below therefore uses only IEEE-exact operations
-// (explicit fmaf, rint, +, *, /) and the file is compiled with -ffp-contract=off and without
-// -ffast-math, so the vector and scalar versions agree to the bit.
+// in a vector body or a scalar tail. The sigmoid below therefore uses only correctly rounded IEEE
+// operations (explicit fmaf, +, *, /, comparisons, bit moves) and the file is compiled with
+// -ffp-contract=off and without -ffast-math, so the vector and scalar versions agree to the bit.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
