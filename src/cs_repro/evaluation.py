@@ -95,12 +95,19 @@ def _row(network: str, dataset: str, method: str, variant: str, track: str, seed
     }
 
 
-def collect_rows(params: Params, runs: Path, timings: Path | None = None) -> tuple[list[dict[str, Any]], float, set[str]]:
-    """(rows, total compute seconds, hardware names) from every metrics.json under `runs`."""
+def read_runs(runs: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(path, content) of every metrics.json under `runs`, in a stable order."""
+    return [(path, read_json(path, "run metrics")) for path in sorted(Path(runs).rglob("metrics.json"))]
+
+
+def collect_rows(params: Params, runs: Path, timings: Path | None = None,
+                 documents: list[tuple[Path, dict[str, Any]]] | None = None,
+                 ) -> tuple[list[dict[str, Any]], float, set[str]]:
+    """(rows, total compute seconds, hardware names) from every metrics.json under `runs`
+    (`documents`: those files already read with `read_runs`)."""
     rows, total_seconds, hardware = [], 0.0, set()
     cost_of = _CostCounter(params)
-    files = sorted(Path(runs).rglob("metrics.json"))
-    documents = [(path, read_json(path, "run metrics")) for path in files]
+    documents = read_runs(runs) if documents is None else documents
     for path, doc in documents:
         timing = _timing(_timing_dir(path, runs, timings))
         total_seconds += float(timing.get("seconds", 0.0))
@@ -197,13 +204,12 @@ def collapse_of(doc: dict[str, Any], num_classes: int) -> str | None:
     return None
 
 
-def collapsed_runs(params: Params, runs: Path) -> list[str]:
+def collapsed_runs(params: Params, runs: Path, documents: list[tuple[Path, dict[str, Any]]] | None = None) -> list[str]:
     """Every run under `runs` that collapsed, as 'network method setting seed=N: where'."""
     from cs_repro.data import DATASETS
 
     found = []
-    for path in sorted(Path(runs).rglob("metrics.json")):
-        doc = read_json(path, "run metrics")
+    for path, doc in read_runs(runs) if documents is None else documents:
         network = doc.get("network")
         if network not in params.networks or "epochs" not in doc:
             continue
@@ -228,7 +234,8 @@ def git_commit() -> str:
 def evaluate_runs(params: Params, runs: Path, out: Path, timings: Path | None = None) -> dict[str, Any]:
     from cs_repro.report.aggregate import MATCHING_RULE, Aggregates
 
-    rows, total_seconds, hardware = collect_rows(params, runs, timings)
+    documents = read_runs(runs)  # read once: rows and the collapse check both walk every run
+    rows, total_seconds, hardware = collect_rows(params, runs, timings, documents)
     # A ticket that keeps no weight at all (s0 too low) predicts one class; it has no place on a log axis.
     empty = [r for r in rows if r["remaining_weights"] <= 0.0]
     for row in empty:
@@ -248,7 +255,7 @@ def evaluate_runs(params: Params, runs: Path, out: Path, timings: Path | None = 
         "flops_convention": CONVENTION,
         "matching_rule": MATCHING_RULE,
         "empty_tickets": sorted({f"{r['network']} {r['method']} {r['setting']} seed={r['seed']}" for r in empty}),
-        "collapsed_runs": collapsed_runs(params, runs),
+        "collapsed_runs": collapsed_runs(params, runs, documents),
     }
     for run in meta["collapsed_runs"]:
         log.warning("collapsed run: %s", run)
