@@ -19,6 +19,7 @@ from cs_repro.methods.gmp import GMPPruning, Schedule, kept_at
 from cs_repro.methods.l0 import (
     BETA, GAMMA, ZETA, HardConcreteGate, L0Config, L0Search, deterministic_gates, prob_nonzero, prob_one, sample_gates,
 )
+from cs_repro.methods.retrain import TicketRetrain
 from cs_repro.methods.random_masks import random_generator, random_masks_like
 from cs_repro.params import params_from_dict
 from cs_repro.profiles import compose_profile
@@ -167,6 +168,16 @@ def test_gmp_resumes_to_identical_metrics(workspace, tiny_params, monkeypatch):
     params = tiny_params({"gmp": {"start": 0.0, "end": 0.67, "frequency": 6}})
     _interrupted_then_resumed(monkeypatch, GMPPruning, lambda folder, checkpoints: bl.run_gmp(
         params, "lenet300_100", 0.8, 0, workspace / folder, CPU, checkpoint_dir=workspace / checkpoints))
+    _assert_same_run(workspace / "whole", workspace / "resumed")
+
+
+def test_released_scale_retraining_resumes_to_identical_metrics(workspace, tiny_params, monkeypatch):
+    # A resume must re-register the scaled gradient hooks without scaling the checkpoint's weights again.
+    params = tiny_params()
+    ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "cs", CPU, checkpoint_dir=None)
+    _interrupted_then_resumed(monkeypatch, TicketRetrain, lambda folder, checkpoints: ex.run_retrain(
+        params, workspace / "cs" / "ticket.pt", "rewind_released_scale", workspace / folder, CPU,
+        checkpoint_dir=workspace / checkpoints))
     _assert_same_run(workspace / "whole", workspace / "resumed")
 
 

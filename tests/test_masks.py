@@ -320,6 +320,78 @@ def test_hard_masks_scale_the_kept_weights() -> None:
     assert torch.equal(hard.masks["weight"], mask)
 
 
+def _released_reference_steps(layer0: nn.Linear, head0: nn.Linear, mask: torch.Tensor, c: float,
+                              x: torch.Tensor, y: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """The released code's ticket retraining written from its definition: W is the parameter and every
+    forward computes with c * m * W. Returns the effective weight c * m * W after each step."""
+    weight = nn.Parameter(layer0.weight.detach().clone())
+    bias = nn.Parameter(layer0.bias.detach().clone())
+    head = copy.deepcopy(head0)
+    float_mask = mask.to(weight.dtype)
+    optimizer = make_sgd([weight, bias, *head.parameters()], 0.1, OptimConfig())  # Nesterov, wd 1e-4
+    trajectory = []
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        hidden = torch.relu(F.linear(x, c * float_mask * weight, bias))
+        F.cross_entropy(head(hidden), y).backward()
+        optimizer.step()
+        trajectory.append((c * float_mask * weight).detach().clone())
+    return trajectory
+
+
+@pytest.mark.parametrize("s0", [0.0, -0.3])
+def test_released_mask_scale_retraining_is_the_authors_procedure(s0: float) -> None:
+    # BN-free: nothing downstream renormalises the scale, so a wrong procedure shows in full.
+    torch.manual_seed(3)
+    layer0, head0 = nn.Linear(12, 16).double(), nn.Linear(16, 4).double()
+    mask = torch.rand(16, 12, generator=torch.Generator().manual_seed(4)) < 0.5
+    x = torch.randn(32, 12, dtype=torch.float64)
+    y = torch.randint(0, 4, (32,))
+    c = 1.0 / sigmoid(s0)
+    reference = _released_reference_steps(layer0, head0, mask, c, x, y, steps=5)
+
+    def our_steps(scale: float) -> list[torch.Tensor]:
+        model = nn.Sequential(copy.deepcopy(layer0), nn.ReLU(), copy.deepcopy(head0))
+        HardMasks.apply(model, {"0.weight": mask}, scale=scale)
+        optimizer = make_sgd(list(model.parameters()), 0.1, OptimConfig())
+        start = model[0].weight.detach().clone()
+        trajectory = [start]
+        for _ in range(5):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            trajectory.append(model[0].weight.detach().clone())
+        return trajectory
+
+    ours = our_steps(c)
+    start = ours[0]
+    for step, (mine, theirs) in enumerate(zip(ours[1:], reference), start=1):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-14, msg=f"step {step}")
+    first_reference_move = (reference[0] - start).norm()
+    assert float((ours[1] - start).norm() / first_reference_move) == pytest.approx(1.0, rel=1e-12)
+    # Scaling the weights once and then training under a plain mask (what this project did before) is
+    # another procedure: at s0 = 0 its first effective-weight step is far shorter than the authors'.
+    if s0 == 0.0:
+        plain_after_scaling = nn.Sequential(copy.deepcopy(layer0), nn.ReLU(), copy.deepcopy(head0))
+        HardMasks.apply(plain_after_scaling, {"0.weight": mask}, scale=c).remove()
+        HardMasks.apply(plain_after_scaling, {"0.weight": mask}, weights_scaled=True)
+        optimizer = make_sgd(list(plain_after_scaling.parameters()), 0.1, OptimConfig())
+        F.cross_entropy(plain_after_scaling(x), y).backward()
+        optimizer.step()
+        ratio = float(first_reference_move / (plain_after_scaling[0].weight.detach() - start).norm())
+        assert ratio > 3.0  # ~c**2 = 4 (weight decay and momentum make it not exactly 4)
+
+
+def test_hard_masks_resume_keeps_weights_and_scales_gradients() -> None:
+    layer = nn.Linear(3, 2).double()
+    mask = torch.tensor([[True, False, True], [False, True, True]])
+    weight = layer.weight.detach().clone()
+    HardMasks.apply(layer, {"weight": mask}, scale=2.0, weights_scaled=True)
+    assert torch.equal(layer.weight.detach(), weight)  # a resume: the checkpoint's weights are used as they are
+    layer(torch.ones(1, 3, dtype=torch.float64)).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, 4.0 * mask.double())  # d(sum)/dW = 1, times c**2 and the mask
+
+
 def test_mask_errors_are_user_errors() -> None:
     model = lenet()
     with pytest.raises(UserError, match="shape"):

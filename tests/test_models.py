@@ -15,6 +15,7 @@ SHAPES = {  # name -> (in_channels, image_size)
     "lenet300_100": (1, 28),
     "lenet5": (1, 28),
     "resnet20": (3, 32),
+    "resnet20_bn_shortcut": (3, 32),
     "vgg16": (3, 32),
 }
 
@@ -23,8 +24,8 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def test_registry_lists_the_four_models() -> None:
-    assert MODELS.names() == ["lenet300_100", "lenet5", "resnet20", "vgg16"]
+def test_registry_lists_the_models() -> None:
+    assert MODELS.names() == ["lenet300_100", "lenet5", "resnet20", "resnet20_bn_shortcut", "vgg16"]
     for name in MODELS.names():
         spec = MODELS.get(name)
         assert isinstance(spec, ModelSpec) and spec.name == name
@@ -66,29 +67,50 @@ def test_lenet5_param_count() -> None:
     assert n_params(build_model("lenet5", 10, 1, 28)) == expected
 
 
-def test_resnet20_param_count() -> None:
+def _resnet20_expected_params(shortcut_bn: bool) -> int:
     def conv(cin: int, cout: int, k: int) -> int:
         return cin * cout * k * k
 
     def bn(c: int) -> int:
         return 2 * c
 
+    def projection(cin: int, cout: int) -> int:
+        return conv(cin, cout, 1) + (bn(cout) if shortcut_bn else 0)
+
     stem = conv(3, 16, 3) + bn(16)
     stage1 = 3 * (2 * conv(16, 16, 3) + 2 * bn(16))
-    stage2 = (conv(16, 32, 3) + conv(32, 32, 3) + 2 * bn(32) + conv(16, 32, 1) + bn(32)) + 2 * (
+    stage2 = (conv(16, 32, 3) + conv(32, 32, 3) + 2 * bn(32) + projection(16, 32)) + 2 * (
         2 * conv(32, 32, 3) + 2 * bn(32)
     )
-    stage3 = (conv(32, 64, 3) + conv(64, 64, 3) + 2 * bn(64) + conv(32, 64, 1) + bn(64)) + 2 * (
+    stage3 = (conv(32, 64, 3) + conv(64, 64, 3) + 2 * bn(64) + projection(32, 64)) + 2 * (
         2 * conv(64, 64, 3) + 2 * bn(64)
     )
     head = 64 * 10 + 10
-    expected = stem + stage1 + stage2 + stage3 + head
-    assert expected == 272_474
+    return stem + stage1 + stage2 + stage3 + head
+
+
+def test_resnet20_is_the_authors_network_bare_projection_shortcuts() -> None:
     model = build_model("resnet20", 10, 3, 32)
-    assert n_params(model) == expected
+    assert _resnet20_expected_params(shortcut_bn=False) == 272_282
+    assert n_params(model) == 272_282
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 19
+    # the projection shortcut is one bias-free 1x1 stride-2 conv and nothing else
+    shortcut = model.layer2[0].shortcut
+    assert [type(m) for m in shortcut] == [nn.Conv2d]
+    assert shortcut[0].kernel_size == (1, 1) and shortcut[0].stride == (2, 2)
     assert not any(
         m.bias is not None for m in model.modules() if isinstance(m, nn.Conv2d)
     ), "CIFAR ResNet convs have no bias"
+
+
+def test_resnet20_bn_shortcut_is_the_explicit_open_lth_form() -> None:
+    model = build_model("resnet20_bn_shortcut", 10, 3, 32)
+    assert _resnet20_expected_params(shortcut_bn=True) == 272_474
+    assert n_params(model) == 272_474
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 21
+    # same prunable set as the default form
+    names = prunable_names("resnet20_bn_shortcut", model, None)
+    assert sum(dict(model.named_parameters())[n].numel() for n in names) == 267_696
 
 
 def test_vgg16_param_counts() -> None:

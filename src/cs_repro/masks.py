@@ -9,7 +9,8 @@ Two kinds:
 * **Hard masks.** A fixed 0/1 mask: masked weights are set to 0 and their gradients are multiplied
   by the mask, so with momentum and weight decay they stay exactly 0 (both terms are 0 for a weight
   that is 0 and gets no gradient). The forward pass is the dense one: no overhead but one multiply
-  per gradient.
+  per gradient. A scale c (the released code's ticket retraining, effective weight c * m * W with W
+  trained) is the same trajectory as storing c * m * W and scaling its gradient by c**2 (`HardMasks`).
 
 On the CPU in float32 the soft mask runs as one fused C++ op (`cs_repro.kernels`: one pass forward,
 one backward, penalty gradient folded in, autograd formula in C++). Elsewhere (GPU, float64, or where
@@ -274,17 +275,30 @@ def _split_name_unchecked(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 class HardMasks:
-    """Fixed binary masks: weights zeroed once, gradients masked on every step."""
+    """Fixed binary masks: weights zeroed once, gradients masked on every step.
 
-    def __init__(self, model: nn.Module, masks: dict[str, Tensor], handles: list) -> None:
+    With ``scale = c != 1`` this is the released CS code's ticket retraining: the trained parameter is W
+    and every forward pass computes with ``c * m * W``. We store the effective weight ``V = c * m * W``
+    in the module instead and multiply its gradient by ``c**2 * m``. For SGD with momentum (Nesterov or
+    not) and coupled weight decay, which every retraining here uses, the two give the same trajectory of
+    effective weights: multiplying W's update rule by c turns ``c*grad_V + wd*W`` into
+    ``c**2*grad_V + wd*V`` and the momentum buffer into c times itself. The forward pass stays the dense
+    one (no parametrization), so checkpoints hold plain weights. `TicketRetrain` checks the optimiser.
+    """
+
+    def __init__(self, model: nn.Module, masks: dict[str, Tensor], handles: list, scale: float = 1.0) -> None:
         self.model = model
         self.masks = masks
+        self.scale = scale
         self._handles = handles
 
     @classmethod
     @torch.no_grad()
-    def apply(cls, model: nn.Module, masks: dict[str, Tensor], scale: float = 1.0) -> "HardMasks":
-        """Zero the masked weights (and multiply the kept ones by `scale`) and mask their gradients."""
+    def apply(cls, model: nn.Module, masks: dict[str, Tensor], scale: float = 1.0,
+              weights_scaled: bool = False) -> "HardMasks":
+        """Zero the masked weights, multiply the kept ones by `scale`, and mask (and scale by
+        ``scale**2``) their gradients. ``weights_scaled=True`` leaves the weights as they are (a resume:
+        the checkpoint's weights are already masked and scaled) and only registers the gradient hooks."""
         params = dict(model.named_parameters())
         handles = []
         stored = {}
@@ -297,10 +311,12 @@ class HardMasks:
                     f"mask for {name!r} has shape {tuple(mask.shape)}, the weight has {tuple(weight.shape)}"
                 )
             float_mask = mask.to(device=weight.device, dtype=weight.dtype)
-            weight.mul_(float_mask * scale if scale != 1.0 else float_mask)
-            handles.append(weight.register_hook(lambda grad, m=float_mask: grad * m))
+            if not weights_scaled:
+                weight.mul_(float_mask * scale if scale != 1.0 else float_mask)
+            gradient_mask = float_mask * (scale * scale) if scale != 1.0 else float_mask
+            handles.append(weight.register_hook(lambda grad, m=gradient_mask: grad * m))
             stored[name] = mask.to(dtype=torch.bool)
-        return cls(model, stored, handles)
+        return cls(model, stored, handles, scale)
 
     def remove(self) -> None:
         for handle in self._handles:

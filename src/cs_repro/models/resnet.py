@@ -1,17 +1,22 @@
-"""ResNet-20 for CIFAR-sized images (He et al. 2016, the CIFAR variant).
+"""ResNet-20 for CIFAR-sized images (He et al. 2016, the CIFAR variant), as the CS authors built it.
 
 Stem: 3x3 conv (16 channels, no bias) + BatchNorm + ReLU.
 Three stages of three BasicBlocks with 16, 32 and 64 channels. A BasicBlock is
 3x3 conv -> BN -> ReLU -> 3x3 conv -> BN, added to the shortcut, then ReLU.
-The first block of stages 2 and 3 has stride 2 and a projection shortcut (1x1 stride-2 conv,
-no bias, + BN); every other shortcut is the identity.
+The first block of stages 2 and 3 has stride 2 and a projection shortcut.
 Head: global average pool -> Linear(64, num_classes).
 
-With 3 input channels and 10 classes: 272,474 parameters (267,696 in the 19 3x3 convs,
-2,560 in the two 1x1 shortcut convs, 1,568 in BatchNorm, 650 in the classifier).
+Two registered forms, differing only in that projection shortcut:
 
-Default prunable set: the weights of all 19 3x3 convs, the stem included. The 1x1 shortcut
-convs, BatchNorm and the final Linear are not pruned.
+* ``resnet20`` (the default, the authors' network): the shortcut is a bare 1x1 stride-2 conv
+  without bias and **without BatchNorm**, so the network has 19 BatchNorm2d layers. With 3 input
+  channels and 10 classes: 272,282 parameters (267,696 in the 19 3x3 convs, 2,560 in the two
+  1x1 shortcut convs, 1,376 in BatchNorm, 650 in the classifier).
+* ``resnet20_bn_shortcut`` (the form open_lth's CIFAR ResNet uses): the 1x1 conv is followed by
+  BatchNorm, 21 BatchNorm2d layers, 272,474 parameters. Only for comparisons with that lineage.
+
+Default prunable set (both forms): the weights of all 19 3x3 convs, the stem included. The 1x1
+shortcut convs, BatchNorm and the final Linear are not pruned.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, shortcut_bn: bool = False) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_ch, out_ch, stride)
         self.bn1 = nn.BatchNorm2d(out_ch)
@@ -42,10 +47,10 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
         if stride != 1 or in_ch != out_ch:
-            self.shortcut: nn.Module = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_ch),
-            )
+            projection = nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
+            # The authors' shortcut is the bare conv; open_lth's adds BatchNorm after it.
+            layers = [projection, nn.BatchNorm2d(out_ch)] if shortcut_bn else [projection]
+            self.shortcut: nn.Module = nn.Sequential(*layers)
         else:
             self.shortcut = nn.Identity()
 
@@ -56,7 +61,10 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet with `blocks_per_stage` BasicBlocks per stage (3 gives ResNet-20)."""
+    """CIFAR ResNet with `blocks_per_stage` BasicBlocks per stage (3 gives ResNet-20).
+
+    shortcut_bn: BatchNorm after the 1x1 projection shortcuts (False: the CS authors' network).
+    """
 
     def __init__(
         self,
@@ -65,6 +73,7 @@ class CifarResNet(nn.Module):
         in_channels: int = 3,
         widths: tuple[int, int, int] = (16, 32, 64),
         name: str = "resnet20",
+        shortcut_bn: bool = False,
     ) -> None:
         super().__init__()
         self.name = name
@@ -78,7 +87,7 @@ class CifarResNet(nn.Module):
             blocks = []
             for b in range(blocks_per_stage):
                 stride = 2 if (index > 0 and b == 0) else 1
-                blocks.append(BasicBlock(in_ch, width, stride))
+                blocks.append(BasicBlock(in_ch, width, stride, shortcut_bn))
                 in_ch = width
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
@@ -94,11 +103,14 @@ class CifarResNet(nn.Module):
         return self.fc(x)
 
 
-def _build_resnet20(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    check_build_args("resnet20", num_classes, in_channels, image_size)
-    if image_size < 4:
-        raise UserError(f"resnet20 needs image_size >= 4, got {image_size}")
-    return CifarResNet(3, num_classes, in_channels, name="resnet20")
+def _resnet20_builder(name: str, shortcut_bn: bool):
+    def build(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+        check_build_args(name, num_classes, in_channels, image_size)
+        if image_size < 4:
+            raise UserError(f"{name} needs image_size >= 4, got {image_size}")
+        return CifarResNet(3, num_classes, in_channels, name=name, shortcut_bn=shortcut_bn)
+
+    return build
 
 
 def _resnet_3x3_weights(model: nn.Module) -> list[str]:
@@ -113,8 +125,18 @@ def _resnet_3x3_weights(model: nn.Module) -> list[str]:
 register(
     ModelSpec(
         name="resnet20",
-        build=_build_resnet20,
+        build=_resnet20_builder("resnet20", shortcut_bn=False),
         default_prunable=_resnet_3x3_weights,
-        description="CIFAR ResNet-20 (16/32/64, projection shortcuts); prunes the 19 3x3 convs",
+        description="CIFAR ResNet-20 as the CS authors built it (bare 1x1 projection shortcuts, 19 BatchNorm); "
+                    "prunes the 19 3x3 convs",
+    )
+)
+register(
+    ModelSpec(
+        name="resnet20_bn_shortcut",
+        build=_resnet20_builder("resnet20_bn_shortcut", shortcut_bn=True),
+        default_prunable=_resnet_3x3_weights,
+        description="CIFAR ResNet-20 with BatchNorm after the 1x1 projection shortcuts (open_lth's form, 21 BatchNorm); "
+                    "prunes the 19 3x3 convs",
     )
 )

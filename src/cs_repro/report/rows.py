@@ -200,6 +200,7 @@ NETWORK_NAMES = {
     "conv6": "Conv-6",
     "resnet18": "ResNet-18",
     "resnet20": "ResNet-20",
+    "resnet20_bn_shortcut": "ResNet-20 (BN shortcut)",
     "resnet50": "ResNet-50",
     "vgg16": "VGG-16",
     "vgg19": "VGG-19",
