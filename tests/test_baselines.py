@@ -270,6 +270,40 @@ def test_disabled_random_control_still_writes_the_stage_outputs(workspace, tiny_
     assert (workspace / "out" / "random_skipped.json").exists() and (workspace / "t" / "random_skipped.json").exists()
 
 
+def test_imp_random_control_runs_the_chosen_levels_with_their_exact_counts(workspace, tiny_params):
+    params = tiny_params({"imp": {"levels": 3}, "random_control": {"imp_levels": [1, 3]}})
+    runs = workspace / "runs" / "lenet300_100"
+    tickets = ex.run_imp(params, "lenet300_100", 0, runs / "imp" / "search", CPU, checkpoint_dir=None)
+    done = bl.run_level_random_controls(params, runs / "imp" / "search" / "tickets", runs / "imp" / "random_control",
+                                        CPU, checkpoint_dir=None)
+    assert done == [1, 3]
+    assert sorted(p.name for p in (runs / "imp" / "random_control").iterdir()) == ["level_01", "level_03"]
+    for level in (1, 3):
+        control = load_ticket(runs / "imp" / "random_control" / f"level_{level:02d}" / "ticket.pt")
+        for name, mask in tickets[level].masks.items():  # same per-layer counts, other positions
+            assert int(control.masks[name].sum()) == int(mask.sum())
+            assert torch.equal(control.rewind_state[name], tickets[level].rewind_state[name])
+        assert any(not torch.equal(control.masks[n], m) for n, m in tickets[level].masks.items())
+    rows, _, _ = collect_rows(params, workspace / "runs")
+    random_rows = {r["setting"]: r for r in rows if r["method"] == "imp" and r["variant"] == "random"}
+    assert sorted(random_rows) == ["level=1", "level=3"]
+    assert random_rows["level=3"]["remaining_weights"] == pytest.approx(tickets[3].remaining_weights)
+    assert 0.1 < random_rows["level=3"]["test_accuracy"] <= 1.0
+    # a level the search does not hold, and the switch
+    with pytest.raises(UserError, match=r"imp_levels.*\[4\]"):
+        bl.run_level_random_controls(tiny_params({"imp": {"levels": 5}, "random_control": {"imp_levels": [4]}}),
+                                     runs / "imp" / "search" / "tickets", workspace / "x", CPU, checkpoint_dir=None)
+    off = tiny_params({"random_control": {"enabled": False}})
+    assert bl.run_level_random_controls(off, runs / "imp" / "search" / "tickets", workspace / "off", CPU, None) == []
+    assert (workspace / "off" / "skipped.json").exists()
+
+
+@pytest.mark.parametrize("levels, message", [([0], "pruned levels"), ([2, 2], "repeat"), ([9], "beyond imp.levels")])
+def test_bad_imp_levels_of_the_random_control_name_the_key(tiny_params, levels, message):
+    with pytest.raises(UserError, match=message):
+        tiny_params({"random_control": {"imp_levels": levels}})
+
+
 def test_l0_search_is_deterministic_and_resumes(workspace, tiny_params, monkeypatch):
     params = tiny_params({"l0": {"gate_lr": 0.05}}, train_subset=1000, test_subset=500, val_size=200)
     _interrupted_then_resumed(monkeypatch, L0Search, lambda folder, checkpoints: bl.run_l0_search(

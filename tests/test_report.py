@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -97,12 +98,8 @@ def generated(tmp_path_factory, rows):
     root = tmp_path_factory.mktemp("report")
     results = root / "results.json"
     results.write_text(json.dumps({"rows": rows, "meta": META}))
-    paper = root / "PAPER.md"
-    paper.write_text("# x\n\n## Results the paper claims (what must be checked)\n"
-                     "1. Claim one about sparser\n   matching tickets.\n2. Claim two, cost.\n"
-                     "3. Claim three, pruning.\n\n## Next section\n4. not a claim\n")
     out = root / "figures"
-    paths = generate(results, out, claims_path=paper)
+    paths = generate(results, out)
     return out, paths
 
 
@@ -203,7 +200,7 @@ def test_files_written(generated):
     for name in ("ticket_search", "pruning", "search_cost", "layer_sparsity"):
         for ext in ("png", "pdf"):
             assert (out / f"{name}.{ext}").stat().st_size > 0
-    for name in ("ticket_search", "inference_cost"):
+    for name in ("ticket_search", "inference_cost", "controls"):
         for ext in ("md", "csv", "tex"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0
     assert paths["report"] == [out / "REPORT.md"]
@@ -307,10 +304,10 @@ def test_report(generated):
     for name in ("ticket_search", "pruning", "search_cost", "layer_sparsity"):
         assert f"({name}.png)" in text
     for needle in ("smoke", "abc1234", "1x test CPU", "7,200 s", "0, 1, 2", MATCHING_RULE,
-                   "| Method |", "| Model |"):
+                   "| Method |", "| Model |", "Reinit control (%)"):
         assert needle in text
     claims = text.split("## Claims", 1)[1]
-    assert "Claim one about sparser matching tickets." in claims and "not a claim" not in claims
+    assert markdown.PAPER_CLAIMS[0] in claims
     verdicts = [line for line in claims.splitlines() if line.strip().startswith("**")]
     assert len(verdicts) == 3
     words = (markdown.SUPPORTED, markdown.NOT_SUPPORTED, markdown.CANNOT_JUDGE)
@@ -336,12 +333,39 @@ def test_claim_verdicts_follow_the_numbers(agg, rows):
     assert markdown.judge_claim1(Aggregates(flipped))[0] == markdown.NOT_SUPPORTED
 
 
-def test_builtin_claims_without_paper():
-    assert markdown.read_claims(None) == list(markdown.BUILTIN_CLAIMS)
-    paper = Path("/work/shared/PAPER.md")
-    if paper.is_file():
-        claims = markdown.read_claims(paper)
-        assert len(claims) == 3 and claims[0].startswith("CS finds matching subnetworks")
+def test_report_states_the_claims_that_docs_method_lists(generated):
+    """The claims come from the package, and docs/method.md lists the same three sentences."""
+    out, _ = generated
+    report = (out / "REPORT.md").read_text()
+    for number, claim in enumerate(markdown.PAPER_CLAIMS, start=1):
+        assert f"{number}. *{claim}*" in report
+    method_md = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
+    section = method_md.split("## The paper's claims", 1)[1].split("\n## ", 1)[0]
+    listed = [" ".join(item.split()) for item in re.findall(r"^\d\. (.*?)(?=^\d\. |\Z)", section, re.M | re.S)]
+    assert listed == list(markdown.PAPER_CLAIMS)
+
+
+def test_controls_table_puts_each_ticket_next_to_its_controls(rows, tmp_path):
+    random_rows = [dict(r, variant="random", test_accuracy=r["test_accuracy"] - 0.07) for r in rows
+                   if r["method"] == "imp" and r["variant"] == "rewind" and r["setting"] == "level=3"]
+    agg = Aggregates(rows + random_rows)
+    table = tables.controls_table(agg)
+    assert table is not None and table.name == "controls"
+    imp3 = [c for c in table.cells if c[0].startswith("ResNet-20") and c[1] == "IMP" and c[2] == "level=3"]
+    assert len(imp3) == 1
+    mean, std, rw = _stats(rows, network="resnet20", method="imp", variant="rewind", setting="level=3")
+    reinit_mean, reinit_std, _ = _stats(rows, network="resnet20", method="imp", variant="reinit", setting="level=3")
+    assert imp3[0][3:] == [tables.fmt_remaining(rw), f"{tables.fmt_acc(mean, std)} (n=3)",
+                           f"{tables.fmt_acc(reinit_mean, reinit_std)} (n=3)",
+                           f"{tables.fmt_acc(mean - 0.07, std)} (n=3)"]
+    imp2 = next(c for c in table.cells if c[0].startswith("ResNet-20") and c[1] == "IMP" and c[2] == "level=2")
+    assert imp2[-1] == ""  # no random control at that level
+    csv_row = next(r for r in table.csv_rows if r[0] == "resnet20" and r[2] == "imp" and r[3] == "level=3")
+    assert float(csv_row[-3]) == pytest.approx(100 * (mean - 0.07)) and csv_row[-1] == 3
+    written = tables.write_table(table, tmp_path)
+    assert {p.suffix for p in written} == {".md", ".csv", ".tex"}
+    # no controls at all: no table
+    assert tables.controls_table(Aggregates([r for r in rows if r["variant"] != "reinit"])) is None
 
 
 def test_cs_vs_l0_paragraph_follows_the_numbers(rows):

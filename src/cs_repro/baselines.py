@@ -8,6 +8,7 @@ metrics.json whose `result_rows` the evaluation stage turns into result rows as 
                          with its deterministic gates (method l0, variant pruned, track pruning)
   run_baseline_retrain   a ticket's rewind retraining (experiment.run_retrain) and its random-mask control
   run_random_control     random masks with the ticket's exact layer-wise counts (variant random)
+  run_level_random_controls  that control for the chosen levels of an IMP search
   run_gmp                gradual magnitude pruning (methods/gmp.py), global or per-layer targets
   run_gmp_cs_layers      ablation: GMP to a CS ticket's layer-wise sparsities vs GMP global to its overall one
   run_magnitude_dense    the dense network one-shot magnitude pruning starts from (final + rewind weights)
@@ -150,6 +151,33 @@ def run_random_control(params: Params, ticket_path: Path, out_dir: Path, device:
     training.finish(out_dir, final, {"result_rows": [row], "ticket": {k: v for k, v in meta.items() if k != "params"},
                                      "ticket_file": str(ticket_path), "variant": "random"})
     return final
+
+
+def run_level_random_controls(params: Params, tickets_dir: Path, out_dir: Path, device: torch.device,
+                              checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> list[int]:
+    """The random-mask control for the level tickets of one IMP search (tickets/level_XX.pt): out/level_XX/
+    for every level random_control.imp_levels names ([] = every pruned level). Returns the levels run;
+    when the control is switched off, writes the stage's outputs with a marker saying so."""
+    tickets_dir, out_dir = Path(tickets_dir), Path(out_dir)
+    if not params.random_control.enabled:
+        for folder in (out_dir, timing_dir):
+            if folder is not None:
+                atomic_write_json({"skipped": "random_control.enabled is false"}, Path(folder) / "skipped.json")
+        return []
+    files = sorted(tickets_dir.glob("level_*.pt"))
+    if not files:
+        raise UserError(f"no level tickets (level_*.pt) in {tickets_dir}: run the IMP search first")
+    by_level = {int(load_ticket(path).metadata["level"]): path for path in files}
+    wanted = params.random_control.imp_levels or [level for level in by_level if level > 0]
+    missing = [level for level in wanted if level not in by_level]
+    if missing:
+        raise UserError(f"random_control.imp_levels names levels {missing}, which {tickets_dir} does not hold")
+    for level in sorted(wanted):
+        name = f"level_{level:02d}"
+        log.info("random-mask control for %s (%d of %d levels)", by_level[level], sorted(wanted).index(level) + 1,
+                 len(wanted))
+        run_random_control(params, by_level[level], out_dir / name, device, checkpoint_dir, _sub(timing_dir, name))
+    return sorted(wanted)
 
 
 def run_baseline_retrain(params: Params, ticket_path: Path, out_dir: Path, device: torch.device,
@@ -337,6 +365,6 @@ def run_cs_ablation(params: Params, name: str, network: str, s0: float, seed: in
 
 
 __all__ = [
-    "check_baselines", "run_l0_search", "run_random_control", "run_baseline_retrain", "run_gmp", "run_gmp_cs_layers",
+    "check_baselines", "run_l0_search", "run_random_control", "run_level_random_controls", "run_baseline_retrain", "run_gmp", "run_gmp_cs_layers",
     "run_magnitude_dense", "run_magnitude", "run_cs_ablation", "CS_ABLATIONS",
 ]

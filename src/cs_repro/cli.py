@@ -218,14 +218,13 @@ def report(
     results: Annotated[Path, typer.Option(help="metrics/results.json from `evaluate`")] = Path("metrics/results.json"),
     out: Annotated[Path, typer.Option(help="figures directory")] = Path("figures"),
     show_optional: Annotated[bool, typer.Option(help="also draw IMP-C and the controls")] = False,
-    claims: Annotated[Optional[Path], typer.Option(help="PAPER.md to read the claims from")] = None,
 ) -> None:
     """Figures (PNG, PDF), tables (Markdown, CSV, LaTeX) and figures/REPORT.md, from the metrics alone."""
     from cs_repro.report import generate
 
     if not results.exists():
         raise UserError(f"{results} does not exist: run `dvc repro evaluate` first")
-    generate(results, out, show_optional=show_optional, claims_path=claims)
+    generate(results, out, show_optional=show_optional)
     log.info("figures, tables and REPORT.md written to %s", out)
 
 
@@ -312,6 +311,20 @@ def baseline_l0_search(network: NetworkOption, penalty: Annotated[float, typer.O
     from cs_repro.baselines import run_l0_search
 
     run_l0_search(_params(params), network, penalty, seed, out, _device(device), checkpoint_dir, timing)
+
+
+@baseline_app.command("imp-random-control")
+@user_errors
+def baseline_imp_random_control(
+    tickets: Annotated[Path, typer.Option(help="an IMP search's tickets/ directory (level_XX.pt)")], out: OutOption,
+    params: ParamsOption = Path("params.yaml"), device: DeviceOption = None,
+    checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS, timing: TimingOption = None,
+) -> None:
+    """Random masks with each IMP level ticket's layer-wise counts, retrained from its rewind point
+    (out/level_XX/), for the levels random_control.imp_levels names ([] = every pruned level)."""
+    from cs_repro.baselines import run_level_random_controls
+
+    run_level_random_controls(_params(params), tickets, out, _device(device), checkpoint_dir, timing)
 
 
 @baseline_app.command("retrain")

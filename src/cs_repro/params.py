@@ -164,6 +164,9 @@ class Params:
                 raise UserError(f"networks.{name}.dataset={dataset!r} is not in sweep.datasets {self.sweep.datasets}: add it")
         if len(set(self.sweep.seeds)) != len(self.sweep.seeds) or len(set(self.sweep.s0)) != len(self.sweep.s0):
             raise UserError("sweep.seeds and sweep.s0 must not repeat a value")
+        beyond = [level for level in self.random_control.imp_levels if level > self.imp.levels]
+        if beyond:
+            raise UserError(f"random_control.imp_levels has {beyond}, beyond imp.levels={self.imp.levels}")
 
     def network(self, name: str) -> NetworkParams:
         if name not in self.networks:
@@ -360,7 +363,16 @@ class MagnitudeParams:
 class RandomControlParams:
     """Random masks with exactly a ticket's layer-wise counts, retrained from its rewind point."""
 
-    enabled: bool = _field(True, "retrain a random-mask control next to each baseline ticket")
+    enabled: bool = _field(True, "retrain a random-mask control next to each baseline ticket and the IMP tickets")
+    imp_levels: list[int] = _field(
+        [], "IMP levels whose tickets get the random-mask control (stage imp_random_control); "
+            "[] = every pruned level")
+
+    def __post_init__(self) -> None:
+        if any(level < 1 for level in self.imp_levels):
+            raise UserError(f"random_control.imp_levels: {self.imp_levels} must name pruned levels (1 or more)")
+        if len(set(self.imp_levels)) != len(self.imp_levels):
+            raise UserError("random_control.imp_levels must not repeat a value")
 
 
 @dataclass

@@ -3,7 +3,7 @@
     generate(Path("metrics/results.json"), Path("figures"))
 
 writes ``figures/{ticket_search,pruning,search_cost,layer_sparsity}.{png,pdf}`` (those with data),
-``figures/tables/{ticket_search,inference_cost}.{md,csv,tex}`` and ``figures/REPORT.md``.
+``figures/tables/{ticket_search,inference_cost,controls}.{md,csv,tex}`` and ``figures/REPORT.md``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ __all__ = ["MATCHING_RULE", "SEARCH_COST_RULE", "STD_RULE", "Aggregates", "Row",
            "aggregate", "generate", "load_results"]
 
 
-def generate(results_json: Path, out_dir: Path, show_optional: bool = False,
-             claims_path: Path | None = None) -> dict[str, list[Path]]:
+def generate(results_json: Path, out_dir: Path, show_optional: bool = False) -> dict[str, list[Path]]:
     """Write every figure, table and the report for ``results_json`` into ``out_dir``.
 
     Returns {"figures": [...png/pdf], "tables": [...md/csv/tex], "report": [REPORT.md]}.
@@ -34,7 +33,7 @@ def generate(results_json: Path, out_dir: Path, show_optional: bool = False,
             (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
     drawn = figures.make_all(agg, out_dir, show_optional)
     table_paths = tables.write_tables(agg, out_dir / "tables", meta)
-    report = markdown.write_report(agg, meta, out_dir, claims_path, show_optional)
+    report = markdown.write_report(agg, meta, out_dir, show_optional)
     return {
         "figures": [out_dir / f"{name}.{ext}" for name in drawn for ext in ("png", "pdf")],
         "tables": table_paths,

@@ -4,7 +4,6 @@ each judged from this run's numbers (supported / not supported / cannot be judge
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -30,8 +29,9 @@ SUPPORTED = "Supported"
 NOT_SUPPORTED = "Not supported"
 CANNOT_JUDGE = "Cannot be judged from this run"
 
-#: Used when PAPER.md is not given or its claim list cannot be read.
-BUILTIN_CLAIMS = (
+#: The paper's three claims as the report states and judges them (docs/method.md, "The paper's claims",
+#: lists the same sentences; a test keeps the two equal).
+PAPER_CLAIMS = (
     "CS finds matching subnetworks sparser than IMP's, and at high sparsity its tickets are "
     "more accurate.",
     "CS ticket search costs fewer training epochs than IMP and is embarrassingly parallel over s0.",
@@ -47,28 +47,6 @@ _YES, _NO, _UNKNOWN = "yes", "no", "unknown"
 
 def is_magnitude_method(method: str) -> bool:
     return method in MAGNITUDE_METHODS or "magnitude" in method
-
-
-def read_claims(paper_md: Path | None) -> list[str]:
-    """The numbered list under "Results the paper claims" in PAPER.md (built-ins as fallback)."""
-    if paper_md is None or not Path(paper_md).is_file():
-        return list(BUILTIN_CLAIMS)
-    items: list[str] = []
-    inside = False
-    for line in Path(paper_md).read_text().splitlines():
-        if line.startswith("## "):
-            if inside:
-                break
-            inside = "results the paper claims" in line.lower()
-            continue
-        if not inside:
-            continue
-        start = re.match(r"^\s*(\d+)\.\s+(.*)$", line)
-        if start:
-            items.append(start.group(2).strip())
-        elif items and line.strip():
-            items[-1] += " " + line.strip()
-    return items[:3] if len(items) >= 3 else list(BUILTIN_CLAIMS)
 
 
 def _pct(fraction: float) -> str:
@@ -240,7 +218,7 @@ def judge_claims(agg: Aggregates) -> list[tuple[str, str]]:
 # ---- the report ------------------------------------------------------------------------------
 def write_report(rows: Iterable[Row | Mapping[str, Any]] | Aggregates,
                  meta: Mapping[str, Any] | None, out_dir: Path,
-                 claims_path: Path | None = None, show_optional: bool = False) -> Path:
+                 show_optional: bool = False) -> Path:
     """Write ``out_dir/REPORT.md``; embeds the figures already saved in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -277,7 +255,7 @@ def write_report(rows: Iterable[Row | Mapping[str, Any]] | Aggregates,
     lines += ["## Claims", "",
               "Each claim of the paper, then one sentence judged from this run's numbers.", ""]
     for i, (claim, (verdict, sentence)) in enumerate(
-            zip(read_claims(claims_path), judge_claims(agg)), start=1):
+            zip(PAPER_CLAIMS, judge_claims(agg)), start=1):
         lines += [f"{i}. *{claim}*", "", f"   **{verdict}**{sentence[len(verdict):]}", ""]
     lines += ["## CS vs. L0 (the reviewers' question)", "", cs_vs_l0(agg), ""]
     collapsed = meta.get("collapsed_runs")

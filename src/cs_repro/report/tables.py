@@ -184,6 +184,58 @@ def inference_cost_table(agg: Aggregates, meta: Mapping[str, Any] | None = None)
 
 
 # ---- renderers -------------------------------------------------------------------------------
+#: The controls a ticket is compared with, in column order: the same mask from fresh weights, and a
+#: random mask with the ticket's layer-wise counts from the same rewind point.
+CONTROL_VARIANTS = ("reinit", "random")
+
+
+def controls_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table | None:
+    """Every ticket that has a control next to it: its accuracy against the controls' (None: no controls)."""
+    headers = ["Network", "Method", "Setting", "Remaining weights (%)", "Ticket: test acc. (%)",
+               "Reinit control (%)", "Random-mask control (%)"]
+    csv_header = ["network", "dataset", "method", "setting", "remaining_pct", "ticket_test_acc_mean_pct",
+                  "ticket_test_acc_std_pct", "ticket_n_seeds"]
+    for variant in CONTROL_VARIANTS:
+        csv_header += [f"{variant}_test_acc_mean_pct", f"{variant}_test_acc_std_pct", f"{variant}_n_seeds"]
+    cells: list[list[str]] = []
+    rows: list[list[Any]] = []
+    for network in agg.networks():
+        title = f"{pretty_network(network)} ({pretty_dataset(agg.dataset(network))})"
+        for method in agg.methods(network, "ticket", "rewind"):
+            controls = {variant: {g.setting: g for g in agg.groups_for(network, method, variant)}
+                        for variant in CONTROL_VARIANTS}
+            for ticket in agg.groups_for(network, method, "rewind"):
+                found = {variant: controls[variant].get(ticket.setting) for variant in CONTROL_VARIANTS}
+                if not any(found.values()):
+                    continue
+                cell = [title, pretty_method(method), ticket.setting, fmt_remaining(ticket.remaining_mean),
+                        f"{fmt_acc(ticket.test_acc_mean, ticket.test_acc_std)} (n={ticket.n_seeds})"]
+                row = [network, ticket.dataset, method, ticket.setting, _csv_num(100 * ticket.remaining_mean),
+                       _csv_num(100 * ticket.test_acc_mean), _csv_num(100 * ticket.test_acc_std), ticket.n_seeds]
+                for variant in CONTROL_VARIANTS:
+                    group = found[variant]
+                    if group is None:
+                        cell.append("")
+                        row += ["", "", ""]
+                    else:
+                        cell.append(f"{fmt_acc(group.test_acc_mean, group.test_acc_std)} (n={group.n_seeds})")
+                        row += [_csv_num(100 * group.test_acc_mean), _csv_num(100 * group.test_acc_std),
+                                group.n_seeds]
+                cells.append(cell)
+                rows.append(row)
+    if not cells:
+        return None
+    caption = (
+        "Tickets next to their controls, at the ticket's own mask and setting: the ticket retrained from "
+        "the rewind point; the same mask retrained from fresh random weights (reinit); a random mask with "
+        "exactly the ticket's layer-wise counts retrained from the same rewind point (random). "
+        f"Accuracies: {STD_RULE}; n = seeds. An empty cell: that control was not run for this setting."
+    )
+    if meta:
+        caption += " " + provenance(meta)
+    return Table("controls", caption, headers, cells, csv_header, rows)
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -253,7 +305,8 @@ def write_table(table: Table, out_dir: Path) -> list[Path]:
 
 
 def make_tables(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> list[Table]:
-    return [ticket_search_table(agg, meta), inference_cost_table(agg, meta)]
+    tables = [ticket_search_table(agg, meta), inference_cost_table(agg, meta), controls_table(agg, meta)]
+    return [table for table in tables if table is not None]
 
 
 def write_tables(agg: Aggregates, out_dir: Path,
