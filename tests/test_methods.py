@@ -1,4 +1,4 @@
-"""CS, IMP and ticket retraining on real (small) Fashion-MNIST runs: the behaviour PAPER.md specifies."""
+"""CS, IMP and ticket retraining on real (small) Fashion-MNIST runs: the behaviour docs/method.md specifies."""
 
 from __future__ import annotations
 

@@ -341,7 +341,8 @@ def test_report_states_the_claims_that_docs_method_lists(generated):
         assert f"{number}. *{claim}*" in report
     method_md = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
     section = method_md.split("## The paper's claims", 1)[1].split("\n## ", 1)[0]
-    listed = [" ".join(item.split()) for item in re.findall(r"^\d\. (.*?)(?=^\d\. |\Z)", section, re.M | re.S)]
+    # a numbered item runs until the next item or a blank line
+    listed = [" ".join(item.split()) for item in re.findall(r"^\d\. (.*?)(?=^\d\. |\n\s*\n|\Z)", section, re.M | re.S)]
     assert listed == list(markdown.PAPER_CLAIMS)
 
 

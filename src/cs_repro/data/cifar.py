@@ -153,7 +153,7 @@ CIFAR10 = DATASETS.register("cifar10")(
         name="cifar10",
         num_classes=10,
         image_shape=(3, 32, 32),
-        # The released CS code's normalisation (PAPER.md): mean (125.3, 123.0, 113.9)/255, std (63.0, 62.1, 66.7)/255.
+        # The released CS code's normalisation (docs/method.md): mean (125.3, 123.0, 113.9)/255, std (63.0, 62.1, 66.7)/255.
         mean=(125.3 / 255, 123.0 / 255, 113.9 / 255),
         std=(63.0 / 255, 62.1 / 255, 66.7 / 255),
         files=CIFAR_FILES,
