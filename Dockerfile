@@ -23,7 +23,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        ca-certificates git python3.11 python3.11-venv python3.11-dev g++ dataset-fashion-mnist \
+        ca-certificates git python3.11 python3.11-venv python3.11-dev g++ dataset-fashion-mnist tini \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/venv \
     && git config --system --add safe.directory '*' \
@@ -63,5 +63,7 @@ RUN python -m compileall -q src \
 VOLUME ["/work/out"]
 # uid of the user "cs" made above (numeric, so the host and runtimes can check it is not root)
 USER 1000:1000
-ENTRYPOINT ["/opt/cs-repro/docker/entrypoint.sh"]
+# tini as PID 1 (a plain PID 1 ignores SIGTERM, so `docker stop` would end in SIGKILL); -g sends the signal to
+# the whole process group: dvc and the running stage both stop, the stage keeping its finished epochs.
+ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/opt/cs-repro/docker/entrypoint.sh"]
 CMD ["paper"]

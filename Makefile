@@ -23,7 +23,10 @@ data:
 	  { command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) ; } || \
 	  { echo "Fashion-MNIST missing: apt-get install dataset-fashion-mnist, or set data.root in params.yaml"; exit 1; }
 
+# The params check first: every rule, whatever the section, before any training (and before DVC expands
+# foreach/matrix, whose own errors name no key).
 repro: setup
+	cs-repro params --check params.yaml
 	dvc repro
 	@echo "Done. Figures and REPORT.md: figures/ ; tables: figures/tables/ ; metrics: dvc metrics show"
 

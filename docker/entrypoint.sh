@@ -5,7 +5,11 @@
 # Both run in $OUT_DIR/workspace, a git clone of the image's repository kept on the output volume, so the
 # runs, metrics, figures, dvc.lock, experiments and .cache/checkpoints outlive the container; the DVC cache
 # is $OUT_DIR/dvc-cache. On every start the workspace's tracked files are reset to the image's commit
-# (code, dvc.yaml, conf/), and untracked outputs are kept: a second run resumes or is restored from cache.
+# (code, dvc.yaml, conf/) except dvc.lock and params.yaml, which describe the runs on this volume (so
+# `docker run ... cs-repro dvc repro` after a paper run carries on with the paper profile), and untracked
+# outputs are kept: a second run resumes or is restored from cache.
+# Signals: the image runs this under tini with process-group forwarding, so `docker stop` (SIGTERM) reaches
+# dvc and the stage alike; a stage stops at once, keeping every finished epoch (docs/parallel.md).
 # Env: APP_DIR (the image's git repository), OUT_DIR (the output volume), PROFILE (used when no argument is
 # given), DATA_ROOT (folder holding the data set, passed as data.root), CS_REPRO_DEVICE (cpu|cuda; else auto).
 set -euo pipefail
@@ -28,13 +32,13 @@ if ! mkdir -p "$OUT_DIR" 2>/dev/null || [ ! -w "$OUT_DIR" ]; then
   exit 1
 fi
 if [ -d "$WORKSPACE/.git" ]; then
-  # dvc.lock describes the outputs on this volume, not the image's committed run: keep it across the reset.
-  saved_lock="$(mktemp)"
-  cp "$WORKSPACE/dvc.lock" "$saved_lock" 2>/dev/null || true
+  # dvc.lock and params.yaml describe the runs on this volume, not the image's committed run: keep them.
+  saved="$(mktemp -d)"
+  for kept in dvc.lock params.yaml; do cp "$WORKSPACE/$kept" "$saved/" 2>/dev/null || true; done
   git -C "$WORKSPACE" fetch -q "$APP_DIR" HEAD
   git -C "$WORKSPACE" reset -q --hard FETCH_HEAD
-  if [ -s "$saved_lock" ]; then cp "$saved_lock" "$WORKSPACE/dvc.lock"; fi
-  rm -f "$saved_lock"
+  for kept in dvc.lock params.yaml; do if [ -s "$saved/$kept" ]; then cp "$saved/$kept" "$WORKSPACE/$kept"; fi; done
+  rm -rf "$saved"
 else
   git clone -q "$APP_DIR" "$WORKSPACE"
 fi
@@ -51,7 +55,11 @@ command="${1:-${PROFILE:-paper}}"
 case "$command" in
   paper | quick)
     overrides=(-S "profile=$command")
-    [ -n "$DATA_ROOT" ] && overrides+=(-S "data.root=$DATA_ROOT")
+    # Quoted for Hydra's override grammar, so a path with , = [ ] ' or spaces stays one string.
+    if [ -n "$DATA_ROOT" ]; then
+      quoted="${DATA_ROOT//\'/\\\'}"
+      overrides+=(-S "data.root='$quoted'")
+    fi
     log "running the $command pipeline in $WORKSPACE: dvc exp run ${overrides[*]} $*"
     exec dvc exp run "${overrides[@]}" "$@"
     ;;

@@ -159,20 +159,37 @@ def test_real_fashion_mnist_from_debian_with_checksums():
 # ---------------------------------------------------------------- errors
 
 
-def test_missing_fashion_mnist_names_every_way(tmp_path, no_debian):
+def test_missing_fashion_mnist_names_every_way(no_debian):
     with pytest.raises(UserError) as e:
-        load_dataset("fashion_mnist", tmp_path / "empty")
+        load_dataset("fashion_mnist", None)
     msg = str(e.value)
     assert "\n" not in msg
     for part in (
         "fashion_mnist: files not found in",
-        str(tmp_path / "empty"),
-        str(tmp_path / "empty" / "FashionMNIST" / "raw"),
         "--data-root DIR holding train-images-idx3-ubyte.gz",
         "apt-get install dataset-fashion-mnist",
         "data.download: true",
     ):
         assert part in msg
+
+
+@pytest.mark.skipif(not DEBIAN.is_dir(), reason=f"{DEBIAN} absent (apt-get install dataset-fashion-mnist)")
+def test_a_named_root_is_the_only_place_read(tmp_path):
+    # Debian's copy is present, yet a root the user names that lacks one file is an error naming the file.
+    root = write_idx_dataset(tmp_path / "mine", n_train=20, n_test=10, seed=1)
+    (root / IDX_NAMES["test_labels"]).unlink()
+    with pytest.raises(UserError) as e:
+        load_dataset("fashion_mnist", root, verify_checksums=False)
+    msg = str(e.value)
+    assert "\n" not in msg and f"data.root {root} lacks {IDX_NAMES['test_labels']}" in msg
+    assert str(DEBIAN) not in msg
+    with pytest.raises(UserError, match=r"data.root .*nowhere does not exist"):
+        load_dataset("fashion_mnist", tmp_path / "nowhere", verify_checksums=False)
+    with pytest.raises(UserError, match=r"data.root .*nowhere does not exist"):
+        load_dataset("cifar10", tmp_path / "nowhere", verify_checksums=False)
+    # complete: read from the root, not from Debian (20 training images, not 60,000)
+    write_idx_dataset(tmp_path / "mine", n_train=20, n_test=10, seed=1)
+    assert len(load_dataset("fashion_mnist", root, verify_checksums=False).train_labels) == 20
 
 
 def test_missing_mnist_without_root(no_debian):

@@ -7,6 +7,7 @@ with APP_DIR / OUT_DIR pointing at this repository and a temporary folder.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -53,7 +55,9 @@ def test_base_image_pinned_by_tag_and_user_not_root():
         assert name and tag and tag != "latest", f"base image {base} is not pinned by tag"
     users = [arg.split(":")[0] for op, arg in instructions if op == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
-    assert ("ENTRYPOINT", '["/opt/cs-repro/docker/entrypoint.sh"]') in instructions
+    # tini as PID 1, forwarding signals to the whole group: `docker stop` stops dvc and the stage
+    assert ("ENTRYPOINT", '["/usr/bin/tini", "-g", "--", "/opt/cs-repro/docker/entrypoint.sh"]') in instructions
+    assert any(op == "RUN" and " tini " in f" {arg} " for op, arg in instructions)
     assert ("CMD", '["paper"]') in instructions
 
 
@@ -133,6 +137,41 @@ def test_entrypoint_refuses_an_unusable_volume(tmp_path):
         [str(ENTRYPOINT), "true"], env=_env(blocker / "out"), capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 1 and "is not writable" in done.stderr, done.stderr
+
+
+def test_a_restart_keeps_the_volume_s_params_and_lock(tmp_path):
+    out = tmp_path / "out"
+    first = subprocess.run([str(ENTRYPOINT), "true"], env=_env(out), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    workspace = out / "workspace"
+    (workspace / "params.yaml").write_text((workspace / "params.yaml").read_text().replace("profile: quick", "profile: paper"))
+    (workspace / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    again = subprocess.run([str(ENTRYPOINT), "true"], env=_env(out), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "profile: paper" in (workspace / "params.yaml").read_text()  # the user's run, not the image's default
+    assert (workspace / "dvc.lock").read_text() == "schema: '2.0'\nstages: {}\n"
+
+
+@pytest.mark.parametrize("data_root", ["/data/a,b=c[d] e", "/data/it's here"])
+def test_data_root_reaches_the_params_as_one_string(tmp_path, data_root):
+    """A fake `dvc` records the override the entrypoint passes; composing it must give back the path."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    record = tmp_path / "dvc-args.json"
+    (fake_bin / "dvc").write_text(f"#!{sys.executable}\nimport json, sys\n"
+                                  f"if sys.argv[1:3] == ['exp', 'run']: json.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
+    (fake_bin / "dvc").chmod(0o755)
+    env = _env(tmp_path / "out", DATA_ROOT=data_root)
+    env["PATH"] = f"{fake_bin}{os.pathsep}{env['PATH']}"
+    done = subprocess.run([str(ENTRYPOINT), "quick"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    args = json.loads(record.read_text())
+    override = args[args.index("-S", 3) + 1]
+    assert override.startswith("data.root=")
+    composed = subprocess.run([str(BIN / "cs-repro"), "use-profile", "quick", override, "--out", str(tmp_path / "p.yaml")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert composed.returncode == 0, composed.stderr
+    assert yaml.safe_load((tmp_path / "p.yaml").read_text())["data"]["root"] == data_root
 
 
 TINY_QUICK = [

@@ -164,7 +164,7 @@ def test_masked_weights_stay_exactly_zero_through_retraining(workspace, tiny_par
 def test_released_scale_retrains_cs_tickets_with_binary_over_sigmoid_s0(workspace, tiny_params):
     from cs_repro.evaluation import collect_rows
 
-    params = tiny_params()
+    params = tiny_params(lr=0.01)  # BN-free: at 0.05 the search (s0 0.5) or the released retraining diverges
     s0 = 0.5
     ex.run_cs_search(params, "lenet300_100", s0, 0, workspace / "runs" / "cs", CPU, checkpoint_dir=None)
     ticket_path = workspace / "runs" / "cs" / "ticket.pt"

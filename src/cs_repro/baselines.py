@@ -42,32 +42,12 @@ from cs_repro.methods.magnitude import DenseTraining, one_shot_masks
 from cs_repro.methods.random_masks import random_generator, random_masks_like
 from cs_repro.methods.retrain import TicketRetrain
 from cs_repro.params import Params
-from cs_repro.tickets import Ticket, load_ticket, save_ticket
+from cs_repro.tickets import Ticket, check_ticket_fits, load_ticket, save_ticket
 
 log = logging.getLogger("cs_repro")
 
 CS_ABLATIONS = ("cs_beta1", "cs_released_clamp")
 DENSE_FORMAT = "cs-repro-dense/1"
-
-
-def check_baselines(params: Params) -> None:
-    """Cross-section checks of the baseline params (a section cannot see the others when it is parsed)."""
-    b = params.baselines
-    for name in b.networks:
-        if name not in params.networks:
-            raise UserError(f"baselines.networks names {name!r}, which is not a key of networks ({', '.join(params.networks)})")
-        net = params.networks[name]
-        if net.dataset not in params.sweep.datasets:
-            raise UserError(f"networks.{name}.dataset={net.dataset!r} is not in sweep.datasets {params.sweep.datasets}: add it")
-    if params.gmp.start >= params.gmp.end:
-        raise UserError(f"gmp.start={params.gmp.start} must be less than gmp.end={params.gmp.end}")
-    # gmp_cs_layers and the CS random control read the CS tickets of these (network, s0, seed).
-    for key, values, searched in (("networks", b.networks, params.sweep.networks), ("cs_s0", b.cs_s0, params.sweep.s0),
-                                  ("seeds", b.seeds, params.sweep.seeds)):
-        missing = [v for v in values if v not in searched]
-        if missing:
-            raise UserError(f"baselines.{key} has {missing}, which sweep.{'s0' if key == 'cs_s0' else key} does not "
-                            "search with CS; the ablations need those CS tickets")
 
 
 def _row(method: str, variant: str, track: str, seed: int, setting: str, meta: dict, last, search_epochs: float,
@@ -99,7 +79,6 @@ def run_l0_search(params: Params, network: str, penalty: float, seed: int, out_d
                   checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> Ticket:
     """L0 training: writes ticket.pt (mask = deterministic gate > 0, rewind weights) and metrics.json whose
     result row is the trained network with its deterministic gates (track pruning)."""
-    check_baselines(params)
     net = params.network(network)
     config = L0Config(penalty=penalty, droprate_init=params.l0.droprate_init, rounds=params.l0.rounds,
                       gate_lr=params.l0.gate_lr, rewind_epoch=net.rewind_epoch)
@@ -140,6 +119,7 @@ def run_random_control(params: Params, ticket_path: Path, out_dir: Path, device:
     run = RunSpec("control_random", network, seed, f"{meta['method']} {meta['setting']}", {
         "ticket": _ticket_digest(ticket_path), "variant": "random", "network": _network_config(params, network)})
     training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
+    check_ticket_fits(ticket, ticket_path, training.model, training.prunable)
     hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, ticket.rewind_state,
                           float(meta.get("mask_scale", 1.0)), label=run.method)
     history = training.train(run, hooks)
@@ -167,7 +147,12 @@ def run_level_random_controls(params: Params, tickets_dir: Path, out_dir: Path, 
     files = sorted(tickets_dir.glob("level_*.pt"))
     if not files:
         raise UserError(f"no level tickets (level_*.pt) in {tickets_dir}: run the IMP search first")
-    by_level = {int(load_ticket(path).metadata["level"]): path for path in files}
+    by_level = {}
+    for path in files:
+        level = load_ticket(path).metadata.get("level")
+        if not isinstance(level, int):
+            raise UserError(f"ticket {path} has no IMP level in its metadata: not an IMP level ticket")
+        by_level[level] = path
     wanted = params.random_control.imp_levels or [level for level in by_level if level > 0]
     missing = [level for level in wanted if level not in by_level]
     if missing:
@@ -212,7 +197,6 @@ def run_gmp(params: Params, network: str, sparsity: float, seed: int, out_dir: P
             layer_targets: dict[str, float] | None = None, method: str = "gmp", setting: str | None = None) -> Ticket:
     """GMP from initialisation to `sparsity` (or per-layer targets): pruned.pt (mask + final weights) and
     metrics.json (the final network is the result: variant pruned, track pruning; every pruning step)."""
-    check_baselines(params)
     net = params.network(network)
     setting = setting or f"sparsity={sparsity:g}"
     training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
@@ -258,7 +242,6 @@ def run_magnitude_dense(params: Params, network: str, seed: int, out_dir: Path, 
                         checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> None:
     """Train the dense network (as IMP's level 0: same seed, same weights) and keep its final weights and
     rewind point in dense.pt. No result rows: IMP's level 0 is the dense reference."""
-    check_baselines(params)
     net = params.network(network)
     run = RunSpec("magnitude_dense", network, seed, "", {"rewind_epoch": net.rewind_epoch,
                                                           "network": _network_config(params, network)})
@@ -278,7 +261,6 @@ def run_magnitude(params: Params, network: str, sparsity: float, seed: int, dens
     """One-shot global magnitude pruning of the trained dense network to `sparsity`:
     ticket.pt (method magnitude_rewind) retrained in out/retrain/{rewind,random}; the pruned trained weights
     fine-tuned for magnitude.finetune_epochs at the final lr in out/finetune (method magnitude_finetune)."""
-    check_baselines(params)
     net = params.network(network)
     dense = safe_torch_load(Path(dense_dir) / "dense.pt", "dense network")
     if dense.get("format") != DENSE_FORMAT or dense["metadata"].get("model") != net.model or dense["metadata"].get("seed") != seed:
@@ -326,7 +308,6 @@ def run_cs_ablation(params: Params, name: str, network: str, s0: float, seed: in
     Writes out/search/{ticket.pt, metrics.json} (pruned-network row) and retrains the ticket in out/retrain/rewind."""
     if name not in CS_ABLATIONS:
         raise UserError(f"unknown CS ablation {name!r}; choose one of: {', '.join(CS_ABLATIONS)}")
-    check_baselines(params)
     net = params.network(network)
     beta1 = name == "cs_beta1"
     threshold = params.ablations.beta1_threshold if beta1 else 0.5
@@ -365,6 +346,6 @@ def run_cs_ablation(params: Params, name: str, network: str, s0: float, seed: in
 
 
 __all__ = [
-    "check_baselines", "run_l0_search", "run_random_control", "run_level_random_controls", "run_baseline_retrain", "run_gmp", "run_gmp_cs_layers",
+    "run_l0_search", "run_random_control", "run_level_random_controls", "run_baseline_retrain", "run_gmp", "run_gmp_cs_layers",
     "run_magnitude_dense", "run_magnitude", "run_cs_ablation", "CS_ABLATIONS",
 ]

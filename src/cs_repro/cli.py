@@ -15,7 +15,9 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
+from cs_repro.checkpoints import CHECKPOINT_DIR, stage_scope
 from cs_repro.errors import UserError
+from cs_repro.stage_process import stop_with_parent
 
 app = typer.Typer(
     help="Continuous Sparsification reproduction: ticket search (CS, IMP), retraining, evaluation, figures.",
@@ -35,7 +37,7 @@ TimingOption = Annotated[
 CheckpointOption = Annotated[
     Path, typer.Option("--checkpoint-dir", help="where per-epoch resume checkpoints live (outside DVC outputs)")
 ]
-DEFAULT_CHECKPOINTS = Path(".cache/checkpoints")
+DEFAULT_CHECKPOINTS = CHECKPOINT_DIR
 
 
 def _setup_logging(quiet: bool = False) -> None:
@@ -53,9 +55,11 @@ def user_errors(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         _setup_logging()
+        stop_with_parent()
         try:
-            return command(*args, **kwargs)
-        except (UserError, FloatingPointError) as error:  # FloatingPointError: the loss diverged
+            with stage_scope():
+                return command(*args, **kwargs)
+        except UserError as error:  # TrainingDiverged is one too
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cs_repro.data import DATASETS, TensorBatches, class_balanced_split, load_dataset, subset
+from cs_repro.checkpoints import CHECKPOINT_DIR, release
 from cs_repro.device import hardware_name
 from cs_repro.errors import UserError
 from cs_repro.io import atomic_torch_save, atomic_write_json, safe_torch_load
@@ -30,14 +31,13 @@ from cs_repro.methods.cs import CSConfig, CSSearch
 from cs_repro.methods.imp import IMPConfig, IMPSearch
 from cs_repro.methods.retrain import TicketRetrain
 from cs_repro.models import MODELS, build_model, prunable_names
-from cs_repro.params import NetworkParams, Params
-from cs_repro.tickets import Ticket, load_ticket, save_ticket
+from cs_repro.params import NetworkParams, Params, check_seed
+from cs_repro.tickets import Ticket, check_ticket_fits, load_ticket, save_ticket
 from cs_repro.train import DataSplits, Hooks, OptimConfig, TrainingLoop
 
 log = logging.getLogger("cs_repro")
 
 PREPARED_DIR = Path("data/prepared")
-CHECKPOINT_DIR = Path(".cache/checkpoints")  # outside every DVC output: resume state only
 EVAL_BATCH = 500  # larger batches are slower for convs on a 2-core CPU (measured: 23 vs 34 us/image for lenet5)
 REINIT_SEED_OFFSET = 100_003  # the reinit control draws weights unrelated to the ticket's own init
 # Retraining variants: from the rewind point with the ticket's own mask scale; from fresh weights; from
@@ -179,7 +179,7 @@ def _loop(params: Params, run: RunSpec, hooks: Hooks, model: nn.Module, data: Da
     return TrainingLoop(
         model, data, hooks, epochs=net.epochs, optim=optim_config(net), seed=run.seed, device=device,
         checkpoint_path=checkpoint_for(run, checkpoint_dir) if checkpoint_dir else None,
-        bf16=net.bf16, run_label=run.label(),
+        bf16=net.bf16, run_label=run.label(), num_classes=DATASETS.get(net.dataset).num_classes,
     )
 
 
@@ -226,6 +226,7 @@ class TrainingRun:
                  checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None,
                  model_seed: int | None = None) -> None:
         self.params = params
+        check_seed(seed)
         self.net = params.network(network)
         self.device = device
         self.checkpoint_dir = checkpoint_dir
@@ -359,6 +360,7 @@ def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, 
         "ticket": _ticket_digest(ticket_path), "variant": variant, "network": _network_config(params, network)})
     training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir,
                            model_seed=seed + REINIT_SEED_OFFSET if variant == "reinit" else seed)
+    check_ticket_fits(ticket, ticket_path, training.model, training.prunable)
     start_state = None if variant == "reinit" else ticket.rewind_state
     masks = {k: v.to(device) for k, v in ticket.masks.items()}
     hooks = TicketRetrain(masks, start_state, mask_scale, label=run.method)
@@ -376,7 +378,7 @@ def _ticket_digest(path: Path) -> str:
 
 def _drop_checkpoint(run: RunSpec, checkpoint_dir: Path | None) -> None:
     if checkpoint_dir:
-        checkpoint_for(run, checkpoint_dir).unlink(missing_ok=True)
+        release(checkpoint_for(run, checkpoint_dir))
 
 
 __all__ = [

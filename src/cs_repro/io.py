@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -18,11 +21,63 @@ from cs_repro.errors import UserError
 log = logging.getLogger("cs_repro")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; an ordinary write gives 0666 minus the umask, which a shared SLURM cache or a
+# Docker volume read from the host relies on.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files an interrupted write of `path` left (a kill -9 mid-write); each write of
+    one path happens in one process at a time, so any such file is dead."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f"{_temporary_prefix(path)}*.tmp")) if path.parent.is_dir() else []
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    return stale
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a write take effect right after it: raised inside torch.save's zip writer,
+    KeyboardInterrupt turns into a RuntimeError from its cleanup (a traceback, not a clean stop)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise KeyboardInterrupt
+
+
 def _atomic_write(path: Path, write) -> None:
+    with _interrupts_deferred():
+        _write_then_rename(path, write)
+
+
+def _write_then_rename(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".tmp")
     try:
+        os.fchmod(handle, _FILE_MODE)
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
@@ -60,6 +115,8 @@ def safe_torch_load(path: Path, what: str = "file") -> Any:
 def load_checkpoint(path: Path) -> Any | None:
     """A resume checkpoint, or None when there is none. A damaged one is set aside, not trusted."""
     path = Path(path)
+    for leftover in remove_stale_temporaries(path):
+        log.info("removed %s, left by a write that was killed", leftover)
     if not path.exists():
         return None
     try:

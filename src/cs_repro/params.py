@@ -92,6 +92,16 @@ class ControlParams:
                "(results method cs_released_scale; the paper's plain binary mask stays method cs)")
 
 
+#: Seeds are used with offsets (reinit weights, random masks) and must fit torch's generators with room.
+MAX_SEED = 2**31 - 1
+
+
+def check_seed(seed: int, where: str = "seed") -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{where}: {seed!r} is not a seed; use a whole number from 0 to {MAX_SEED}")
+    return seed
+
+
 @dataclass
 class SweepParams:
     """What fans out into DVC stages. Only stage names and commands read these, never a stage body."""
@@ -105,6 +115,8 @@ class SweepParams:
         for key in ("datasets", "networks", "seeds", "s0"):
             if not getattr(self, key):
                 raise UserError(f"{where}.{key} is empty: list at least one value")
+        for seed in self.seeds:
+            check_seed(seed, f"{where}.seeds")
 
 
 @dataclass
@@ -164,9 +176,29 @@ class Params:
                 raise UserError(f"networks.{name}.dataset={dataset!r} is not in sweep.datasets {self.sweep.datasets}: add it")
         if len(set(self.sweep.seeds)) != len(self.sweep.seeds) or len(set(self.sweep.s0)) != len(self.sweep.s0):
             raise UserError("sweep.seeds and sweep.s0 must not repeat a value")
+        self._check_baselines()
         beyond = [level for level in self.random_control.imp_levels if level > self.imp.levels]
         if beyond:
             raise UserError(f"random_control.imp_levels has {beyond}, beyond imp.levels={self.imp.levels}")
+
+    def _check_baselines(self) -> None:
+        """Cross-section checks of the baseline params (a section cannot see the others when it is parsed)."""
+        b = self.baselines
+        for name in b.networks:
+            if name not in self.networks:
+                raise UserError(f"baselines.networks names {name!r}, which is not a key of networks ({', '.join(self.networks)})")
+            net = self.networks[name]
+            if net.dataset not in self.sweep.datasets:
+                raise UserError(f"networks.{name}.dataset={net.dataset!r} is not in sweep.datasets {self.sweep.datasets}: add it")
+        if self.gmp.start >= self.gmp.end:
+            raise UserError(f"gmp.start={self.gmp.start} must be less than gmp.end={self.gmp.end}")
+        # gmp_cs_layers and the CS random control read the CS tickets of these (network, s0, seed).
+        for key, values, searched in (("networks", b.networks, self.sweep.networks), ("cs_s0", b.cs_s0, self.sweep.s0),
+                                      ("seeds", b.seeds, self.sweep.seeds)):
+            missing = [v for v in values if v not in searched]
+            if missing:
+                raise UserError(f"baselines.{key} has {missing}, which sweep.{'s0' if key == 'cs_s0' else key} does not "
+                                "search with CS; the ablations need those CS tickets")
 
     def network(self, name: str) -> NetworkParams:
         if name not in self.networks:
@@ -302,8 +334,8 @@ def describe(cls: type = Params, prefix: str = "") -> list[tuple[str, str, str]]
 
 
 # --- the reviewers' baselines and ablations (cs_repro.baselines) -----------------------------------
-# Cross-section checks (baseline networks defined, ablation s0 values searched by CS) live in
-# cs_repro.baselines.check_baselines, run before any baseline trains.
+# Cross-section checks (baseline networks defined, ablation s0 values searched by CS) are in
+# Params.validate, so `cs-repro params --check` and the first stage that runs catch them.
 
 
 @dataclass

@@ -13,6 +13,7 @@ as an uninterrupted one: data order and augmentation are drawn from a generator 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cs_repro.errors import UserError
+from cs_repro.fingerprint import code_fingerprint
 from cs_repro.io import atomic_torch_save, load_checkpoint
 
 log = logging.getLogger("cs_repro")
@@ -121,6 +124,11 @@ class Hooks:
         """Build the phase's optimisers. On resume their state is loaded afterwards, so no side effects here."""
         return [make_sgd([p for p in loop.model.parameters() if p.requires_grad], loop.optim.lr, loop.optim)]
 
+    def must_learn(self, phase: int) -> bool:
+        """Whether ending `phase` at chance accuracy is a failed run (dense training) rather than a result
+        (a mask search or a ticket's retraining, where a mask that removed too much may leave nothing to train)."""
+        return True
+
     def begin_epoch(self, loop: "TrainingLoop", phase: int, epoch: int) -> None:
         """Called before every epoch (CS sets its temperature here)."""
 
@@ -166,6 +174,19 @@ class EpochRecord:
         return row
 
 
+class TrainingDiverged(UserError):
+    """A run whose loss blew up or whose accuracy fell back to chance: the stage fails, writing nothing."""
+
+
+#: A phase's training loss above this many times its first epoch's, and above twice the loss of a uniform
+#: guess (2 ln K), means the run diverged without NaN (e.g. LeNet-300-100 at lr 0.2: loss 4.7, 11.2, 89). A
+#: network whose masks removed everything sits at ~ln K: a result, not a divergence.
+DIVERGENCE_FACTOR = 4.0
+#: A phase that must learn (Hooks.must_learn: dense training) and ends within this margin of chance did not
+#: learn at all (e.g. LeNet-300-100 at lr 0.2 here: loss 4.5, then 2.31 = ln 10 for every epoch).
+NOT_LEARNED_MARGIN = 0.05
+
+
 class TrainingLoop:
     """Runs the phases a method declares, with per-epoch evaluation and resumable checkpoints."""
 
@@ -182,6 +203,7 @@ class TrainingLoop:
         checkpoint_path: Path | None = None,
         bf16: bool = False,
         run_label: str = "",
+        num_classes: int | None = None,
     ) -> None:
         self.model = model
         self.data = data
@@ -193,6 +215,7 @@ class TrainingLoop:
         self.checkpoint_path = checkpoint_path
         self.autocast = bf16 and device.type == "cuda"
         self.run_label = run_label or hooks.label
+        self.num_classes = num_classes  # for the divergence checks (chance accuracy, uniform-guess loss)
         self.optimizers: list[torch.optim.Optimizer] = []
         self._optimizer_phase = -1
         self.history: list[EpochRecord] = []
@@ -205,6 +228,7 @@ class TrainingLoop:
             return
         atomic_torch_save(
             {
+                "code": code_fingerprint(),
                 "position": {"phase": phase, "next_epoch": next_epoch, "begun": begun},
                 "model": self.model.state_dict(),
                 # Saved even between phases: CS carries its optimiser state across rounds.
@@ -221,6 +245,11 @@ class TrainingLoop:
     def _restore(self) -> tuple[int, int, bool]:
         state = load_checkpoint(self.checkpoint_path) if self.checkpoint_path else None
         if state is None:
+            return 0, 0, False
+        if state.get("code") != code_fingerprint():
+            log.info("%s: checkpoint %s was written by other code (source digest %s, now %s); starting over",
+                     self.run_label, self.checkpoint_path, state.get("code", "not recorded"), code_fingerprint())
+            Path(self.checkpoint_path).unlink(missing_ok=True)
             return 0, 0, False
         self.model.load_state_dict(state["model"])
         self.hooks.load_state_dict(state["hooks"])
@@ -264,7 +293,9 @@ class TrainingLoop:
                 group["lr"] = group["initial_lr"] * lr
         self.hooks.begin_epoch(self, phase, epoch)
         generator = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, phase, epoch))
-        train_loss, train_accuracy = self._train_one_epoch(generator, f"{phases[phase].name} epoch {epoch + 1}/{phases[phase].epochs}")
+        where = f"{phases[phase].name} epoch {epoch + 1}/{phases[phase].epochs}"
+        train_loss, train_accuracy = self._train_one_epoch(generator, where)
+        self._check_loss(phase, where, train_loss)
         val_accuracy = self.evaluate(self.data.val)
         test_accuracy = self.evaluate(self.data.test)
         extra = self.hooks.end_epoch(self, phase, epoch)
@@ -281,6 +312,8 @@ class TrainingLoop:
             extra=extra,
         )
         self.history.append(record)
+        if epoch + 1 == phases[phase].epochs:
+            self._check_phase_end(phase, where)
         self.global_epoch += 1
         self.epoch_seconds.append(time.perf_counter() - started)
         extras = " ".join(f"{k} {_fmt(v)}" for k, v in extra.items())
@@ -289,6 +322,32 @@ class TrainingLoop:
             self.run_label, phases[phase].name, epoch + 1, phases[phase].epochs, train_loss,
             100 * train_accuracy, 100 * val_accuracy, 100 * test_accuracy, extras, self.epoch_seconds[-1],
         )
+
+    # -- divergence: stop the run, with no output, rather than let a dead network become a result
+    def _diverged(self, where: str, reason: str) -> "TrainingDiverged":
+        if self.checkpoint_path is not None:  # resuming would only diverge again
+            Path(self.checkpoint_path).unlink(missing_ok=True)
+        return TrainingDiverged(
+            f"{self.run_label}: training diverged in {where}: {reason}; nothing was written. Lower the learning "
+            f"rate (networks.<network>.lr, now {self.optim.lr:g}) or check the data")
+
+    def _check_loss(self, phase: int, where: str, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise self._diverged(where, f"the training loss became {loss}")
+        first = next((r.train_loss for r in self.history if r.phase == phase), loss)
+        ceiling = max(DIVERGENCE_FACTOR * first, 2 * math.log(self.num_classes) if self.num_classes else 0.0)
+        if loss > ceiling:
+            raise self._diverged(where, f"the training loss {loss:.4g} is over {DIVERGENCE_FACTOR:g}x the phase's "
+                                        f"first epoch ({first:.4g})")
+
+    def _check_phase_end(self, phase: int, where: str) -> None:
+        if not self.num_classes or not self.hooks.must_learn(phase):
+            return
+        chance = 1.0 / self.num_classes
+        final = self.history[-1].val_accuracy
+        if final <= chance + NOT_LEARNED_MARGIN:
+            raise self._diverged(where, f"validation accuracy ends the phase at {100 * final:.2f}% (chance "
+                                        f"{100 * chance:.0f}%): the network did not learn")
 
     def _train_one_epoch(self, generator: torch.Generator, description: str) -> tuple[float, float]:
         self.model.train()
@@ -310,10 +369,7 @@ class TrainingLoop:
             seen += labels.numel()
         if seen == 0:
             return 0.0, 0.0
-        mean_loss = float(total_loss) / seen
-        if mean_loss != mean_loss:  # NaN: stop now rather than write garbage downstream
-            raise FloatingPointError(f"{self.run_label}: training loss became NaN; lower the learning rate")
-        return mean_loss, int(correct) / seen
+        return float(total_loss) / seen, int(correct) / seen
 
     @torch.no_grad()
     def evaluate(self, source: BatchSource) -> float:

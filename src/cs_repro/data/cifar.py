@@ -22,6 +22,7 @@ from cs_repro.data.registry import (
     RawDataset,
     download_with,
     first_complete_dir,
+    missing_in_root,
     missing_message,
     verify,
 )
@@ -121,6 +122,8 @@ def _load(spec: DatasetSpec, root: Path | None, verify_checksums: bool, download
         dirs.append(target / FOLDER)
         found = first_complete_dir([target / FOLDER], _present)
     if found is None:
+        if root is not None and not root.is_dir():
+            raise UserError(missing_in_root(spec, root, CIFAR_FILES, (), download))
         raise UserError(
             missing_message(spec, dirs, (f"put {ARCHIVE} in the --data-root DIR",), download)
         )

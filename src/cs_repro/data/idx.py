@@ -22,6 +22,7 @@ from cs_repro.data.registry import (
     RawDataset,
     download_with,
     first_complete_dir,
+    missing_in_root,
     missing_message,
     verify,
 )
@@ -98,12 +99,11 @@ def _existing(d: Path, name: str) -> Path | None:
 
 
 def _candidate_dirs(spec: DatasetSpec, root: Path | None, torchvision_folder: str) -> list[Path]:
-    dirs: list[Path] = []
+    # A root the user names is the only place read: falling back to Debian's copy would train on other
+    # files than the ones dvc.lock says were used.
     if root is not None:
-        dirs += [root, root / torchvision_folder / "raw"]
-    if spec.name == "fashion_mnist":
-        dirs.append(DEBIAN_FASHION_MNIST)
-    return dirs
+        return [root, root / torchvision_folder / "raw"]
+    return [DEBIAN_FASHION_MNIST] if spec.name == "fashion_mnist" else []
 
 
 def _load_from(spec: DatasetSpec, d: Path, verify_checksums: bool) -> RawDataset:
@@ -153,6 +153,9 @@ def _make_loader(torchvision_folder: str, torchvision_class: str, extra_ways: tu
             dirs.append(target / torchvision_folder / "raw")
             found = first_complete_dir([target / torchvision_folder / "raw"], present)
         if found is None:
+            if root is not None:
+                lacking = [n for n in spec.files if _existing(root, n) is None]
+                raise UserError(missing_in_root(spec, root, lacking, dirs[1:], download))
             raise UserError(missing_message(spec, dirs, extra_ways, download))
         return _load_from(spec, found, verify_checksums)
 

@@ -140,3 +140,15 @@ def missing_message(spec: DatasetSpec, searched: Sequence[Path], extra_ways: Seq
     else:
         how = ways[0]
     return f"{spec.name}: files not found in {where}; {how}"
+
+
+def missing_in_root(spec: DatasetSpec, root: Path, lacking: Sequence[str], also_searched: Sequence[Path] = (),
+                    download: bool = False) -> str:
+    """One line for a user-named data root that does not hold the dataset: which files it lacks."""
+    if not root.is_dir():
+        return (f"{spec.name}: data.root {root} does not exist (or is not a folder); point data.root at the folder "
+                f"holding {', '.join(spec.files)}, or set it to '' for the default place")
+    also = f" (also looked in {', '.join(map(str, also_searched))})" if also_searched else ""
+    more = "" if download else "; or set data.download: true where the internet is reachable"
+    return (f"{spec.name}: data.root {root} lacks {', '.join(lacking)}{also}; put the file(s) there, point data.root "
+            f"elsewhere, or set it to '' for the default place{more}")

@@ -94,6 +94,9 @@ class GMPPruning(Hooks):
                 raise UserError(f"gmp target sparsity {value} must lie in [0, 1]")
 
     # -- the schedule
+    def must_learn(self, phase: int) -> bool:
+        return False  # pruning to an extreme target may leave nothing to train: a result
+
     def _setup(self, loop: TrainingLoop) -> None:
         self._schedule = Schedule.build(self.config.start, self.config.end, self.config.frequency,
                                         loop.epochs * len(loop.data.train))

@@ -83,6 +83,9 @@ class IMPSearch(Hooks):
             Phase(f"level {level}/{self.config.levels}", loop.epochs) for level in range(1, self.config.levels + 1)
         ]
 
+    def must_learn(self, phase: int) -> bool:
+        return phase == 0  # the dense run must train; a pruned level at chance is that ticket's result
+
     def begin_phase(self, loop: TrainingLoop, phase: int) -> None:
         params = dict(loop.model.named_parameters())
         if phase == 0:

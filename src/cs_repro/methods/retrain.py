@@ -34,6 +34,9 @@ class TicketRetrain(Hooks):
             loop.model.load_state_dict(self.start_state)
         self._hard = HardMasks.apply(loop.model, self.masks, scale=self.mask_scale)
 
+    def must_learn(self, phase: int) -> bool:
+        return False  # a ticket (or a control) that cannot train at its sparsity is a result
+
     def make_optimizers(self, loop: TrainingLoop, phase: int) -> list[torch.optim.Optimizer]:
         optimizers = super().make_optimizers(loop, phase)
         # HardMasks realises a scale through the gradient, which equals training W only for (momentum) SGD

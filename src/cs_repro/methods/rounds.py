@@ -61,6 +61,9 @@ class MaskRounds(Hooks):
     def rewind_state(self) -> dict[str, Tensor] | None:
         return self.rewind.state
 
+    def must_learn(self, phase: int) -> bool:
+        return False  # a mask search may remove (nearly) everything: that point of the curve is a result
+
     def phases(self, loop: TrainingLoop) -> list[Phase]:
         return [Phase(f"round {r + 1}/{self.rounds}", loop.epochs) for r in range(self.rounds)]
 

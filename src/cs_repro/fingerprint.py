@@ -1,0 +1,35 @@
+"""A digest of the package's own source code, carried by every resume checkpoint.
+
+A checkpoint is resumed only by the code that wrote it: a run killed, then resumed after a code change
+(a fix in the loop, a new seed rule) would otherwise mix two programs in one result while dvc.lock
+records only the second. The digest covers every .py and .cpp file of the package: coarser than the
+code a stage imports, so some harmless edits cost a restart, never a silently mixed run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SOURCE_SUFFIXES = (".py", ".cpp")
+
+
+def source_files(root: Path = PACKAGE_DIR) -> list[Path]:
+    return sorted(path for path in root.rglob("*")
+                  if path.suffix in SOURCE_SUFFIXES and "__pycache__" not in path.parts and path.is_file())
+
+
+def digest_of(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in source_files(root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """The digest of the installed package's source (computed once per process)."""
+    return digest_of(PACKAGE_DIR)

@@ -1,0 +1,513 @@
+"""Fault injection: what a multi-day run meets (malformed params, bad tickets, bad data, divergence, kills,
+code changes between kill and resume) must end in one clear line or in byte-identical results.
+
+Runs on its own: `pytest tests/test_faults.py` (the end-to-end kills are marked slow).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from cs_repro import experiment as ex
+from cs_repro import fingerprint
+from cs_repro.cli import app
+from cs_repro.errors import UserError
+from cs_repro.io import atomic_write_text, remove_stale_temporaries
+from cs_repro.methods.retrain import TicketRetrain
+from cs_repro.profiles import compose_profile
+from cs_repro.tickets import TICKET_FORMAT, load_ticket
+from cs_repro.train import TrainingLoop
+
+CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[1]
+QUICK = compose_profile("quick", conf_dir=REPO / "conf")
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def _one_clear_line(result, *needles: str) -> str:
+    """Exit status not 0, exactly one line on stderr naming every needle, and no traceback anywhere."""
+    assert result.exit_code not in (0, None), result.output
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line[:2].isdigit()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# --- malformed params: one line naming the key, before anything runs -------------------------------------
+
+def _set(raw: dict, dotted: str, value) -> dict:
+    raw = copy.deepcopy(raw)
+    *parents, last = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return raw
+
+
+_DELETE = object()
+NET = "networks.lenet300_100"
+
+# (key to set, value, what the error line must name)
+MALFORMED = [
+    ("lambda", -1.0, "lambda"),
+    ("lambda", "abc", "lambda"),
+    ("lambda", None, "lambda"),
+    (f"{NET}.lr", 0, f"{NET}.lr"),
+    (f"{NET}.lr", "fast", f"{NET}.lr"),
+    (f"{NET}.epochs", 0, f"{NET}.epochs"),
+    (f"{NET}.epochs", 2.5, f"{NET}.epochs"),
+    (f"{NET}.batch_size", -3, f"{NET}.batch_size"),
+    (f"{NET}.model", "resnet21", f"{NET}.model"),
+    (f"{NET}.dataset", "imagenet", f"{NET}.dataset"),
+    (f"{NET}.momentum", 1.5, f"{NET}.momentum"),
+    (f"{NET}.nesterov", "yes", f"{NET}.nesterov"),
+    (f"{NET}.prunable", "fc1.weight", f"{NET}.prunable"),
+    (f"{NET}.warmup", 3, "warmup"),
+    ("cs.rounds", 0, "cs.rounds"),
+    ("cs.clamp_rule", "sometimes", "cs.clamp_rule"),
+    ("cs.mask_scale", "double", "cs.mask_scale"),
+    ("imp.prune_fraction", 1.0, "imp.prune_fraction"),
+    ("imp.levels", 0, "imp.levels"),
+    ("controls.reinit", "maybe", "controls.reinit"),
+    ("sweep.seeds", [], "sweep.seeds"),
+    ("sweep.seeds", [0, 0], "sweep.seeds"),
+    ("sweep.seeds", [-1], "sweep.seeds"),
+    ("sweep.seeds", [18446744073709551616], "sweep.seeds"),
+    ("sweep.seeds", "0", "sweep.seeds"),
+    ("sweep.networks", "lenet300_100", "sweep.networks"),
+    ("sweep.networks", ["vgg19"], "sweep.networks"),
+    ("sweep.s0", ["abc"], "sweep.s0"),
+    ("sweep.datasets", [], "sweep.datasets"),
+    ("baselines.cs_s0", [0.5], "baselines.cs_s0"),
+    ("baselines.networks", ["lenet7"], "baselines.networks"),
+    ("baselines.sparsities", [1.5], "baselines.sparsities"),
+    ("gmp.start", 0.9, "gmp.start"),
+    ("random_control.imp_levels", [15], "random_control.imp_levels"),
+    ("random_control.imp_levels", [0], "random_control.imp_levels"),
+    ("data.verify_checksums", "no", "data.verify_checksums"),
+    ("profile", "huge", "profile"),
+    ("surprise", 1, "surprise"),
+    ("networks", {}, "networks"),
+    ("cs", _DELETE, None),  # a missing section takes its defaults: valid
+]
+
+
+@pytest.mark.parametrize("key, value, names", MALFORMED, ids=[f"{k}={v!r}"[:40] for k, v, _ in MALFORMED])
+def test_malformed_params_fail_in_one_line_naming_the_key(tmp_path, monkeypatch, key, value, names):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(_set(QUICK, key, value)))
+    result = _cli("params", "--check", str(path))
+    if names is None:
+        assert result.exit_code == 0, result.output
+        return
+    _one_clear_line(result, names)
+    # ... and a stage fails the same way before it creates anything
+    result = _cli("cs-search", "--network", "lenet300_100", "--s0=0", "--seed", "0", "--out", "runs/x",
+                  "--params", str(path))
+    _one_clear_line(result, names)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / ".cache").exists()
+
+
+MALFORMED_OVERRIDES = [
+    (["lambda=abc"], "lambda"),
+    (["sweep.s0=[abc]"], "sweep.s0"),
+    (["sweep.seeds=[-5]"], "sweep.seeds"),
+    (["gmp.start=0.9", "gmp.end=0.5"], "gmp.start"),
+    (["baselines.cs_s0=[0.5]"], "baselines.cs_s0"),
+    (["cs.rounds=0"], "cs.rounds"),
+]
+
+
+@pytest.mark.parametrize("overrides, names", MALFORMED_OVERRIDES, ids=[" ".join(o) for o, _ in MALFORMED_OVERRIDES])
+def test_malformed_overrides_fail_in_one_line_and_write_nothing(tmp_path, monkeypatch, overrides, names):
+    """`dvc exp run -S key=value` composes params the way `cs-repro use-profile quick key=value` does."""
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "params.yaml"
+    _one_clear_line(_cli("use-profile", "quick", *overrides, "--out", str(out)), names)
+    assert not out.exists()
+
+
+def test_dvc_writes_small_lambdas_as_strings_and_they_are_read_as_numbers(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(_set(QUICK, "lambda", "1e-09")))
+    result = _cli("params", "--check", str(path))
+    assert result.exit_code == 0, result.output
+
+
+# --- tickets that do not fit their network --------------------------------------------------------------
+
+
+def _bad_ticket(tmp_path: Path, good: Path, change) -> Path:
+    raw = torch.load(good, weights_only=True)
+    change(raw)
+    path = tmp_path / "bad.pt"
+    torch.save(raw, path)
+    return path
+
+
+BAD_TICKETS = {
+    "no masks": (lambda raw: raw["masks"].clear(), "holds no masks"),
+    "float masks": (lambda raw: raw["masks"].update({k: v.float() * 0.5 for k, v in raw["masks"].items()}),
+                    "not a bool tensor"),
+    "missing masks key": (lambda raw: raw.pop("masks"), "no 'masks' mapping"),
+    "missing network": (lambda raw: raw["metadata"].pop("network"), "metadata lacks network"),
+    "wrong shape": (lambda raw: raw["masks"].update({"fc1.weight": raw["masks"]["fc1.weight"][:, :10]}), "shape"),
+    "not prunable here": (lambda raw: raw["masks"].update({"fc1.bias": torch.ones(300, dtype=torch.bool)}),
+                          "fc1.bias"),
+    "a layer left out": (lambda raw: raw["masks"].pop("fc3.weight"), "no mask for fc3.weight"),
+    "another format": (lambda raw: raw.update(format="something/1"), TICKET_FORMAT),
+}
+
+
+@pytest.fixture(scope="module")
+def imp_ticket(tmp_path_factory, prepared_fashion):
+    """One real level-1 IMP ticket of the tiny LeNet-300-100 (trained once for the module)."""
+    from conftest import tiny_params_dict
+    from cs_repro.params import params_from_dict
+
+    root = tmp_path_factory.mktemp("imp")
+    (root / "data" / "prepared").mkdir(parents=True)
+    (root / "data" / "prepared" / "fashion_mnist.pt").symlink_to(prepared_fashion)
+    raw = tiny_params_dict(epochs=2, lr_milestones=[1])
+    raw["imp"]["levels"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        ex.run_imp(params_from_dict(raw), "lenet300_100", 0, root / "imp", CPU, checkpoint_dir=None)
+    finally:
+        os.chdir(cwd)
+    return root, root / "imp" / "tickets" / "level_01.pt"
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TICKETS))
+def test_a_ticket_that_does_not_fit_is_one_line_and_trains_nothing(imp_ticket, tmp_path, monkeypatch, case):
+    root, good = imp_ticket
+    change, needle = BAD_TICKETS[case]
+    bad = _bad_ticket(tmp_path, good, change)
+    monkeypatch.chdir(root)
+    result = _cli("retrain", "--tickets", str(bad), "--variants", "rewind", "--out", str(tmp_path / "out"),
+                  "--checkpoint-dir", str(tmp_path / "ck"))
+    _one_clear_line(result, needle)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ck").exists()
+
+
+def test_a_good_ticket_loads(imp_ticket):
+    _, good = imp_ticket
+    assert load_ticket(good).metadata["level"] == 1
+
+
+# --- divergence, bad data --------------------------------------------------------------------------------
+
+
+def test_a_loss_that_blows_up_without_nan_stops_the_search_and_writes_no_ticket(workspace, tiny_params):
+    # CS at s0 = 0.5 on the BN-free LeNet at lr 0.05: the kept gates grow to 1/sigmoid(0.5) per layer as the
+    # temperature rises; the loss goes 1.09 -> 21.9 in the second epoch, with no NaN.
+    params = tiny_params()
+    with pytest.raises(UserError, match=r"diverged in round 1/3 epoch 2/3: the training loss 2\d\.\d+ is over 4x"):
+        ex.run_cs_search(params, "lenet300_100", 0.5, 0, workspace / "cs", CPU, checkpoint_dir=workspace / "ck")
+    assert not (workspace / "cs" / "ticket.pt").exists() and not (workspace / "cs" / "metrics.json").exists()
+    assert not list((workspace / "ck").glob("*.pt"))  # no checkpoint to resume into the same divergence
+
+
+def test_a_nan_loss_names_its_epoch(workspace, tiny_params):
+    params = tiny_params({"imp": {"levels": 1}}, lr=0.2, batch_size=50, epochs=2, lr_milestones=[])
+    with pytest.raises(UserError, match=r"diverged in dense epoch 1/2: the training loss became nan"):
+        ex.run_imp(params, "lenet300_100", 0, workspace / "imp", CPU, checkpoint_dir=None)
+    assert not (workspace / "imp" / "tickets").exists()
+
+
+def test_a_dense_run_that_does_not_learn_fails_but_a_ticket_that_cannot_train_is_a_result(workspace, tiny_params):
+    # Bad data: labels shuffled against the images. Nothing generalises; validation stays at chance.
+    prepared = torch.load(workspace / "data" / "prepared" / "fashion_mnist.pt", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    prepared["train_labels"] = prepared["train_labels"][torch.randperm(len(prepared["train_labels"]), generator=generator)]
+    (workspace / "data" / "prepared" / "fashion_mnist.pt").unlink()
+    torch.save(prepared, workspace / "data" / "prepared" / "fashion_mnist.pt")
+    params = tiny_params({"imp": {"levels": 1}}, epochs=2, lr_milestones=[])
+    with pytest.raises(UserError, match=r"diverged in dense epoch 2/2: validation accuracy ends the phase at .*"
+                                        r"the network did not learn"):
+        ex.run_imp(params, "lenet300_100", 0, workspace / "imp", CPU, checkpoint_dir=None)
+    assert TicketRetrain({}, None).must_learn(0) is False
+
+
+# --- interrupted runs: resume, code changes, per-variant resume, leftovers ---------------------------------
+
+
+def _interrupt_on_call(monkeypatch, hooks_class, call: int):
+    original = hooks_class.end_epoch
+    calls = {"n": 0}
+
+    def interrupt(self, loop, phase, epoch):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(self, loop, phase, epoch)
+
+    monkeypatch.setattr(hooks_class, "end_epoch", interrupt)
+    return lambda: monkeypatch.setattr(hooks_class, "end_epoch", original)
+
+
+def _count_epochs(monkeypatch) -> dict:
+    counter = {"n": 0}
+    original = TrainingLoop._run_epoch
+
+    def counted(self, *args):
+        counter["n"] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(TrainingLoop, "_run_epoch", counted)
+    return counter
+
+
+def test_a_code_change_between_kill_and_resume_starts_over(workspace, tiny_params, monkeypatch, caplog):
+    from cs_repro.methods.cs import CSSearch
+
+    params = tiny_params()
+    ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "clean", CPU, checkpoint_dir=None)
+    restore = _interrupt_on_call(monkeypatch, CSSearch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
+    restore()
+    assert len(list((workspace / "ck").glob("*.pt"))) == 1
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: "another-program")
+    monkeypatch.setattr("cs_repro.train.code_fingerprint", lambda: "another-program")
+    epochs = _count_epochs(monkeypatch)
+    with caplog.at_level("INFO", logger="cs_repro"):
+        ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
+    assert "was written by other code" in caplog.text and "starting over" in caplog.text
+    assert epochs["n"] == 9  # all 3 rounds x 3 epochs trained again, nothing taken from the old checkpoint
+    assert (workspace / "clean" / "metrics.json").read_bytes() == (workspace / "run" / "metrics.json").read_bytes()
+
+
+def test_the_same_code_resumes(workspace, tiny_params, monkeypatch):
+    from cs_repro.methods.cs import CSSearch
+
+    params = tiny_params()
+    restore = _interrupt_on_call(monkeypatch, CSSearch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
+    restore()
+    epochs = _count_epochs(monkeypatch)
+    ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
+    assert epochs["n"] == 9 - 3  # three finished epochs came from the checkpoint
+
+
+def test_a_killed_multi_variant_retrain_resumes_each_variant_on_its_own(workspace, tiny_params, monkeypatch):
+    from conftest import tiny_params_dict
+
+    (workspace / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict()))
+    params = tiny_params()
+    ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "cs", CPU, checkpoint_dir=None)
+    ticket = str(workspace / "cs" / "ticket.pt")
+    whole = _cli("retrain", "--tickets", ticket, "--variants", "rewind,reinit", "--out", "whole", "--checkpoint-dir", "ck1")
+    assert whole.exit_code == 0, whole.output
+    # killed in the second variant's second epoch (the first variant is finished)
+    restore = _interrupt_on_call(monkeypatch, TicketRetrain, 3 + 2)
+    killed = _cli("retrain", "--tickets", ticket, "--variants", "rewind,reinit", "--out", "again", "--checkpoint-dir", "ck2")
+    assert killed.exit_code == 130
+    restore()
+    epochs = _count_epochs(monkeypatch)
+    resumed = _cli("retrain", "--tickets", ticket, "--variants", "rewind,reinit", "--out", "again", "--checkpoint-dir", "ck2")
+    assert resumed.exit_code == 0, resumed.output
+    assert epochs["n"] == 3 - 1  # only the second variant's unfinished epochs; the first is not trained again
+    for variant in ("rewind", "reinit"):
+        assert (workspace / "whole" / variant / "metrics.json").read_bytes() == \
+            (workspace / "again" / variant / "metrics.json").read_bytes()
+    assert not list((workspace / "ck2").glob("*.pt"))  # the finished stage leaves no checkpoint behind
+
+
+def test_leftover_temporaries_are_removed_and_files_honour_the_umask(tmp_path):
+    target = tmp_path / "checkpoint.pt"
+    leftover = tmp_path / ".checkpoint.pt.abc123.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    unrelated = tmp_path / ".other.pt.abc123.tmp"
+    unrelated.write_bytes(b"another file's write")
+    atomic_write_text("whole", target)
+    assert target.read_text() == "whole" and not leftover.exists() and unrelated.exists()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)
+    assert remove_stale_temporaries(tmp_path / "other.pt") == [unrelated] and not unrelated.exists()
+
+
+# --- real processes: kill -9 at an epoch and mid-write, dvc dying ---------------------------------------------
+
+CS_ARGS = ["cs-search", "--network", "lenet300_100", "--s0=0", "--seed", "0"]
+
+
+def _stage(workspace: Path, out: str, *, preamble: str = "", env: dict | None = None,
+           wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    """`cs-repro cs-search` in a fresh Python process (optionally with test code run first)."""
+    code = textwrap.dedent(preamble) + textwrap.dedent(f"""
+        import sys
+        from cs_repro.cli import app
+        sys.argv = ["cs-repro", *{CS_ARGS + ["--out", out]!r}]
+        app()
+    """)
+    command = [sys.executable, "-c", code]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if wait:
+        return subprocess.run(command, cwd=workspace, env=full_env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(command, cwd=workspace, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def stage_workspace(workspace):
+    from conftest import tiny_params_dict
+
+    (workspace / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict()))
+    return workspace
+
+
+@pytest.mark.slow
+def test_kill_9_at_an_epoch_and_during_a_checkpoint_write_then_resume_gives_the_same_bytes(stage_workspace):
+    workspace = stage_workspace
+    clean = _stage(workspace, "clean")
+    assert clean.returncode == 0, clean.stderr
+    # kill -9 right after the 4th epoch's checkpoint is complete
+    at_epoch = _stage(workspace, "run", preamble="""
+        import os, signal
+        import cs_repro.train as train
+        saved = train.TrainingLoop._save
+        count = {"n": 0}
+        def save_then_die(self, *args):
+            saved(self, *args)
+            count["n"] += 1
+            if count["n"] == 4:
+                os.kill(os.getpid(), signal.SIGKILL)
+        train.TrainingLoop._save = save_then_die
+    """)
+    assert at_epoch.returncode == -signal.SIGKILL
+    # kill -9 half-way through writing the next checkpoint: a temporary file is left behind
+    mid_write = _stage(workspace, "run", preamble="""
+        import os, signal
+        import cs_repro.io as io
+        real = io._atomic_write
+        def die_half_way(path, write):
+            if str(path).endswith(".pt") and ".cache" in str(path):
+                def partial(stream):
+                    stream.write(b"PK\\x03\\x04 half a checkpoint")
+                    stream.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real(path, partial)
+            return real(path, write)
+        io._atomic_write = die_half_way
+    """)
+    assert mid_write.returncode == -signal.SIGKILL
+    assert list((workspace / ".cache" / "checkpoints").glob(".*.tmp"))
+    resumed = _stage(workspace, "run")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "(phase 1, epoch 0)" in resumed.stderr  # round 2, its first epoch lost
+    for name in ("metrics.json", "ticket.pt"):
+        assert (workspace / "clean" / name).read_bytes() == (workspace / "run" / name).read_bytes()
+    assert not list((workspace / ".cache" / "checkpoints").iterdir())  # no checkpoint, no leftover
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shell", [None, "dash"])
+def test_a_stage_stops_when_the_dvc_that_started_it_dies(stage_workspace, shell):
+    """SIGKILL to the parent (standing in for `dvc`), started directly or through a shell that does not exec."""
+    workspace = stage_workspace
+    child = textwrap.dedent("""
+        import sys, time
+        from cs_repro.cli import app
+        sys.argv = ["cs-repro", "cs-search", "--network", "lenet300_100", "--s0=0", "--seed", "0", "--out", "run"]
+        import cs_repro.train as train
+        original = train.TrainingLoop._run_epoch
+        def slow_epoch(self, *args):
+            time.sleep(1.0)
+            return original(self, *args)
+        train.TrainingLoop._run_epoch = slow_epoch
+        app()
+    """)
+    child_command = [sys.executable, "-c", child]
+    if shell:
+        import shlex
+        child_command = [shell, "-c", " ".join(shlex.quote(part) for part in child_command) + "; echo done"]
+    parent = textwrap.dedent(f"""
+        import subprocess, sys, time
+        child = subprocess.Popen({child_command!r}, stderr=open("child.log", "w"))
+        open("child.pid", "w").write(str(child.pid))
+        time.sleep(600)
+    """)
+    env = {**os.environ, "DVC_STAGE": "cs_search@test", "OMP_NUM_THREADS": "1"}
+    dvc = subprocess.Popen([sys.executable, "-c", parent], cwd=workspace, env=env)
+    deadline = time.monotonic() + 120
+    while "round 1/3 epoch 1/3" not in _read(workspace / "child.log") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "epoch 1/3" in _read(workspace / "child.log")
+    dvc.kill()
+    dvc.wait()
+    stopped = time.monotonic() + 30
+    while "interrupted" not in _read(workspace / "child.log") and time.monotonic() < stopped:
+        time.sleep(0.2)
+    log = _read(workspace / "child.log")
+    assert "has exited: stopping" in log and "interrupted: progress up to the last finished epoch is kept" in log
+    assert not (workspace / "run" / "metrics.json").exists()  # it wrote nothing dvc.lock would not record
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_stage_like_ctrl_c_keeping_its_finished_epochs(stage_workspace):
+    """What `docker stop` (through tini -g), `kill` or a SLURM time limit sends."""
+    workspace = stage_workspace
+    stage = _stage(workspace, "run", wait=False, preamble="""
+        import time
+        import cs_repro.train as train
+        original = train.TrainingLoop._run_epoch
+        def slow_epoch(self, *args):
+            time.sleep(1.0)
+            return original(self, *args)
+        train.TrainingLoop._run_epoch = slow_epoch
+    """)
+    deadline = time.monotonic() + 120
+    lines = []
+    while time.monotonic() < deadline:
+        line = stage.stderr.readline()
+        lines.append(line)
+        if "epoch 2/3" in line or not line:
+            break
+    stage.send_signal(signal.SIGTERM)
+    rest = stage.communicate(timeout=60)[1]
+    assert stage.returncode == 130, "".join(lines) + rest
+    assert "interrupted: progress up to the last finished epoch is kept" in rest
+    checkpoints = workspace / ".cache" / "checkpoints"
+    assert len(list(checkpoints.glob("*.pt"))) == 1 and not list(checkpoints.glob(".*.tmp"))
+    assert not (workspace / "run" / "metrics.json").exists()
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def test_a_seed_too_large_for_torch_is_one_line(stage_workspace):
+    result = _cli("cs-search", "--network", "lenet300_100", "--s0=0", "--seed", "18446744073709551616",
+                  "--out", "runs/x")
+    _one_clear_line(result, "18446744073709551616", "is not a seed")
+    assert not (stage_workspace / "runs").exists()
+
+
+def test_the_fault_table_is_large_enough():
+    assert len(MALFORMED) + len(MALFORMED_OVERRIDES) >= 30
