@@ -58,6 +58,7 @@ def tiny_quick_params(**sweep) -> dict:
         "networks.lenet300_100.train_subset=1000", "networks.lenet300_100.test_subset=300",
         "networks.lenet300_100.val_size=200", "networks.lenet300_100.epochs=2",
         "networks.lenet300_100.lr=0.05", "networks.lenet300_100.lr_milestones=[1]", "imp.levels=2",
+        "random_control.imp_levels=[2]",
         "sweep.networks=[lenet300_100]", "sweep.seeds=[0]", "sweep.s0=[0.0,-0.05]",
         "baselines.sparsities=[0.9]", "baselines.l0_penalty=[0.001]",
     ], conf_dir=REPO / "conf")
@@ -112,14 +113,16 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
     assert {"cs_search@lenet300_100-0.0-0", "cs_search@lenet300_100--0.05-0"} <= ran
 
     set_param(repo, "imp.levels", 3)
-    assert reproduce(repo) == {"imp_search@lenet300_100-0", "imp_controls@lenet300_100-0", "evaluate", "report"}
+    assert reproduce(repo) == {"imp_search@lenet300_100-0", "imp_controls@lenet300_100-0",
+                               "imp_random_control@lenet300_100-0", "evaluate", "report"}
 
     # A new seed and a new s0 together: only (new seed, every s0) and (old seed, new s0) run; no old run.
     set_param(repo, "sweep.seeds", [0, 1])
     set_param(repo, "sweep.s0", [0.0, -0.05, 0.02])
     new_cs = {f"{kind}@lenet300_100-{s0}-{seed}" for kind in ("cs_search", "cs_retrain")
               for s0, seed in [("0.0", 1), ("-0.05", 1), ("0.02", 1), ("0.02", 0)]}
-    new_imp = {f"{kind}@lenet300_100-1" for kind in ("imp_search", "imp_controls", "imp_c_search", "imp_c_retrain")}
+    new_imp = {f"{kind}@lenet300_100-1"
+               for kind in ("imp_search", "imp_controls", "imp_random_control", "imp_c_search", "imp_c_retrain")}
     assert reproduce(repo) == new_cs | new_imp | {"evaluate", "report"}
 
 

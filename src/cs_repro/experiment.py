@@ -180,6 +180,7 @@ def _loop(params: Params, run: RunSpec, hooks: Hooks, model: nn.Module, data: Da
         model, data, hooks, epochs=net.epochs, optim=optim_config(net), seed=run.seed, device=device,
         checkpoint_path=checkpoint_for(run, checkpoint_dir) if checkpoint_dir else None,
         bf16=net.bf16, run_label=run.label(), num_classes=DATASETS.get(net.dataset).num_classes,
+        require_learning=not net.max_batches,  # a run truncated to a few batches is a smoke test
     )
 
 

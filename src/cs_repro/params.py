@@ -179,7 +179,8 @@ class Params:
         self._check_baselines()
         beyond = [level for level in self.random_control.imp_levels if level > self.imp.levels]
         if beyond:
-            raise UserError(f"random_control.imp_levels has {beyond}, beyond imp.levels={self.imp.levels}")
+            raise UserError(f"random_control.imp_levels has {beyond}, beyond imp.levels={self.imp.levels}: name levels "
+                            f"that exist (e.g. random_control.imp_levels=[{self.imp.levels}]) or [] for every level")
 
     def _check_baselines(self) -> None:
         """Cross-section checks of the baseline params (a section cannot see the others when it is parsed)."""

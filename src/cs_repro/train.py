@@ -204,6 +204,7 @@ class TrainingLoop:
         bf16: bool = False,
         run_label: str = "",
         num_classes: int | None = None,
+        require_learning: bool = True,
     ) -> None:
         self.model = model
         self.data = data
@@ -216,6 +217,8 @@ class TrainingLoop:
         self.autocast = bf16 and device.type == "cuda"
         self.run_label = run_label or hooks.label
         self.num_classes = num_classes  # for the divergence checks (chance accuracy, uniform-guess loss)
+        # Off for smoke runs (a few batches of random-content fixtures cannot learn): the loss checks stay on.
+        self.require_learning = require_learning
         self.optimizers: list[torch.optim.Optimizer] = []
         self._optimizer_phase = -1
         self.history: list[EpochRecord] = []
@@ -341,7 +344,7 @@ class TrainingLoop:
                                         f"first epoch ({first:.4g})")
 
     def _check_phase_end(self, phase: int, where: str) -> None:
-        if not self.num_classes or not self.hooks.must_learn(phase):
+        if not self.num_classes or not self.require_learning or not self.hooks.must_learn(phase):
             return
         chance = 1.0 / self.num_classes
         final = self.history[-1].val_accuracy
