@@ -35,8 +35,10 @@ for list in "${lists[@]}"; do
   done < "$list"
 done
 if [[ ${#missing[@]} -gt 0 && "${CS_REPRO_COLLECT_ANYWAY:-0}" != 1 ]]; then
-  echo "not collecting: no finished task for ${missing[*]} (see $dir/logs; resubmit those indices," >&2
-  echo "or CS_REPRO_COLLECT_ANYWAY=1 to let dvc repro run them here)" >&2
+  resubmit=$(setting resubmit)
+  echo "not collecting: no finished task for ${missing[*]} (logs: $dir/logs)." >&2
+  echo "To resubmit exactly what is missing, with its dependencies and a new collector, run: $resubmit" >&2
+  echo "(or CS_REPRO_COLLECT_ANYWAY=1 to let dvc repro run them here)" >&2
   exit 1
 fi
 

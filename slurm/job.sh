@@ -57,5 +57,6 @@ echo "task $index: $stage at ${commit:-HEAD} on $(hostname), CUDA_VISIBLE_DEVICE
 started=$SECONDS
 dvc repro "$stage"
 echo "task $index: $stage done in $((SECONDS - started))s"
+# The marker names the commit: make_array.py leaves finished stages of this commit out of a re-submit.
 mkdir -p "$(dirname "$list")/done"
-touch "$(dirname "$list")/done/${stage//[^A-Za-z0-9@._=+-]/_}"
+echo "$(git rev-parse HEAD) $stage" > "$(dirname "$list")/done/${stage//[^A-Za-z0-9@._=+-]/_}"

@@ -9,16 +9,23 @@ Run it in the main workspace (a git repository on a file system the compute node
 2. splits the out-of-date stages (all of them with --all) into waves: the head stages (prepare@*), then the
    fan-out stages by dependency depth (searches, then retrain/controls);
 3. writes into --out (default .cache/slurm): per wave a stage list `waveK.txt` and an array script
-   `waveK.sbatch` (one stage per task, `--gres=gpu:1`, body `slurm/job.sh waveK.txt $SLURM_ARRAY_TASK_ID`),
-   `collect.sbatch` (`slurm/collect.sh`: `dvc repro` here, which restores every stage from the shared
-   run-cache and runs evaluate/report) and `submit.sh`, which chains them: wave 1 `afterok` on the head
-   wave; a wave whose task i needs only task i of the wave before (cs_retrain@X <- cs_search@X) `aftercorr`,
-   any other `afterok`; the collector `afterany` on all waves.
+   `waveK.sbatch` (one stage per task, body `slurm/job.sh waveK.txt $SLURM_ARRAY_TASK_ID`, `--gres=gpu:1`
+   when the cluster has GPUs), `collect.sbatch` (`slurm/collect.sh`: `dvc repro` here, which restores every
+   stage from the shared run-cache and runs evaluate/report) and `submit.sh`, which chains them: wave 1
+   `afterok` on the head wave; a wave whose task i needs only task i of the wave before
+   (cs_retrain@X <- cs_search@X) `aftercorr`, any other `afterok`; the collector `afterany` on all waves.
+4. with --submit: checks every script with `sbatch --test-only` first (nothing is submitted if one is
+   rejected), then runs submit.sh, which cancels what it had submitted if a later sbatch fails.
+
+Stages whose task finished at this commit (a marker in --out/done/) are left out of the plan, so running
+the same command again after a failed or cancelled task resubmits exactly what is missing, with its
+dependencies; the collector names that command when it finds a stage unfinished.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import subprocess
 import sys
@@ -60,20 +67,35 @@ def _sbatch(name: str, body: str, out: Path, extra: list[str], array: str | None
     return "\n".join([*lines, "set -euo pipefail", body, ""])
 
 
+def finished_stages(out: Path, commit: str) -> set[str]:
+    """Stages whose task finished at `commit` (job.sh writes the commit into done/<stage>); markers of other
+    commits are removed, since their outputs belong to other code or params."""
+    done = set()
+    for marker in sorted((out / "done").glob("*")) if (out / "done").is_dir() else []:
+        recorded = marker.read_text().split()
+        if recorded[:1] == [commit] and len(recorded) > 1:
+            done.add(recorded[1])
+        else:
+            marker.unlink()
+    return done
+
+
 def write_arrays(workspace: Path, shared_cache: Path, out: Path, waves: list[Wave], extra: list[str],
-                 gres: str, max_parallel: int | None, venv: Path | None) -> Path:
-    commit = _git(["rev-parse", "HEAD"], workspace).strip()
+                 gres: str | None, max_parallel: int | None, venv: Path | None, commit: str,
+                 resubmit: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     for old in [*out.glob("wave*.txt"), *out.glob("wave*.sbatch")]:
         old.unlink()
-    shutil.rmtree(out / "done", ignore_errors=True)
-    header = [f"# main={workspace}", f"# commit={commit}", f"# cache={shared_cache}"]
+    header = [f"# main={workspace}", f"# commit={commit}", f"# cache={shared_cache}", f"# resubmit={resubmit}"]
     if venv:
         header.append(f"# venv={venv}")
+    # Nothing half-submitted: if an sbatch fails, the jobs this script already submitted are cancelled.
     submit = ["#!/usr/bin/env bash", "# Submits the waves and the collector (written by slurm/make_array.py).",
-              "set -euo pipefail", 'cd "$(dirname "$0")"',
-              "jid() { sbatch --parsable \"$@\" | cut -d';' -f1; }"]
+              "set -euo pipefail", 'cd "$(dirname "$0")"', "ids=()",
+              'cancel() { if [ ${#ids[@]} -gt 0 ]; then scancel "${ids[@]}" || true; fi; '
+              'echo "submission failed; cancelled: ${ids[*]:-nothing}" >&2; exit 1; }',
+              'submit() { local id; id=$(sbatch --parsable "$@") || cancel; ids+=("${id%%;*}"); }']
     ids = []
     for k, wave in enumerate(waves):
         listing = out / f"wave{k}.txt"
@@ -83,14 +105,52 @@ def write_arrays(workspace: Path, shared_cache: Path, out: Path, waves: list[Wav
         (out / f"wave{k}.sbatch").write_text(_sbatch(f"cs-repro-wave{k}", body, out, extra, array,
                                                      None if wave.head else gres))  # prepare needs no GPU
         dependency = f"--dependency={wave.dependency}:${{w{k - 1}}} --kill-on-invalid-dep=yes " if k else ""
-        submit.append(f"w{k}=$(jid {dependency}wave{k}.sbatch)")
+        submit.append(f"submit {dependency}wave{k}.sbatch; w{k}=${{ids[-1]}}")
         ids.append(f"${{w{k}}}")
     (out / "collect.sbatch").write_text(_sbatch("cs-repro-collect", f"exec bash {HERE / 'collect.sh'} {out}", out, extra))
-    submit.append(f"c=$(jid --dependency=afterany:{':'.join(ids)} collect.sbatch)")
+    submit.append(f"submit --dependency=afterany:{':'.join(ids)} collect.sbatch; c=${{ids[-1]}}")
     submit.append(f'echo "submitted waves {" ".join(ids)}, collector $c; logs in {out / "logs"}"')
     (out / "submit.sh").write_text("\n".join(submit) + "\n")
     (out / "submit.sh").chmod(0o755)
     return out / "submit.sh"
+
+
+def cluster_has_gpus() -> bool | None:
+    """Whether any node of the cluster offers a GPU (from `sinfo`'s GRES column); None without sinfo."""
+    if shutil.which("sinfo") is None:
+        return None
+    result = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"sinfo could not ask the cluster ({' '.join(result.stderr.split())[:200]})")
+        return None
+    return any("gpu" in line for line in result.stdout.split())
+
+
+def choose_gres(requested: str) -> str | None:
+    """--gres: 'auto' asks the cluster (one GPU per task where there are GPUs, none on a CPU-only
+    cluster; one GPU when sinfo is not there to ask), 'none' requests nothing, anything else is used as is."""
+    if requested == "none":
+        return None
+    if requested != "auto":
+        return requested
+    gpus = cluster_has_gpus()
+    if gpus is None:
+        print("no answer from sinfo: assuming one GPU per task (--gres none for a CPU-only cluster)")
+        return "gpu:1"
+    print("the cluster has GPUs: --gres=gpu:1 per task" if gpus else "the cluster has no GPUs: no --gres requested")
+    return "gpu:1" if gpus else None
+
+
+def check_scripts(out: Path) -> None:
+    """`sbatch --test-only` on every script before anything is submitted: a rejected option stops here."""
+    if shutil.which("sbatch") is None:
+        raise UserError("--submit needs sbatch on the PATH")
+    for script in [*sorted(out.glob("wave*.sbatch")), out / "collect.sbatch"]:
+        result = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, cwd=out)
+        if result.returncode != 0:
+            reason = " ".join(result.stderr.split()) or f"exit {result.returncode}"
+            raise UserError(f"sbatch rejects {script.name}: {reason}; nothing was submitted "
+                            "(fix the option, e.g. --gres none or --sbatch=..., and run again)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared-cache", type=Path, required=True, help="DVC cache directory every node can reach")
     parser.add_argument("--out", type=Path, default=Path(".cache/slurm"), help="where the lists and scripts go")
     parser.add_argument("--all", action="store_true", help="every stage, not only the out-of-date ones")
-    parser.add_argument("--gres", default="gpu:1", help="per task of the fan-out waves (default gpu:1)")
+    parser.add_argument("--gres", default="auto",
+                        help="per task of the fan-out waves: auto (one GPU where the cluster has GPUs, none on a "
+                             "CPU-only cluster), none, or a GRES such as gpu:1")
     parser.add_argument("--max-parallel", type=int, help="at most this many tasks of a wave at once (%%N)")
     parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                         help="extra #SBATCH line for every job, e.g. --sbatch=--time=12:00:00 (repeatable)")
@@ -113,22 +175,36 @@ def main(argv: list[str] | None = None) -> int:
         if dirty and not args.allow_dirty:
             raise UserError("the tasks clone the last commit, but these pipeline files differ from it; commit them "
                             "(or --allow-dirty): " + ", ".join(line[3:] for line in dirty))
+        commit = _git(["rev-parse", "HEAD"], workspace).strip()
+        out = (workspace / args.out).resolve()
         todo = set(pipeline.stages) if args.all else out_of_date(pipeline, changed_stages(workspace))
         todo &= set(split(pipeline).fanout) | set(split(pipeline).head)
+        finished = finished_stages(out, commit)
+        if not args.all:
+            # The main workspace's `dvc status` cannot see the shared run-cache: what a task finished at this
+            # commit is there already, so a re-submit plans only what is missing.
+            todo -= finished
         if not todo:
-            print("every fan-out stage is up to date; `dvc repro` runs what is left")
+            print("every fan-out stage is up to date or finished; `dvc repro` (or the collector) runs what is left")
             return 0
+        gres = choose_gres(args.gres)
         waves = slurm_waves(pipeline, todo)
         shared = args.shared_cache.resolve()
         shared.mkdir(parents=True, exist_ok=True)
         subprocess.run([dvc_executable(), "cache", "dir", "--local", str(shared)], cwd=workspace, check=True)
         subprocess.run([dvc_executable(), "config", "--local", "cache.shared", "group"], cwd=workspace, check=True)
         venv = Path(sys.prefix) if sys.prefix != sys.base_prefix else None
-        submit = write_arrays(workspace, shared, (workspace / args.out).resolve(), waves, args.sbatch, args.gres,
-                              args.max_parallel, venv)
+        resubmit = shlex.join([sys.executable, str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:])]
+                              + ([] if args.submit else ["--submit"]))
+        submit = write_arrays(workspace, shared, out, waves, args.sbatch, gres, args.max_parallel, venv, commit,
+                              f"cd {shlex.quote(str(workspace))} && {resubmit}")
+        if args.submit:
+            check_scripts(out)
     except (UserError, subprocess.CalledProcessError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if finished and not args.all:
+        print(f"{len(finished)} stage(s) already finished at this commit (not submitted again)")
     for k, wave in enumerate(waves):
         after = f"{wave.dependency} wave {k - 1}" if k else "first"
         print(f"wave {k}: {len(wave.indices)} tasks ({after}): {' '.join(s for s in wave.stages if s)}")
