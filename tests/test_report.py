@@ -12,7 +12,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 
 from cs_repro.report import MATCHING_RULE, Aggregates, RowError, generate
-from cs_repro.report import figures, markdown, tables
+from cs_repro.report import claims, figures, tables
 from cs_repro.report.rows import load_results
 
 E = 10  # epochs per training run in the fixture
@@ -157,7 +157,12 @@ def test_no_match_tie_and_single_seed():
     assert g.n_seeds == 1 and g.test_acc_std == 0.0
     table = tables.ticket_search_table(agg)
     (cs_cells,) = [c for c in table.cells if c[1] == "CS"]
-    assert cs_cells[4:] == [tables.NONE_MATCH] * 5
+    # a single seed reads "n = 1", never "± 0.00"; the best ticket names its setting
+    assert cs_cells[2:5] == ["90.00 (n = 1)", "10.00", "s0=0"]
+    assert cs_cells[5:] == [tables.NONE_MATCH] * 6
+    (dense_cells,) = [c for c in table.cells if c[1] == "Dense"]
+    assert dense_cells[2] == "94.00 ± 1.41 (n = 2)"
+    assert "± 0.00" not in tables.to_markdown(table)
     # ties in remaining weights: the more accurate wins
     rows += [row("vgg16", "cs", "rewind", 0, "s0=-0.01", 0.05, 0.94),
              row("vgg16", "cs", "rewind", 0, "s0=-0.02", 0.05, 0.95),
@@ -306,44 +311,51 @@ def test_report(generated):
     for needle in ("smoke", "abc1234", "1x test CPU", "7,200 s", "0, 1, 2", MATCHING_RULE,
                    "| Method |", "| Model |", "Reinit control (%)"):
         assert needle in text
-    claims = text.split("## Claims", 1)[1]
-    assert markdown.PAPER_CLAIMS[0] in claims
-    verdicts = [line for line in claims.splitlines() if line.strip().startswith("**")]
+    section = text.split("## Claims", 1)[1].split("\n## ", 1)[0]
+    assert claims.PAPER_CLAIMS[0] in section
+    verdicts = [line for line in section.splitlines() if line.strip().startswith("**") and ":" in line
+                and not line.startswith("**Scope")]
     assert len(verdicts) == 3
-    words = (markdown.SUPPORTED, markdown.NOT_SUPPORTED, markdown.CANNOT_JUDGE)
+    words = (claims.SUPPORTED, claims.NOT_SUPPORTED, claims.CANNOT_JUDGE)
     assert all(any(f"**{w}**" in v for w in words) for v in verdicts)
+    # the scope comes before the claims, and the Limitations section closes the judgement
+    assert section.lstrip().startswith("**Scope.** These verdicts come from the smoke profile: LeNet-300-100 on "
+                                       "Fashion-MNIST, 10 training epochs per run")
+    limits = text.split("## Limitations", 1)[1]
+    assert "**CS cannot hit an exact sparsity.**" in limits and "s0=-0.1" in limits
+    assert "**CS's hyperparameters must be searched" in limits and "4 s0 values, 160 epochs per seed" in limits
 
 
 def test_claim_verdicts_follow_the_numbers(agg, rows):
     # claim 1: CS sparsest matching 5% < IMP 51.2%; IMP never goes below 40.96%, the sparsest
     # level both reach, where CS (interpolated between 50% and 20%) beats IMP's 89.5%
-    verdict, sentence = markdown.judge_claim1(agg)
-    assert verdict == markdown.SUPPORTED and "51.20%" in sentence
+    verdict, sentence = claims.judge_claim1(agg)
+    assert verdict == claims.SUPPORTED and "51.20%" in sentence
     # claim 2: one CS run 40 epochs vs IMP level 3 = 40 epochs: not cheaper
-    verdict, sentence = markdown.judge_claim2(agg)
-    assert verdict == markdown.NOT_SUPPORTED and "40 epochs" in sentence
+    verdict, sentence = claims.judge_claim2(agg)
+    assert verdict == claims.NOT_SUPPORTED and "40 epochs" in sentence
     # claim 3: CS pruned beats GMP (best of pruned / fine-tuned) at 2% remaining
-    assert markdown.judge_claim3(agg)[0] == markdown.SUPPORTED
+    assert claims.judge_claim3(agg)[0] == claims.SUPPORTED
     only_ticket = Aggregates([r for r in rows if r["track"] == "ticket"])
-    verdict, sentence = markdown.judge_claim3(only_ticket)
-    assert verdict == markdown.CANNOT_JUDGE and "not run in this profile" in sentence
+    verdict, sentence = claims.judge_claim3(only_ticket)
+    assert verdict == claims.CANNOT_JUDGE and "not run in this profile" in sentence
     # the data going the other way: IMP more accurate than CS everywhere
     flipped = [dict(r, test_accuracy=r["test_accuracy"] - 0.05) if r["method"] == "cs" else r
                for r in rows]
-    assert markdown.judge_claim1(Aggregates(flipped))[0] == markdown.NOT_SUPPORTED
+    assert claims.judge_claim1(Aggregates(flipped))[0] == claims.NOT_SUPPORTED
 
 
 def test_report_states_the_claims_that_docs_method_lists(generated):
     """The claims come from the package, and docs/method.md lists the same three sentences."""
     out, _ = generated
     report = (out / "REPORT.md").read_text()
-    for number, claim in enumerate(markdown.PAPER_CLAIMS, start=1):
+    for number, claim in enumerate(claims.PAPER_CLAIMS, start=1):
         assert f"{number}. *{claim}*" in report
     method_md = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
     section = method_md.split("## The paper's claims", 1)[1].split("\n## ", 1)[0]
     # a numbered item runs until the next item or a blank line
     listed = [" ".join(item.split()) for item in re.findall(r"^\d\. (.*?)(?=^\d\. |\n\s*\n|\Z)", section, re.M | re.S)]
-    assert listed == list(markdown.PAPER_CLAIMS)
+    assert listed == list(claims.PAPER_CLAIMS)
 
 
 def test_controls_table_puts_each_ticket_next_to_its_controls(rows, tmp_path):
@@ -356,9 +368,9 @@ def test_controls_table_puts_each_ticket_next_to_its_controls(rows, tmp_path):
     assert len(imp3) == 1
     mean, std, rw = _stats(rows, network="resnet20", method="imp", variant="rewind", setting="level=3")
     reinit_mean, reinit_std, _ = _stats(rows, network="resnet20", method="imp", variant="reinit", setting="level=3")
-    assert imp3[0][3:] == [tables.fmt_remaining(rw), f"{tables.fmt_acc(mean, std)} (n=3)",
-                           f"{tables.fmt_acc(reinit_mean, reinit_std)} (n=3)",
-                           f"{tables.fmt_acc(mean - 0.07, std)} (n=3)"]
+    assert imp3[0][3:] == [tables.fmt_remaining(rw), f"{tables.fmt_acc(mean, std)} (n = 3)",
+                           f"{tables.fmt_acc(reinit_mean, reinit_std)} (n = 3)",
+                           f"{tables.fmt_acc(mean - 0.07, std)} (n = 3)"]
     imp2 = next(c for c in table.cells if c[0].startswith("ResNet-20") and c[1] == "IMP" and c[2] == "level=2")
     assert imp2[-1] == ""  # no random control at that level
     csv_row = next(r for r in table.csv_rows if r[0] == "resnet20" and r[2] == "imp" and r[3] == "level=3")
@@ -370,15 +382,15 @@ def test_controls_table_puts_each_ticket_next_to_its_controls(rows, tmp_path):
 
 
 def test_cs_vs_l0_paragraph_follows_the_numbers(rows):
-    no_l0 = markdown.cs_vs_l0(Aggregates(rows))
+    no_l0 = claims.cs_vs_l0(Aggregates(rows))
     assert no_l0.startswith("CS vs. L0: not compared")
     # L0 tickets 3 points worse than CS at the same sparsities, on every network: CS wins both ways.
     l0_rows = [dict(r, method="l0", test_accuracy=r["test_accuracy"] - 0.03) for r in rows
                if r["method"] == "cs" and r["variant"] == "rewind" and r["track"] == "ticket"]
-    text = markdown.cs_vs_l0(Aggregates(rows + l0_rows))
+    text = claims.cs_vs_l0(Aggregates(rows + l0_rows))
     assert text.startswith("CS vs. L0: CS finds sparser matching tickets and is more accurate")
     better_l0 = [dict(r, test_accuracy=r["test_accuracy"] + 0.06) for r in l0_rows]
-    assert markdown.cs_vs_l0(Aggregates(rows + better_l0)).startswith("CS vs. L0: CS does not beat L0 here")
+    assert claims.cs_vs_l0(Aggregates(rows + better_l0)).startswith("CS vs. L0: CS does not beat L0 here")
 
 
 def test_provenance_commit_ignores_what_a_run_rewrites(tmp_path, monkeypatch):
@@ -431,3 +443,107 @@ def test_report_lists_collapsed_runs(tmp_path, rows):
     text = write_report(rows, {**META, "collapsed_runs": runs}, tmp_path).read_text()
     assert "## Runs that collapsed" in text and f"- {runs[0]}" in text
     assert "## Runs that collapsed" not in write_report(rows, META, tmp_path / "b").read_text()
+
+
+def _log_interp(x, x0, y0, x1, y1):
+    import math
+    t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+    return y0 + t * (y1 - y0)
+
+
+def test_interpolated_accuracies_say_so_and_name_their_measured_neighbours(agg, rows):
+    # IMP's sparsest ticket keeps 0.8^4 = 40.96%; CS has no ticket there (its tickets keep 50% and 20%)
+    _, sentence = claims.judge_claim1(agg)
+    cs50 = _stats(rows, network="resnet20", method="cs", variant="rewind", setting="s0=0.05")
+    cs20 = _stats(rows, network="resnet20", method="cs", variant="rewind", setting="s0=0")
+    imp4 = _stats(rows, network="resnet20", method="imp", variant="rewind", setting="level=4")
+    expected = _log_interp(imp4[2], cs20[2], cs20[0], cs50[2], cs50[0])
+    assert (f"CS reaches about {100 * expected:.2f}% (interpolated, nothing measured there: between "
+            f"{100 * cs20[0]:.2f}% at {100 * cs20[2]:.2f}% and {100 * cs50[0]:.2f}% at {100 * cs50[2]:.2f}%) "
+            f"vs {100 * imp4[0]:.2f}% (measured) for IMP") in sentence
+    # a ticket within 5% of the level is read as measured, not interpolated
+    reading = claims.read_accuracy([(0.2, 0.9), (0.5, 0.8)], 0.205)
+    assert not reading.interpolated and reading.measured_at == 0.2 and reading.accuracy == 0.9
+    assert claims.reading_text(reading) == "90.00% (measured at 20.00%)"
+    # every reported ticket names its setting and seed count
+    assert "5.00% remaining [s0=-0.05; n = 3;" in sentence and "[level=3; n = 3;" in sentence
+
+
+def _net(method, settings, seeds=(0, 1), acc_spread=0.0):
+    """Rows of one method on vgg16: settings = [(setting, remaining, accuracy, search epochs)]."""
+    return [row("vgg16", method, "rewind", seed, setting, rw, acc + (acc_spread if seed else -acc_spread),
+                search_epochs=epochs, retrain=5)
+            for setting, rw, acc, epochs in settings for seed in seeds]
+
+
+def test_one_rule_for_missing_data_and_search_cost_at_matched_sparsity():
+    dense = _net("dense", [("dense", 1.0, 0.90, 5)], acc_spread=0.005)  # threshold 0.90 - 0.00707
+    imp = _net("imp", [(f"level={lvl}", 0.8 ** lvl, acc, 5 * (lvl + 1))
+                       for lvl, acc in ((1, 0.90), (2, 0.90), (10, 0.897), (11, 0.80))])
+    # CS's sparsest matching ticket keeps 11.0%; IMP's level 10 (10.74%) is within 5% of it: cost 55
+    # epochs, not level 11's, and CS's one run costs 15 + 5 retraining
+    cs = _net("cs", [("s0=0", 0.11, 0.899, 15), ("s0=-0.1", 0.01, 0.70, 15)])
+    verdict, sentence = claims.judge_claim2(Aggregates(dense + imp + cs))
+    assert verdict == claims.SUPPORTED
+    assert "at 11.00% remaining or sparser" in sentence and "costs 20 epochs as one s0 run" in sentence
+    assert "vs 55 epochs for IMP's (10.74% remaining [level=10;" in sentence
+    assert "the whole CS sweep of 2 runs costs 40 epochs" in sentence
+    # CS without a matching ticket loses claim 1 AND claim 2 (one rule), IMP without one loses both too
+    bad_cs = _net("cs", [("s0=0", 0.11, 0.80, 15)])
+    for judge in (claims.judge_claim1, claims.judge_claim2):
+        verdict, sentence = judge(Aggregates(dense + imp + bad_cs))
+        assert verdict == claims.NOT_SUPPORTED, sentence
+    assert "CS found no matching ticket in 20 epochs" in claims.judge_claim2(Aggregates(dense + imp + bad_cs))[1]
+    bad_imp = _net("imp", [("level=1", 0.8, 0.80, 10)])
+    assert claims.judge_claim2(Aggregates(dense + bad_imp + cs))[0] == claims.SUPPORTED
+    # nothing to compare: unknown for both
+    assert claims.judge_claim2(Aggregates(dense + _net("imp", [("level=1", 0.8, 0.8, 10)]) + bad_cs))[0] \
+        == claims.CANNOT_JUDGE
+
+
+def test_cs_vs_l0_draws_no_conclusion_from_a_single_seed(rows):
+    l0_rows = [dict(r, method="l0", test_accuracy=r["test_accuracy"] - 0.03) for r in rows
+               if r["method"] == "cs" and r["variant"] == "rewind" and r["track"] == "ticket" and r["seed"] == 0]
+    text = claims.cs_vs_l0(Aggregates(rows + l0_rows))
+    assert text.startswith("CS vs. L0: too few seeds to draw a conclusion (LeNet-300-100: CS n = 3, L0 n = 1")
+    # the margin of each ticket over the matching threshold is stated: CS's 90.5% vs 91% - 1 point
+    assert "5.00% remaining [s0=-0.05; n = 3; 0.50 points above the matching threshold] while L0" in text
+
+
+def test_pruning_table_puts_every_method_next_to_cs_at_the_same_sparsity(generated, rows):
+    out, _ = generated
+    md = (out / "tables" / "pruning.md").read_text()
+    table = _read_csv(out / "tables" / "pruning.csv")
+    gmp = [r for r in table if r["network"] == "resnet20" and r["method"] == "gmp"]
+    assert {r["setting"] for r in gmp} == {"target=0.05", "target=0.02"}
+    for r in gmp:
+        rw = float(r["remaining_pct"]) / 100
+        pruned = _stats(rows, network="resnet20", method="gmp", variant="pruned", setting=f"target={rw}")
+        tuned = _stats(rows, network="resnet20", method="gmp", variant="finetuned", setting=f"target={rw}")
+        cs = _stats(rows, network="resnet20", method="cs", variant="pruned", track="pruning",
+                    setting="s0=-0.05" if rw == 0.05 else "s0=-0.1")
+        assert float(r["pruned_test_acc_mean_pct"]) == pytest.approx(100 * pruned[0])
+        assert float(r["finetuned_test_acc_mean_pct"]) == pytest.approx(100 * tuned[0])
+        # CS has a network at exactly these sparsities: measured, not interpolated
+        assert float(r["cs_same_remaining_test_acc_pct"]) == pytest.approx(100 * cs[0])
+        assert r["cs_same_remaining_interpolated"] == "0"
+    assert "| GMP | target=0.05 | 5.00 | 88.00 ± 0.50 (n = 3) | 88.50 ± 0.50 (n = 3) | 90.00 |" in md
+    # between two CS networks the value is interpolated and marked
+    mid = [dict(r, method="l0", setting="penalty=1", remaining_weights=0.03, sparsity=0.97) for r in rows
+           if r["network"] == "resnet20" and r["method"] == "gmp" and r["variant"] == "pruned"
+           and r["setting"] == "target=0.05"]
+    table = tables.pruning_table(Aggregates(rows + mid))
+    (cell,) = [c for c in table.cells if c[0].startswith("ResNet-20") and c[1] == "L0 (hard concrete)"]
+    expected = _log_interp(0.03, 0.02, 0.87, 0.05, 0.90)
+    assert cell[-1] == f"≈{100 * expected:.2f} (interpolated)"
+
+
+def test_each_ablation_gets_one_sentence_saying_what_it_shows(rows):
+    beta1 = [dict(r, method="cs_beta1", remaining_weights=0.5, sparsity=0.5, test_accuracy=0.85) for r in rows
+             if r["method"] == "cs" and r["variant"] == "rewind" and r["setting"] == "s0=0" and r["seed"] == 0]
+    sentences = claims.ablation_sentences(Aggregates(rows + beta1))
+    assert len(sentences) == 2  # one per network
+    first = sentences[0]
+    assert first.startswith("**CS, beta = 1 + threshold** on LeNet-300-100 tests whether annealing the temperature")
+    assert "annealing matters: without it CS's tickets are worse" in first and first.endswith("One seed: indicative only.")
+    assert claims.ablation_sentences(Aggregates(rows)) == []

@@ -35,6 +35,18 @@ MATCHING_RULE = (
 #: Slack for floating-point round-off in the matching comparison (accuracies are fractions).
 MATCH_EPS = 1e-9
 
+#: Two tickets are at matched sparsity when their remaining weights differ by at most this fraction
+#: (relative): CS cannot hit a sparsity exactly, so exact equality would almost never happen.
+MATCHED_SPARSITY_TOLERANCE = 0.05
+
+#: How the report compares two methods at one sparsity, quoted in the report.
+MATCHED_SPARSITY_RULE = (
+    "Comparisons at one sparsity use a measured ticket when the method has one whose remaining weights "
+    f"are within {MATCHED_SPARSITY_TOLERANCE:.0%} (relative) of that level; otherwise the accuracy is "
+    "interpolated linearly in log(remaining weights) between the method's two nearest measured tickets, "
+    "and the report says so and names both."
+)
+
 #: The one definition of search cost used by the tables, the search-cost figure and the claims.
 SEARCH_COST_RULE = (
     "Search cost is the training epochs (or wall-clock seconds) spent to produce a ticket, plus "
@@ -242,6 +254,47 @@ def interpolate_accuracy(points: Sequence[tuple[float, float]], remaining: float
     return best[min(xs, key=lambda x: abs(x - remaining))]
 
 
+def matched_sparsity(a: float, b: float) -> bool:
+    """Whether two remaining-weight fractions count as the same sparsity (see MATCHED_SPARSITY_RULE)."""
+    return abs(a - b) <= MATCHED_SPARSITY_TOLERANCE * max(a, b)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A method's accuracy at one level of remaining weights: measured (a ticket at matched sparsity)
+    or interpolated between the two nearest measured tickets, which are kept so the report can name them."""
+
+    level: float
+    accuracy: float
+    measured_at: float | None = None  # remaining weights of the measured ticket
+    below: tuple[float, float] | None = None  # (remaining, accuracy) of the sparser neighbour
+    above: tuple[float, float] | None = None  # (remaining, accuracy) of the denser neighbour
+
+    @property
+    def interpolated(self) -> bool:
+        return self.measured_at is None
+
+
+def read_accuracy(points: Sequence[tuple[float, float]], level: float) -> Reading | None:
+    """The accuracy of ``points`` (remaining weights, accuracy) at ``level``, measured where a point is at
+    matched sparsity (the nearest one; several at one sparsity keep the best), else interpolated.
+    None outside the covered range."""
+    best: dict[float, float] = {}
+    for remaining, acc in points:
+        best[remaining] = max(acc, best.get(remaining, -math.inf))
+    if not best:
+        return None
+    nearest = min(best, key=lambda x: abs(math.log(x) - math.log(level)))
+    if matched_sparsity(nearest, level):
+        return Reading(level, best[nearest], measured_at=nearest)
+    accuracy = interpolate_accuracy(points, level)
+    if accuracy is None:
+        return None
+    below = max(x for x in best if x < level)
+    above = min(x for x in best if x > level)
+    return Reading(level, accuracy, below=(below, best[below]), above=(above, best[above]))
+
+
 def highest_common_sparsity(
     a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]
 ) -> float | None:
@@ -346,6 +399,20 @@ class Aggregates:
         lowest = min(g.remaining_mean for g in matching)
         tied = [g for g in matching if g.remaining_mean <= lowest + 1e-12]
         return max(tied, key=lambda g: g.test_acc_mean)
+
+    def cheapest_matching(self, network: str, method: str, at_most: float,
+                          unit: Unit = "epochs") -> Group | None:
+        """The matching ticket with remaining weights at most ``at_most`` (up to matched sparsity) that
+        costs least to reach; None when there is none or no dense reference."""
+        dense = self.dense(network)
+        if dense is None:
+            return None
+        found = [g for g in self.groups_for(network, method)
+                 if is_matching(g.test_acc_mean, dense)
+                 and (g.remaining_mean <= at_most or matched_sparsity(g.remaining_mean, at_most))]
+        if not found:
+            return None
+        return min(found, key=lambda g: (self.cost_to_reach(g, unit), g.remaining_mean))
 
     # ---- search cost (the only place it is computed) ------------------------------------
     @staticmethod

@@ -2,6 +2,8 @@
 
 ``ticket_search``: per network, the dense accuracy and, per method, the best ticket, the sparsest
 matching ticket and the search cost to reach it ("—" where no ticket of the method matches).
+``pruning``: the pruning track, every method at its settings, next to CS at the same sparsity.
+``controls``: every ticket next to its reinit and random-mask controls.
 ``inference_cost``: parameters and FLOPs of the dense network and of each method's sparsest
 matching ticket (nonzero).
 
@@ -17,10 +19,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cs_repro.report.aggregate import (
+    MATCHED_SPARSITY_TOLERANCE,
     MATCHING_RULE,
     STD_RULE,
     Aggregates,
     Group,
+    read_accuracy,
+    setting_sort_key,
 )
 from cs_repro.report.rows import pretty_dataset, pretty_method, pretty_network
 
@@ -38,10 +43,19 @@ class Table:
 
 
 # ---- number formatting (shared by Markdown and LaTeX) -------------------------------------------
-def fmt_acc(mean: float, std: float | None = None) -> str:
-    """Accuracy fraction -> "91.23 ± 0.45" (percent, 2 decimals)."""
+def fmt_acc(mean: float, std: float | None = None, n: int | None = None) -> str:
+    """Accuracy fraction -> "91.23 ± 0.45 (n = 3)" (percent, 2 decimals); a single seed has no spread,
+    so it reads "91.23 (n = 1)", never "± 0.00"."""
     text = f"{100 * mean:.2f}"
-    return text if std is None else f"{text} ± {100 * std:.2f}"
+    if n == 1:
+        return f"{text} (n = 1)"
+    if std is not None:
+        text += f" ± {100 * std:.2f}"
+    return text if n is None else f"{text} (n = {n})"
+
+
+def fmt_group_acc(group: Group) -> str:
+    return fmt_acc(group.test_acc_mean, group.test_acc_std, group.n_seeds)
 
 
 def fmt_remaining(fraction: float) -> str:
@@ -81,8 +95,9 @@ def provenance(meta: Mapping[str, Any] | None) -> str:
 # ---- the two tables --------------------------------------------------------------------------
 def ticket_search_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table:
     headers = ["Network", "Method", "Best ticket: test acc. (%)",
-               "Best ticket: remaining weights (%)", "Sparsest matching: remaining weights (%)",
-               "Sparsest matching: sparsity (%)", "Sparsest matching: test acc. (%)",
+               "Best ticket: remaining weights (%)", "Best ticket: setting",
+               "Sparsest matching: remaining weights (%)", "Sparsest matching: sparsity (%)",
+               "Sparsest matching: test acc. (%)", "Sparsest matching: setting",
                "Search cost to reach it (epochs)", "Incl. retraining (epochs)"]
     csv_header = ["network", "dataset", "method", "best_setting", "best_test_acc_mean_pct",
                   "best_test_acc_std_pct", "best_remaining_pct", "best_n_seeds",
@@ -96,8 +111,8 @@ def ticket_search_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) 
         title = f"{pretty_network(network)} ({pretty_dataset(agg.dataset(network))})"
         dense = agg.dense(network)
         if dense is not None:
-            cells.append([title, "Dense", fmt_acc(dense.test_acc_mean, dense.test_acc_std),
-                          "100", "", "", "", "", ""])
+            cells.append([title, "Dense", fmt_acc(dense.test_acc_mean, dense.test_acc_std, dense.n_seeds),
+                          "100", "", "", "", "", "", "", ""])
             rows.append([network, dense.dataset, "dense", "", _csv_num(100 * dense.test_acc_mean),
                          _csv_num(100 * dense.test_acc_std), "100", dense.n_seeds,
                          "", "", "", "", "", "", "", ""])
@@ -105,18 +120,18 @@ def ticket_search_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) 
             best = agg.best_ticket(network, method)
             match = agg.sparsest_matching(network, method)
             assert best is not None
-            cell = [title, pretty_method(method), fmt_acc(best.test_acc_mean, best.test_acc_std),
-                    fmt_remaining(best.remaining_mean)]
+            cell = [title, pretty_method(method), fmt_group_acc(best),
+                    fmt_remaining(best.remaining_mean), best.setting]
             row = [network, best.dataset, method, best.setting,
                    _csv_num(100 * best.test_acc_mean), _csv_num(100 * best.test_acc_std),
                    _csv_num(100 * best.remaining_mean), best.n_seeds]
             if match is None:
-                cell += [NONE_MATCH] * 5
+                cell += [NONE_MATCH] * 6
                 row += [""] * 8
             else:
                 cell += [fmt_remaining(match.remaining_mean),
                          fmt_remaining(match.sparsity_mean),
-                         fmt_acc(match.test_acc_mean, match.test_acc_std),
+                         fmt_group_acc(match), match.setting,
                          fmt_epochs(agg.search_cost(match)), fmt_epochs(agg.cost_to_reach(match))]
                 row += [match.setting, _csv_num(100 * match.remaining_mean),
                         _csv_num(100 * match.sparsity_mean), _csv_num(100 * match.test_acc_mean),
@@ -125,7 +140,7 @@ def ticket_search_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) 
             cells.append(cell)
             rows.append(row)
     caption = (
-        f"Ticket search (tickets retrained from the rewind point). Accuracies: {STD_RULE}. "
+        f"Ticket search (tickets retrained from the rewind point). Accuracies: {STD_RULE}; n = seeds. "
         f"Matching rule: {MATCHING_RULE} \"{NONE_MATCH}\": no ticket of the method matches "
         "(or there is no dense reference). Search cost to reach the sparsest matching ticket: "
         "mean recorded search epochs (for IMP these already include training the ticket); "
@@ -209,7 +224,7 @@ def controls_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Ta
                 if not any(found.values()):
                     continue
                 cell = [title, pretty_method(method), ticket.setting, fmt_remaining(ticket.remaining_mean),
-                        f"{fmt_acc(ticket.test_acc_mean, ticket.test_acc_std)} (n={ticket.n_seeds})"]
+                        fmt_group_acc(ticket)]
                 row = [network, ticket.dataset, method, ticket.setting, _csv_num(100 * ticket.remaining_mean),
                        _csv_num(100 * ticket.test_acc_mean), _csv_num(100 * ticket.test_acc_std), ticket.n_seeds]
                 for variant in CONTROL_VARIANTS:
@@ -218,7 +233,7 @@ def controls_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Ta
                         cell.append("")
                         row += ["", "", ""]
                     else:
-                        cell.append(f"{fmt_acc(group.test_acc_mean, group.test_acc_std)} (n={group.n_seeds})")
+                        cell.append(fmt_group_acc(group))
                         row += [_csv_num(100 * group.test_acc_mean), _csv_num(100 * group.test_acc_std),
                                 group.n_seeds]
                 cells.append(cell)
@@ -234,6 +249,63 @@ def controls_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Ta
     if meta:
         caption += " " + provenance(meta)
     return Table("controls", caption, headers, cells, csv_header, rows)
+
+
+#: The pruning track's variants, in column order: the network at its own trained weights, then fine-tuned.
+PRUNING_VARIANTS = ("pruned", "finetuned")
+
+
+def pruning_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table | None:
+    """The pruning track (no rewinding) with the prominence of the ticket search: every method at its own
+    settings, pruned and fine-tuned, next to CS's accuracy at the same remaining weights."""
+    headers = ["Network", "Method", "Setting", "Remaining weights (%)", "Pruned: test acc. (%)",
+               "Fine-tuned: test acc. (%)", "CS at the same remaining weights (%)"]
+    csv_header = ["network", "dataset", "method", "setting", "remaining_pct"]
+    for variant in PRUNING_VARIANTS:
+        csv_header += [f"{variant}_test_acc_mean_pct", f"{variant}_test_acc_std_pct", f"{variant}_n_seeds"]
+    csv_header += ["cs_same_remaining_test_acc_pct", "cs_same_remaining_interpolated"]
+    cells: list[list[str]] = []
+    rows: list[list[Any]] = []
+    for network in agg.networks():
+        title = f"{pretty_network(network)} ({pretty_dataset(agg.dataset(network))})"
+        cs_points = agg.pruning_points(network, "cs")
+        for method in agg.methods(network, "pruning"):
+            by_setting: dict[str, dict[str, Group]] = {}
+            for variant in PRUNING_VARIANTS:
+                for group in agg.groups_for(network, method, variant, "pruning"):
+                    by_setting.setdefault(group.setting, {})[variant] = group
+            for setting, found in sorted(by_setting.items(), key=lambda item: setting_sort_key(item[0])):
+                remaining = next(iter(found.values())).remaining_mean
+                cell = [title, pretty_method(method), setting, fmt_remaining(remaining)]
+                row = [network, agg.dataset(network), method, setting, _csv_num(100 * remaining)]
+                for variant in PRUNING_VARIANTS:
+                    group = found.get(variant)
+                    cell.append("" if group is None else fmt_group_acc(group))
+                    row += ["", "", ""] if group is None else [
+                        _csv_num(100 * group.test_acc_mean), _csv_num(100 * group.test_acc_std), group.n_seeds]
+                reading = None if method == "cs" or not cs_points else read_accuracy(cs_points, remaining)
+                if reading is None:
+                    cell.append("")
+                    row += ["", ""]
+                else:
+                    text = f"{100 * reading.accuracy:.2f}"
+                    cell.append(f"≈{text} (interpolated)" if reading.interpolated else text)
+                    row += [_csv_num(100 * reading.accuracy), int(reading.interpolated)]
+                cells.append(cell)
+                rows.append(row)
+    if not cells:
+        return None
+    caption = (
+        "Pruning track (no rewinding): each method's network at its own trained weights (pruned) and after "
+        "fine-tuning, at the method's own settings. The last column is CS's pruned accuracy (best of its "
+        "variants) at the same remaining weights: a CS network within "
+        f"{MATCHED_SPARSITY_TOLERANCE:.0%} (relative) of that sparsity where there is one, otherwise "
+        "interpolated in log(remaining weights) between CS's two nearest networks and marked \"≈ … "
+        f"(interpolated)\"; empty outside CS's range. Accuracies: {STD_RULE}; n = seeds."
+    )
+    if meta:
+        caption += " " + provenance(meta)
+    return Table("pruning", caption, headers, cells, csv_header, rows)
 
 
 def _md_cell(text: str) -> str:
@@ -255,7 +327,7 @@ def to_markdown(table: Table, with_caption: bool = True) -> str:
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                   "^": r"\textasciicircum{}"}
-_LATEX_UNICODE = {"±": r"$\pm$", "—": "---", "×": r"$\times$", "≥": r"$\geq$", "−": "$-$",
+_LATEX_UNICODE = {"±": r"$\pm$", "≈": r"$\approx$", "—": "---", "×": r"$\times$", "≥": r"$\geq$", "−": "$-$",
                   "·": r"$\cdot$", "σ": r"$\sigma$", "β": r"$\beta$"}
 
 
@@ -305,7 +377,8 @@ def write_table(table: Table, out_dir: Path) -> list[Path]:
 
 
 def make_tables(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> list[Table]:
-    tables = [ticket_search_table(agg, meta), inference_cost_table(agg, meta), controls_table(agg, meta)]
+    tables = [ticket_search_table(agg, meta), pruning_table(agg, meta), inference_cost_table(agg, meta),
+              controls_table(agg, meta)]
     return [table for table in tables if table is not None]
 
 

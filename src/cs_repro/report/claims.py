@@ -1,0 +1,430 @@
+"""The report's judgements: the paper's three claims, CS vs. L0, the ablations, the scope and the
+limitations of a run, each stated as sentences built from this run's numbers.
+
+One rule for every verdict (:data:`VERDICT_RULE`): a comparison is yes, no or unknown; a method without a
+matching ticket where the other has one loses that comparison; a comparison that cannot be made is
+unknown.  Every number the sentences quote says how it was obtained: a measured ticket names its setting
+and seed count, an interpolated accuracy says so and names the two measured tickets it lies between.
+The writers (:mod:`cs_repro.report.markdown`) only place these sentences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from cs_repro.report.aggregate import (
+    Aggregates,
+    Group,
+    Reading,
+    highest_common_sparsity,
+    matched_sparsity,
+    read_accuracy,
+)
+from cs_repro.report.rows import pretty_dataset, pretty_method, pretty_network, pretty_variant
+from cs_repro.report.tables import fmt_remaining
+
+SUPPORTED = "Supported"
+NOT_SUPPORTED = "Not supported"
+CANNOT_JUDGE = "Cannot be judged from this run"
+
+#: The paper's three claims as the report states and judges them (docs/method.md, "The paper's claims",
+#: lists the same sentences; a test keeps the two equal).
+PAPER_CLAIMS = (
+    "CS finds matching subnetworks sparser than IMP's, and at high sparsity its tickets are "
+    "more accurate.",
+    "CS ticket search costs fewer training epochs than IMP and is embarrassingly parallel over s0.",
+    "As a pruning method (no rewinding, trained weights kept), CS beats magnitude-based pruning.",
+)
+
+#: The one rule that turns comparisons into a verdict, quoted in the report.
+VERDICT_RULE = (
+    "Each claim is split into comparisons, one per network (and per baseline for claim 3). A method that "
+    "has no matching ticket where the other has one loses that comparison; a comparison that cannot be "
+    "made (no dense run, no common sparsity, neither method matching) is unknown. A claim is supported "
+    "when every comparison favours CS, not supported when any comparison goes against it, and cannot be "
+    "judged otherwise."
+)
+
+#: Where the paper makes its claims; a run elsewhere can only say what this code does there.
+PAPER_SETTING = ("ResNet-20 and VGG-16 on CIFAR-10 (85 epochs per round; ResNet-50 on ImageNet for "
+                 "claim 3)")
+PAPER_NETWORKS = frozenset({"resnet20", "vgg16"})
+
+#: Pruning-track methods that count as magnitude-based baselines for claim 3.
+MAGNITUDE_METHODS = frozenset({"gmp", "imp", "imp_c", "magnitude_rewind", "magnitude_finetune"})
+
+YES, NO, UNKNOWN = "yes", "no", "unknown"
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """An ablation run as its own method: the method it changes, the track it is read on, the one question
+    it answers and what the answer means either way."""
+
+    method: str
+    base: str
+    track: str
+    question: str
+    if_base_better: str
+    if_ablation_not_worse: str
+
+
+#: Each ablation the pipeline can run.
+ABLATIONS = (
+    Ablation("cs_beta1", "cs", "ticket",
+             "whether annealing the temperature matters (β fixed at 1, mask thresholded after training)",
+             "annealing matters: without it CS's tickets are worse",
+             "annealing is not what makes CS's tickets good here"),
+    Ablation("cs_released_clamp", "cs", "ticket",
+             "whether the released code's clamp of the mask parameters changes CS's tickets",
+             "the paper's rule gives the better tickets here",
+             "the released clamp does at least as well here, so the discrepancy does not favour the paper's rule"),
+    Ablation("gmp_cs_layers", "gmp", "pruning",
+             "whether CS's layer-wise sparsities, handed to GMP, are what makes CS's masks good",
+             "GMP with its own global budget does better, so CS's layer budgets alone do not help GMP",
+             "CS's layer budgets make GMP at least as good, so part of CS's result lies in where it keeps weights"),
+)
+
+
+def is_magnitude_method(method: str) -> bool:
+    return method in MAGNITUDE_METHODS
+
+
+# ---- how numbers are quoted ----------------------------------------------------------------------
+def pct(fraction: float) -> str:
+    return f"{fmt_remaining(fraction)}%"
+
+
+def acc(fraction: float) -> str:
+    return f"{100 * fraction:.2f}%"
+
+
+def seeds_text(n: int) -> str:
+    return f"n = {n}"
+
+
+def ticket_text(agg: Aggregates, group: Group) -> str:
+    """'8.44% remaining [s0=0; n = 2; 0.57 points above the matching threshold]'."""
+    parts = [group.setting, seeds_text(group.n_seeds)]
+    dense = agg.dense(group.network)
+    if dense is not None:
+        margin = 100 * (group.test_acc_mean - dense.threshold)
+        side = "above" if margin >= 0 else "below"
+        parts.append(f"{abs(margin):.2f} points {side} the matching threshold")
+    return f"{pct(group.remaining_mean)} remaining [{'; '.join(parts)}]"
+
+
+def reading_text(reading: Reading) -> str:
+    """A measured accuracy as it is; an interpolated one marked, with the two tickets it lies between."""
+    if not reading.interpolated:
+        assert reading.measured_at is not None
+        if matched_sparsity(reading.measured_at, reading.level) and abs(
+                reading.measured_at - reading.level) > 1e-9 * reading.level:
+            return f"{acc(reading.accuracy)} (measured at {pct(reading.measured_at)})"
+        return f"{acc(reading.accuracy)} (measured)"
+    assert reading.below is not None and reading.above is not None
+    return (f"about {acc(reading.accuracy)} (interpolated, nothing measured there: between "
+            f"{acc(reading.below[1])} at {pct(reading.below[0])} and {acc(reading.above[1])} at "
+            f"{pct(reading.above[0])})")
+
+
+def verdict_of(statuses: list[str]) -> str:
+    """:data:`VERDICT_RULE` applied to a claim's comparisons."""
+    if NO in statuses:
+        return NOT_SUPPORTED
+    if statuses and all(s == YES for s in statuses):
+        return SUPPORTED
+    return CANNOT_JUDGE
+
+
+def _combine(*parts: str) -> str:
+    if NO in parts:
+        return NO
+    return YES if all(p == YES for p in parts) else UNKNOWN
+
+
+# ---- claim 1: sparser matching tickets, more accurate at high sparsity ----------------------------
+def compare_accuracy(agg: Aggregates, network: str, method: str, other: str,
+                     track: str = "ticket") -> tuple[str, str]:
+    """(status, clause): who is more accurate at the sparsest level both methods reach."""
+    get = agg.ticket_points if track == "ticket" else agg.pruning_points
+    pts, other_pts = get(network, method), get(network, other)
+    common = highest_common_sparsity(pts, other_pts)
+    a, b = pretty_method(method), pretty_method(other)
+    if common is None:
+        return UNKNOWN, f"{a} and {b} cover no common sparsity"
+    mine, theirs = read_accuracy(pts, common), read_accuracy(other_pts, common)
+    assert mine is not None and theirs is not None
+    status = YES if mine.accuracy > theirs.accuracy else NO
+    return status, (f"at {pct(common)} remaining (the sparsest level both reach) {a} reaches "
+                    f"{reading_text(mine)} vs {reading_text(theirs)} for {b}")
+
+
+def ticket_comparison(agg: Aggregates, network: str, method: str,
+                      other: str) -> tuple[str, str, str] | None:
+    """(sparser, more accurate, clause) for two ticket-search methods on one network: whose sparsest
+    matching ticket is sparser, and who is more accurate at the sparsest level both reach. None if either
+    is absent."""
+    if not agg.ticket_points(network, method) or not agg.ticket_points(network, other):
+        return None
+    a, b = pretty_method(method), pretty_method(other)
+    if agg.dense(network) is None:
+        sparse, text_a = UNKNOWN, "matching is undefined (no dense run)"
+    else:
+        m, o = agg.sparsest_matching(network, method), agg.sparsest_matching(network, other)
+        if m is None and o is None:
+            sparse, text_a = UNKNOWN, f"neither {a} nor {b} has a matching ticket"
+        elif m is None:
+            assert o is not None
+            sparse, text_a = NO, f"{a} has no matching ticket while {b}'s sparsest keeps {ticket_text(agg, o)}"
+        elif o is None:
+            sparse, text_a = YES, f"{a}'s sparsest matching ticket keeps {ticket_text(agg, m)} while {b} has none"
+        else:
+            if matched_sparsity(m.remaining_mean, o.remaining_mean):
+                sparse = UNKNOWN
+            else:
+                sparse = YES if m.remaining_mean < o.remaining_mean else NO
+            text_a = (f"{a}'s sparsest matching ticket keeps {ticket_text(agg, m)} vs "
+                      f"{ticket_text(agg, o)} for {b}")
+    accurate, text_b = compare_accuracy(agg, network, method, other)
+    return sparse, accurate, f"on {pretty_network(network)}, {text_a}, and {text_b}"
+
+
+def compare_tickets(agg: Aggregates, network: str, method: str, other: str) -> tuple[str, str] | None:
+    """(status, clause): :func:`ticket_comparison` with both parts combined (yes only if both are yes)."""
+    found = ticket_comparison(agg, network, method, other)
+    if found is None:
+        return None
+    sparse, accurate, clause = found
+    return _combine(sparse, accurate), clause
+
+
+def judge_claim1(agg: Aggregates) -> tuple[str, str]:
+    compared = [c for n in agg.networks() if (c := compare_tickets(agg, n, "cs", "imp")) is not None]
+    verdict = verdict_of([status for status, _ in compared])
+    if not compared:
+        return verdict, f"{verdict}: no network has both CS and IMP tickets in this run."
+    return verdict, f"{verdict}: " + "; ".join(clause for _, clause in compared) + "."
+
+
+# ---- claim 2: cheaper in epochs (at matched sparsity), parallel over s0 ---------------------------
+def compare_search_cost(agg: Aggregates, network: str) -> tuple[str, str] | None:
+    """(status, clause): epochs to a matching ticket at the sparsest level where both CS and IMP have one."""
+    cs_seq, imp_seq = agg.search_curve(network, "cs"), agg.search_curve(network, "imp")
+    if cs_seq is None or imp_seq is None:
+        return None
+    name = pretty_network(network)
+    sweep = (f"the whole CS sweep of {len(cs_seq.points)} runs costs {cs_seq.final_cost:.0f} epochs "
+             "run one after another")
+    if agg.dense(network) is None:
+        return UNKNOWN, f"on {name}, matching is undefined (no dense run)"
+    cs_m, imp_m = agg.sparsest_matching(network, "cs"), agg.sparsest_matching(network, "imp")
+    if cs_m is None and imp_m is None:
+        return UNKNOWN, f"on {name}, neither CS nor IMP has a matching ticket"
+    if cs_m is None:
+        assert imp_m is not None
+        return NO, (f"on {name}, CS found no matching ticket in {cs_seq.final_cost:.0f} epochs (its whole "
+                    f"sweep) while IMP reached one ({ticket_text(agg, imp_m)}) after "
+                    f"{agg.cost_to_reach(imp_m):.0f} epochs")
+    if imp_m is None:
+        return YES, (f"on {name}, CS's matching ticket {ticket_text(agg, cs_m)} costs "
+                     f"{agg.cost_to_reach(cs_m):.0f} epochs as one s0 run while IMP found none in "
+                     f"{imp_seq.final_cost:.0f} epochs ({sweep})")
+    level = max(cs_m.remaining_mean, imp_m.remaining_mean)
+    cs_g, imp_g = agg.cheapest_matching(network, "cs", level), agg.cheapest_matching(network, "imp", level)
+    assert cs_g is not None and imp_g is not None
+    cs_cost, imp_cost = agg.cost_to_reach(cs_g), agg.cost_to_reach(imp_g)
+    status = YES if cs_cost < imp_cost else NO
+    return status, (f"on {name}, at {pct(level)} remaining or sparser (the sparsest level where both have a "
+                    f"matching ticket) CS's cheapest matching ticket ({ticket_text(agg, cs_g)}) costs "
+                    f"{cs_cost:.0f} epochs as one s0 run, the wall-clock cost with the sweep run in "
+                    f"parallel, vs {imp_cost:.0f} epochs for IMP's ({ticket_text(agg, imp_g)}); {sweep}")
+
+
+def judge_claim2(agg: Aggregates) -> tuple[str, str]:
+    compared = [c for n in agg.networks() if (c := compare_search_cost(agg, n)) is not None]
+    verdict = verdict_of([status for status, _ in compared])
+    if not compared:
+        return verdict, f"{verdict}: no network has both CS and IMP tickets in this run."
+    return verdict, f"{verdict}: " + "; ".join(clause for _, clause in compared) + "."
+
+
+# ---- claim 3: CS as a pruning method vs magnitude pruning ----------------------------------------
+def judge_claim3(agg: Aggregates) -> tuple[str, str]:
+    if not agg.has_track("pruning"):
+        return CANNOT_JUDGE, f"{CANNOT_JUDGE}: the pruning track was not run in this profile."
+    statuses, clauses = [], []
+    for network in agg.networks():
+        baselines = [m for m in agg.methods(network, "pruning") if is_magnitude_method(m)]
+        if not agg.pruning_points(network, "cs") or not baselines:
+            continue
+        parts = []
+        for method in baselines:
+            status, clause = compare_accuracy(agg, network, "cs", method, track="pruning")
+            statuses.append(status)
+            parts.append(clause)
+        clauses.append(f"on {pretty_network(network)}, " + "; ".join(parts))
+    verdict = verdict_of(statuses)
+    if not clauses:
+        return verdict, (f"{verdict}: the pruning track holds no pair of CS and a magnitude-based "
+                         "baseline on the same network.")
+    return verdict, (f"{verdict} (best of pruned/fine-tuned per setting): " + "; ".join(clauses) + ".")
+
+
+def judge_claims(agg: Aggregates) -> list[tuple[str, str]]:
+    return [judge_claim1(agg), judge_claim2(agg), judge_claim3(agg)]
+
+
+# ---- CS vs. L0 -----------------------------------------------------------------------------------
+#: The variant that carries a method's result on each track (the others are controls).
+MAIN_VARIANTS = {"ticket": ("rewind",), "pruning": ("pruned", "finetuned")}
+
+
+def fewest_seeds(agg: Aggregates, network: str, method: str, track: str = "ticket") -> int:
+    """The smallest seed count over a method's settings (its main variants only, not its controls)."""
+    groups = [g for g in agg.groups if g.network == network and g.method == method and g.track == track
+              and g.variant in MAIN_VARIANTS[track]]
+    return min((g.n_seeds for g in groups), default=0)
+
+
+def cs_vs_l0(agg: Aggregates) -> str:
+    """The reviewers' question in one paragraph, with seed counts and margins; a conclusion only when
+    both methods ran with at least two seeds."""
+    networks = [n for n in agg.networks() if compare_tickets(agg, n, "cs", "l0") is not None]
+    if not networks:
+        return "CS vs. L0: not compared; this run has no network with both CS and L0 tickets."
+    compared = [compare_tickets(agg, n, "cs", "l0") for n in networks]
+    statuses = [c[0] for c in compared if c is not None]
+    counts = {n: (fewest_seeds(agg, n, "cs"), fewest_seeds(agg, n, "l0")) for n in networks}
+    few = [n for n, (cs_n, l0_n) in counts.items() if min(cs_n, l0_n) < 2]
+    if few:
+        lead = ("too few seeds to draw a conclusion (" + "; ".join(
+            f"{pretty_network(n)}: CS {seeds_text(counts[n][0])}, L0 {seeds_text(counts[n][1])} per setting"
+            for n in few) + "), so the numbers are stated without one")
+    elif all(status == YES for status in statuses):
+        lead = "CS finds sparser matching tickets and is more accurate at the sparsest common level"
+    elif all(status == NO for status in statuses):
+        lead = "CS does not beat L0 here"
+    else:
+        lead = "the comparison is mixed or undecided"
+    text = f"CS vs. L0: {lead}: " + "; ".join(c[1] for c in compared if c is not None) + "."
+    pruning = []
+    for network in agg.networks():
+        if agg.pruning_points(network, "cs") and agg.pruning_points(network, "l0"):
+            _, clause = compare_accuracy(agg, network, "cs", "l0", track="pruning")
+            pruning.append(f"on {pretty_network(network)}, {clause}")
+    if pruning:
+        text += " As pruning methods (trained weights, no rewinding): " + "; ".join(pruning) + "."
+    return text + (" L0's gates need their own penalty sweep and optimiser settings (see README), a "
+                   "tuning cost like CS's s0.")
+
+
+# ---- ablations -----------------------------------------------------------------------------------
+def ablation_sentences(agg: Aggregates) -> list[str]:
+    """One sentence per ablation that ran: what it tests, the numbers, and what they show."""
+    sentences = []
+    for ablation in ABLATIONS:
+        for network in agg.networks():
+            if not agg.methods(network, ablation.track) or ablation.method not in agg.methods(network, ablation.track):
+                continue
+            name, base = pretty_method(ablation.method), pretty_method(ablation.base)
+            n = fewest_seeds(agg, network, ablation.method, ablation.track)
+            if ablation.track == "ticket":
+                compared = ticket_comparison(agg, network, ablation.base, ablation.method)
+                if compared is None:
+                    continue
+                sparse, accurate, clause = compared
+                clause = clause.split(", ", 1)[1]
+                parts = {"keeps fewer weights in its sparsest matching ticket": sparse,
+                         "is more accurate at the sparsest level both reach": accurate}
+            else:
+                if not agg.pruning_points(network, ablation.base):
+                    continue
+                accurate, clause = compare_accuracy(agg, network, ablation.base, ablation.method, "pruning")
+                parts = {"is more accurate at the sparsest level both reach": accurate}
+            statuses = set(parts.values())
+            if statuses == {YES}:
+                shows = ablation.if_base_better
+            elif statuses == {NO}:
+                shows = ablation.if_ablation_not_worse
+            elif UNKNOWN in statuses:
+                shows = "the numbers do not decide it"
+            else:
+                wins = [what for what, status in parts.items() if status == YES]
+                losses = [what for what, status in parts.items() if status == NO]
+                shows = (f"the result is mixed: {base} " + " and ".join(wins) + ", while the ablation "
+                         + " and ".join(losses))
+            caution = " One seed: indicative only." if n < 2 else ""
+            sentences.append(f"**{name}** on {pretty_network(network)} tests {ablation.question}: {clause}; "
+                             f"{shows}.{caution}")
+    return sentences
+
+
+# ---- scope and limitations -----------------------------------------------------------------------
+def scope_sentence(agg: Aggregates, meta: Mapping[str, Any]) -> str:
+    """Where this run's verdicts come from, next to where the paper's come from."""
+    parts = []
+    for network in agg.networks():
+        dense = [g for g in agg.groups if g.network == network and g.method == "dense"]
+        epochs = f", {dense[0].search_epochs:.0f} training epochs per run" if dense else ""
+        parts.append(f"{pretty_network(network)} on {pretty_dataset(agg.dataset(network))}{epochs}")
+    seeds = meta.get("seeds")
+    seed_text = (f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
+                 if isinstance(seeds, list) else "seeds not recorded")
+    text = (f"**Scope.** These verdicts come from the {meta.get('profile', 'unnamed')} profile: "
+            f"{'; '.join(parts)}; {seed_text}. The paper's claims are made on {PAPER_SETTING}.")
+    if set(agg.networks()) <= PAPER_NETWORKS:
+        return text + " This run uses the paper's networks, so its verdicts bear on the paper directly."
+    return text + (" So the verdicts say what this code finds on these networks; they neither confirm nor "
+                   "refute the paper's numbers, only whether its claims carry over here.")
+
+
+def limitations(agg: Aggregates, meta: Mapping[str, Any], verdicts: list[tuple[str, str]]) -> list[str]:
+    """The Limitations section: exact sparsity, tuning cost, what the run can say, where it disagrees."""
+    items = []
+    landed = []
+    for network in agg.networks():
+        groups = agg.groups_for(network, "cs")
+        if groups:
+            landed.append(f"{pretty_network(network)}: " + ", ".join(
+                f"{pct(g.remaining_mean)} [{g.setting}]" for g in sorted(groups, key=lambda g: -g.remaining_mean)))
+    if landed:
+        items.append("**CS cannot hit an exact sparsity.** Its sparsity is an outcome of s0 (and λ, β_T), "
+                     "not a target; this run's CS tickets landed at " + "; ".join(landed) + ". Comparisons "
+                     "at a given sparsity therefore use the nearest measured ticket or an interpolation, "
+                     "marked as such wherever it appears.")
+    costs = []
+    for network in agg.networks():
+        curve = agg.search_curve(network, "cs")
+        if curve is not None:
+            costs.append(f"{pretty_network(network)}: {len(curve.points)} s0 values, "
+                         f"{curve.final_cost:.0f} epochs per seed")
+    l0 = [f"{pretty_network(n)}: {len(agg.groups_for(n, 'l0'))} penalties" for n in agg.networks()
+          if agg.groups_for(n, "l0")]
+    if costs:
+        items.append("**CS's hyperparameters must be searched, and that costs training.** The s0 sweep "
+                     "(search and retraining) cost " + "; ".join(costs) + ". λ, β_T and weight decay "
+                     "were fixed at the paper's values, not searched, so their sensitivity is not measured "
+                     "by this run." + (" L0 needs the same kind of sweep (" + "; ".join(l0) + ")." if l0 else ""))
+    single = sorted({pretty_method(g.method) if g.variant in MAIN_VARIANTS[g.track]
+                     else f"{pretty_method(g.method)} ({pretty_variant(g.variant)} control)"
+                     for g in agg.groups if g.n_seeds < 2 and g.method != "dense"})
+    seeds = meta.get("seeds")
+    n_seeds = len(seeds) if isinstance(seeds, list) else None
+    text = ("**What this run can say.** "
+            + (f"With {n_seeds} seed{'s' if n_seeds > 1 else ''}, " if n_seeds else "")
+            + "a difference smaller than the spread over seeds is not a result, and the matching rule "
+            "depends on the dense network's spread over the same seeds.")
+    if single:
+        text += (" These methods ran with one seed (n = 1) for at least one setting, so their numbers "
+                 "carry no spread: " + ", ".join(single) + ".")
+    items.append(text)
+    against = [f"claim {i} ({verdict.lower()})" for i, (verdict, _) in enumerate(verdicts, start=1)
+               if verdict != SUPPORTED]
+    if against:
+        items.append("**Where this run does not support the paper:** " + ", ".join(against)
+                     + "; the sentences under Claims give the numbers.")
+    else:
+        items.append("**Where this run does not support the paper:** nowhere; every claim is supported here.")
+    return items
