@@ -242,14 +242,71 @@ def test_other_figures(agg):
     labels = _legend_labels(fig)
     assert any("CS, sequential" in lab for lab in labels)
     assert any("parallel" in lab for lab in labels) and "IMP" in labels
+    # the two rows have their own titles
+    assert [ax.get_title() for ax in fig.axes] == [f"{TITLES[n]}\n(cost in epochs)" for n in NETWORKS] + [
+        f"{TITLES[n]}\n(cost in wall-clock seconds)" for n in NETWORKS]
     assert figures.pruning(agg).axes[0].get_title() == TITLES["lenet300_100"]
     assert figures.pruning(Aggregates([r for r in fixture_rows() if r["track"] == "ticket"])) is None
-    # layer target: CS sparsest matching (s0=-0.05, 5%); IMP's closest is level=4 (40.96%)
-    assert figures.layer_target(agg, "resnet20") == pytest.approx(0.05)
-    chosen = figures.closest_group(agg.groups_for("resnet20", "imp"), 0.05)
-    assert chosen.setting == "level=4"
+    # layers are compared at matched sparsity: CS's sparsest ticket with an IMP ticket within 5% is
+    # s0=0.05 (50%) next to level=3 (51.2%); not CS's sparsest matching ticket (5%, IMP's nearest 41%)
+    chosen, matched = figures.layer_pair(agg, "resnet20")
+    assert [(m, g.setting) for m, g in chosen] == [("cs", "s0=0.05"), ("imp", "level=3")] and matched
     fig = figures.layer_sparsity(agg)
     assert len(fig.legends) == 1 and len(fig.axes[0].patches) == 2 * len(LAYERS)
+    assert "(CS [s0=0.05] 50% vs IMP [level=3] 51.2% overall)" in fig.axes[0].get_title()
+    # no pair within 5%: the closest one, and the title says it is not matched
+    far = [r for r in fixture_rows() if not (r["method"] == "cs" and r["setting"] == "s0=0.05")]
+    chosen, matched = figures.layer_pair(Aggregates(far), "resnet20")
+    assert [g.setting for _, g in chosen] == ["s0=0", "level=4"] and not matched
+    assert "NOT matched" in figures.layer_sparsity(Aggregates(far)).axes[1].get_title()
+
+
+def _inside(fig, box) -> bool:
+    return box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+
+
+def _legend_inside(fig) -> bool:
+    """The legend and every panel title lie inside the canvas that is saved."""
+    fig.canvas.draw()
+    return _inside(fig, fig.legends[0].get_window_extent()) and all(
+        _inside(fig, ax.title.get_window_extent()) for ax in fig.axes)
+
+
+def test_every_legend_fits_inside_its_figure(rows, tmp_path):
+    """The shared legend is never cut off, however many and however long its entries are."""
+    extra = []
+    for method in ("cs_beta1", "cs_released_clamp", "gmp_cs_layers", "l0", "magnitude_finetune"):
+        extra += [dict(r, method=method) for r in rows if r["method"] == "gmp"]
+    many = Aggregates(rows + extra)
+    drawn = [figures.ticket_search(many, show_optional=True), figures.pruning(many, show_optional=True),
+             figures.search_cost(many, show_optional=True), figures.layer_sparsity(many)]
+    for fig in drawn:
+        assert _legend_inside(fig), fig.legends[0].get_texts()[0].get_text()
+    # one panel with many long entries: fewer columns, still inside
+    one = Aggregates([r for r in rows + extra if r["network"] == "resnet20"])
+    fig = figures.search_cost(one, show_optional=True)
+    assert _legend_inside(fig) and fig.legends[0]._ncols < figures.LEGEND_MAX_COLUMNS
+    fig.savefig(tmp_path / "one.png")  # the saved canvas is the one measured
+
+
+def test_pruning_figure_gives_every_method_its_colour_and_keeps_ablations_optional(rows):
+    extra = [dict(r, method=m, test_accuracy=r["test_accuracy"] - 0.3 if m == "cs_beta1" else r["test_accuracy"])
+             for m in ("cs_beta1", "cs_released_clamp", "l0") for r in rows if r["method"] == "gmp"]
+    many = Aggregates(rows + extra)
+    default = _legend_labels(figures.pruning(many))
+    assert not any("beta" in label or "clamp" in label for label in default)
+    full = figures.pruning(many, show_optional=True)
+    colours = {}
+    for line in full.axes[0].get_lines():
+        method = line.get_label().split(" (")[0]
+        if not line.get_label().startswith("Dense"):
+            colours.setdefault(method, set()).add(line.get_color())
+    assert len(colours) == 5 and all(len(c) == 1 for c in colours.values())
+    assert len({next(iter(c)) for c in colours.values()}) == 5  # no two methods share a colour
+    # a network where only CS ran says so instead of looking like a hidden baseline
+    only_cs = Aggregates([r for r in rows if r["track"] == "ticket" or r["method"] == "cs"])
+    notes = [t.get_text() for t in figures.pruning(only_cs).axes[0].texts]
+    assert notes == ["only CS ran on this network"]
 
 
 def _read_csv(path):

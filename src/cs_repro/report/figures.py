@@ -9,6 +9,7 @@ built without pyplot, so nothing global is kept alive.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -17,10 +18,11 @@ import matplotlib
 matplotlib.use("Agg")
 
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from cs_repro.report.aggregate import CHAIN_METHODS, Aggregates, Group  # noqa: E402
+from cs_repro.report.aggregate import CHAIN_METHODS, Aggregates, Group, matched_sparsity  # noqa: E402
 from cs_repro.report.rows import (  # noqa: E402
     pretty_dataset,
     pretty_method,
@@ -40,9 +42,10 @@ X_REMAINING = "Remaining weights (%)"
 Y_ACCURACY = "Test accuracy (%)"
 
 #: Methods drawn only with ``show_optional=True`` (besides the non-"rewind" ticket controls):
-#: IMP-C and the ablations, which would crowd the headline figure.
+#: IMP-C and the ablations, which would crowd the headline and pruning figures.
 OPTIONAL_METHODS = frozenset({"imp_c", "cs_beta1", "cs_released_clamp", "gmp_cs_layers"})
 
+#: One colour per method, none shared, so that every line in a figure can be told apart.
 _COLORS = {
     "cs": "#d62728",
     "imp": "#1f77b4",
@@ -51,8 +54,12 @@ _COLORS = {
     "gmp": "#9467bd",
     "magnitude_rewind": "#8c564b",
     "magnitude_finetune": "#e377c2",
+    "cs_beta1": "#ff7f0e",
+    "cs_released_clamp": "#bcbd22",
+    "gmp_cs_layers": "#393b79",
+    "cs_released_scale": "#843c39",
 }
-_SPARE_COLORS = ("#ff7f0e", "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#843c39")
+_SPARE_COLORS = ("#7f7f7f", "#637939", "#8c6d31", "#7b4173", "#3182bd", "#e6550d")
 _VARIANT_STYLE = {"rewind": "-", "pruned": "-", "finetuned": "--", "reinit": "--",
                   "random": ":"}
 _MARKERS = {"rewind": "o", "pruned": "o", "finetuned": "s", "reinit": "v", "random": "x"}
@@ -76,6 +83,7 @@ def _pct(value: float, _pos: object = None) -> str:
 
 def _new_figure(n_panels: int, n_rows: int = 1) -> tuple[Figure, list[list[Axes]]]:
     fig = Figure(figsize=(PANEL_W * n_panels, PANEL_H * n_rows + 1.2), layout="constrained")
+    FigureCanvasAgg(fig)  # a real canvas, so that text can be measured before saving
     axes = fig.subplots(n_rows, n_panels, squeeze=False)
     return fig, [list(row) for row in axes]
 
@@ -96,17 +104,31 @@ def _remaining_axis(ax: Axes) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+#: Most legend columns tried; fewer are used when the entries would not fit the figure's width.
+LEGEND_MAX_COLUMNS = 4
+
+
 def _shared_legend(fig: Figure, axes: list[Axes]) -> None:
-    """ONE legend below the panels with each label once, in drawing order."""
+    """ONE legend below the panels with each label once, in drawing order, laid out in as many columns as
+    fit the figure's width (measured on the renderer, not guessed from label lengths)."""
     handles, labels = [], []
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4),
-                   fontsize=LEGEND_PT, frameon=False)
+    if not handles:
+        return
+    renderer = fig.canvas.get_renderer()
+    for ncols in range(min(len(labels), LEGEND_MAX_COLUMNS), 0, -1):
+        legend = fig.legend(handles, labels, loc="outside lower center", ncols=ncols,
+                            fontsize=LEGEND_PT, frameon=False)
+        if legend.get_window_extent(renderer).width <= 0.98 * fig.bbox.width or ncols == 1:
+            break
+        legend.remove()
+    width = legend.get_window_extent(renderer).width
+    if width > 0.98 * fig.bbox.width:  # even one column is too wide: widen the figure to hold it
+        fig.set_figwidth(fig.get_figwidth() * width / (0.95 * fig.bbox.width))
 
 
 def _dense_band(ax: Axes, agg: Aggregates, network: str) -> None:
@@ -146,26 +168,28 @@ def _save(fig: Figure, out_dir: Path | None, name: str) -> None:
     fig.savefig(out_dir / f"{name}.pdf")
 
 
-def _suptitle(fig: Figure, text: str) -> None:
-    fig.suptitle(text, fontsize=TITLE_PT + 1)
-
-
 # ---------------------------------------------------------------------------------------------
 def _accuracy_panels(agg: Aggregates, track: str, include: Callable[[str, str], bool],
                      out_dir: Path | None, name: str) -> Figure | None:
     """Test accuracy vs remaining weights, one panel per network, for the (method, variant) pairs of
-    `track` that `include` accepts; dense band, shared legend."""
+    `track` that `include` accepts; dense band, shared legend.  A panel where only one method ran says
+    so, so that a missing baseline is not mistaken for one hidden behind another line."""
     networks = [n for n in agg.networks() if agg.methods(n, track)]
     if not networks:
         return None
     fig, axes = _new_figure(len(networks))
     for ax, network in zip(axes[0], networks):
         _dense_band(ax, agg, network)
+        drawn = set()
         for method in agg.methods(network, track):
             for variant in agg.variants(network, method, track):
                 groups = agg.groups_for(network, method, variant, track) if include(method, variant) else []
                 if groups:
                     _draw_groups(ax, groups, method, variant)
+                    drawn.add(method)
+        if len(drawn) == 1:
+            ax.text(0.03, 0.03, f"only {pretty_method(next(iter(drawn)))} ran on this network",
+                    transform=ax.transAxes, fontsize=TICK_PT, color=DENSE_COLOR, va="bottom")
         _remaining_axis(ax)
         _style_axes(ax, X_REMAINING, Y_ACCURACY)
         ax.set_title(panel_title(network, agg.dataset(network)), fontsize=TITLE_PT)
@@ -187,15 +211,17 @@ def ticket_search(agg: Aggregates, out_dir: Path | None = None,
     return _accuracy_panels(agg, "ticket", include, out_dir, "ticket_search")
 
 
-def pruning(agg: Aggregates, out_dir: Path | None = None) -> Figure | None:
-    """Pruning track (no rewinding): accuracy of the pruned / fine-tuned networks."""
-    return _accuracy_panels(agg, "pruning", lambda method, variant: True, out_dir, "pruning")
+def pruning(agg: Aggregates, out_dir: Path | None = None, show_optional: bool = False) -> Figure | None:
+    """Pruning track (no rewinding): accuracy of the pruned / fine-tuned networks of every method that ran;
+    the ablations only with ``show_optional`` (one of them can sit far below the rest and squash the axis)."""
+    return _accuracy_panels(agg, "pruning", lambda method, variant: show_optional or method not in OPTIONAL_METHODS,
+                            out_dir, "pruning")
 
 
 def _search_label(method: str, mode: str) -> str:
     name = pretty_method(method)
     if mode == "parallel":
-        return f"{name}, parallel over settings (longest single run)"
+        return f"{name}, parallel (longest single run)"
     return name if method in CHAIN_METHODS else f"{name}, sequential"
 
 
@@ -206,9 +232,9 @@ def search_cost(agg: Aggregates, out_dir: Path | None = None,
     if not networks:
         return None
     fig, axes = _new_figure(len(networks), n_rows=2)
-    units = (("epochs", "Training epochs spent (epochs)"),
-             ("seconds", "Wall-clock time spent (s)"))
-    for row, (unit, xlabel) in enumerate(units):
+    units = (("epochs", "Training epochs spent (epochs)", "cost in epochs"),
+             ("seconds", "Wall-clock time spent (s)", "cost in wall-clock seconds"))
+    for row, (unit, xlabel, what) in enumerate(units):
         for ax, network in zip(axes[row], networks):
             _dense_band(ax, agg, network)
             for method in agg.methods(network, "ticket", "rewind"):
@@ -224,7 +250,7 @@ def search_cost(agg: Aggregates, out_dir: Path | None = None,
                             drawstyle="steps-post", marker="o", markersize=5,
                             label=_search_label(method, mode))
             _style_axes(ax, xlabel, "Best test accuracy so far (%)")
-            ax.set_title(panel_title(network, agg.dataset(network)), fontsize=TITLE_PT)
+            ax.set_title(f"{panel_title(network, agg.dataset(network))}\n({what})", fontsize=TITLE_PT)
     _shared_legend(fig, axes[0] + axes[1])
     _save(fig, out_dir, "search_cost")
     return fig
@@ -237,30 +263,56 @@ def _short_layer(name: str) -> str:
     return name.replace("layer", "L").replace("features", "f").replace("classifier", "fc")
 
 
-def layer_target(agg: Aggregates, network: str) -> float | None:
-    """Overall remaining weights at which layers are compared: CS's sparsest matching ticket,
-    else the median CS group (by remaining weights), else the median group of the first main
-    method present."""
-    match = agg.sparsest_matching(network, "cs")
-    if match is not None:
-        return match.remaining_mean
-    for method in ["cs"] + [m for m in agg.methods(network, "ticket", "rewind") if m != "cs"]:
-        groups = sorted(agg.groups_for(network, method), key=lambda g: g.remaining_mean)
-        if groups:
-            return groups[len(groups) // 2].remaining_mean
-    return None
-
-
 def closest_group(groups: list[Group], target: float) -> Group | None:
-    """Group whose mean remaining weights is closest to ``target`` (ties: the more accurate)."""
+    """Group whose mean remaining weights is closest to ``target`` in log scale (ties: the more accurate)."""
     if not groups:
         return None
-    return min(groups, key=lambda g: (abs(g.remaining_mean - target), -g.test_acc_mean))
+    return min(groups, key=lambda g: (abs(math.log(g.remaining_mean / target)), -g.test_acc_mean))
+
+
+def layer_pair(agg: Aggregates, network: str, methods: tuple[str, ...] = ("cs", "imp"),
+               target: float | None = None) -> tuple[list[tuple[str, Group]], bool]:
+    """The tickets whose layers are compared, and whether they are at matched sparsity.
+
+    With ``target``: each method's ticket closest to it.  Otherwise the sparsest ticket of the first method
+    for which every other method has a ticket at matched sparsity (MATCHED_SPARSITY_RULE); when there is
+    none, the ticket of the first method that the others come closest to."""
+    candidates = [g for g in agg.groups_for(network, methods[0]) if g.layer_remaining]
+    others = {m: [g for g in agg.groups_for(network, m) if g.layer_remaining] for m in methods[1:]}
+    others = {m: groups for m, groups in others.items() if groups}
+    if target is not None or not candidates:
+        goal = target if target is not None else None
+        chosen = []
+        for method in methods:
+            groups = [g for g in agg.groups_for(network, method) if g.layer_remaining]
+            if goal is None and groups:
+                goal = groups[len(groups) // 2].remaining_mean
+            found = closest_group(groups, goal) if goal is not None else None
+            if found is not None:
+                chosen.append((method, found))
+        matched = all(matched_sparsity(g.remaining_mean, chosen[0][1].remaining_mean) for _, g in chosen)
+        return chosen, matched
+
+    def mismatch(candidate: Group) -> float:
+        return max((abs(math.log(closest_group(groups, candidate.remaining_mean).remaining_mean
+                                 / candidate.remaining_mean)) for groups in others.values()), default=0.0)
+
+    def all_matched(candidate: Group) -> bool:
+        return all(matched_sparsity(closest_group(groups, candidate.remaining_mean).remaining_mean,
+                                    candidate.remaining_mean) for groups in others.values())
+
+    matched_ones = [g for g in candidates if all_matched(g)]
+    anchor = (min(matched_ones, key=lambda g: g.remaining_mean) if matched_ones
+              else min(candidates, key=lambda g: (mismatch(g), g.remaining_mean)))
+    chosen = [(methods[0], anchor)] + [(m, closest_group(groups, anchor.remaining_mean))
+                                       for m, groups in others.items()]
+    return chosen, bool(matched_ones)
 
 
 def layer_sparsity(agg: Aggregates, out_dir: Path | None = None, target: float | None = None,
                    methods: tuple[str, ...] = ("cs", "imp")) -> Figure | None:
-    """Remaining weights per layer of each method's ticket closest to a common overall sparsity."""
+    """Remaining weights per layer of each method's ticket at a common overall sparsity (see
+    :func:`layer_pair`); a panel whose tickets are not at matched sparsity says so in its title."""
     networks = [n for n in agg.networks()
                 if any(agg.groups_for(n, m) for m in methods)]
     if not networks:
@@ -268,9 +320,7 @@ def layer_sparsity(agg: Aggregates, out_dir: Path | None = None, target: float |
     fig, axes = _new_figure(len(networks))
     fig.set_figwidth(max(fig.get_figwidth(), 7.5 * len(networks)))
     for ax, network in zip(axes[0], networks):
-        goal = target if target is not None else layer_target(agg, network)
-        chosen = [(m, closest_group(agg.groups_for(network, m), goal)) for m in methods]
-        chosen = [(m, g) for m, g in chosen if g is not None and g.layer_remaining]
+        chosen, matched = layer_pair(agg, network, methods, target)
         layers: list[str] = []
         for _, g in chosen:
             layers += [name for name in g.layer_remaining if name not in layers]
@@ -279,8 +329,7 @@ def layer_sparsity(agg: Aggregates, out_dir: Path | None = None, target: float |
             xs = [j + (i - (len(chosen) - 1) / 2) * width for j in range(len(layers))]
             ax.bar(xs, [100 * g.layer_remaining.get(name, float("nan")) for name in layers],
                    width=width, color=method_color(method),
-                   label=f"{pretty_method(method)} ticket, {100 * g.remaining_mean:.3g}% "
-                         f"remaining overall [{g.setting}]")
+                   label=f"{pretty_method(method)} ticket")
         if not layers:
             ax.text(0.5, 0.5, "no layer-wise data", ha="center", va="center",
                     transform=ax.transAxes, fontsize=LABEL_PT)
@@ -292,8 +341,10 @@ def layer_sparsity(agg: Aggregates, out_dir: Path | None = None, target: float |
             ax.tick_params(axis="x", labelsize=max(TICK_PT - 3, 9))
         ax.set_ylim(0, 105)
         title = panel_title(network, agg.dataset(network))
-        if goal is not None:
-            title += f"\n(target {100 * goal:.3g}% remaining)"
+        if chosen:
+            overall = " vs ".join(f"{pretty_method(m)} [{g.setting}] {100 * g.remaining_mean:.3g}%"
+                                  for m, g in chosen)
+            title += f"\n({overall} overall{'' if matched or len(chosen) < 2 else '; NOT matched: no closer pair'})"
         ax.set_title(title, fontsize=TITLE_PT)
     _shared_legend(fig, axes[0])
     _save(fig, out_dir, "layer_sparsity")
@@ -309,17 +360,19 @@ FIGURE_CAPTIONS = {
     ),
     "pruning": (
         "Pruning track (no rewinding): test accuracy of the pruned network at its own trained "
-        "weights (solid) and fine-tuned (dashed) vs remaining weights; bands: mean ± std over seeds."
+        "weights (solid) and fine-tuned (dashed) vs remaining weights, for every method that ran on the "
+        "network (the ablations are optional lines); bands: mean ± std over seeds."
     ),
     "search_cost": (
         "Search cost: mean test accuracy of the best ticket found so far vs training epochs "
-        "(top) and wall-clock seconds (bottom) spent, retraining included. Sequential: settings "
+        "(top row) and wall-clock seconds (bottom row) spent, retraining included. Sequential: settings "
         "run one after another; parallel: all settings at once, so the cost is that of the "
         "longest single run."
     ),
     "layer_sparsity": (
-        "Layer-wise remaining weights of the CS and IMP tickets closest to a common overall "
-        "sparsity (target: CS's sparsest matching ticket, else the median CS ticket)."
+        "Layer-wise remaining weights of a CS and an IMP ticket at matched overall sparsity (within 5%, "
+        "relative): the sparsest CS ticket that IMP has a ticket next to; each panel's title gives both "
+        "overall values, and says so where no pair is matched."
     ),
 }
 
@@ -328,12 +381,12 @@ def make_all(agg: Aggregates, out_dir: Path, show_optional: bool = False) -> dic
     """Draw and save every figure there is data for; returns name -> Figure."""
     figures = {
         "ticket_search": ticket_search(agg, out_dir, show_optional),
-        "pruning": pruning(agg, out_dir),
+        "pruning": pruning(agg, out_dir, show_optional),
         "search_cost": search_cost(agg, out_dir, show_optional),
         "layer_sparsity": layer_sparsity(agg, out_dir),
     }
     return {name: fig for name, fig in figures.items() if fig is not None}
 
 
-__all__ = ["FIGURE_CAPTIONS", "closest_group", "layer_sparsity", "layer_target", "make_all",
+__all__ = ["FIGURE_CAPTIONS", "closest_group", "layer_pair", "layer_sparsity", "make_all",
            "pruning", "search_cost", "ticket_search"]
