@@ -208,3 +208,27 @@ def test_unknown_key_is_named(quick):
 def test_unknown_profile_is_named():
     with pytest.raises(UserError, match=r"unknown profile 'huge'; choose one of: paper, quick"):
         compose_profile("huge", conf_dir=REPO / "conf")
+
+
+def test_params_listing_shows_the_current_value_next_to_the_default(quick, tmp_path, monkeypatch):
+    """`cs-repro params` lists what params.yaml holds, not only the code defaults, and marks what differs."""
+    from typer.testing import CliRunner
+
+    from cs_repro.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    quick = dict(quick, **{"lambda": 3e-9})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(quick))
+    result = CliRunner().invoke(app, ["params"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line.split() for line in result.output.splitlines()[1:]}
+    assert lines["lambda"][1:4] == ["*", "3e-09", "1e-08"]
+    epochs = quick["networks"]["lenet5"]["epochs"]
+    assert lines["networks.lenet5.epochs"][1:4] == ["*", str(epochs), "10"]
+    assert lines["networks.lenet5.batch_size"][1:3] == ["128", "128"]  # unchanged: no mark
+    assert "networks.<name>.epochs" not in lines  # one line per network that params.yaml holds
+    # without a params file: the defaults, and it says so
+    (tmp_path / "params.yaml").unlink()
+    result = CliRunner().invoke(app, ["params"])
+    assert result.output.startswith("(params.yaml not found: defaults only)")
+    assert "networks.<name>.epochs" in result.output

@@ -234,8 +234,12 @@ def report(
 
 @app.command("params")
 @user_errors
-def show_params(check: Annotated[Optional[Path], typer.Option(help="validate this params file")] = None) -> None:
-    """List every parameter with its default and meaning; with --check, validate a params file."""
+def show_params(
+    check: Annotated[Optional[Path], typer.Option(help="validate this params file")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """List every parameter: its value in the params file (when there is one), the code's default, and its
+    meaning; `*` marks a value that differs from the default.  With --check, validate a params file."""
     from cs_repro.params import describe
 
     if check is not None:
@@ -243,8 +247,18 @@ def show_params(check: Annotated[Optional[Path], typer.Option(help="validate thi
         typer.echo(f"{check}: valid ({p.profile} profile, {len(p.sweep.networks)} networks, "
                    f"{len(p.sweep.seeds)} seeds, {len(p.sweep.s0)} s0 values)")
         return
-    for key, default, help_text in describe():
-        typer.echo(f"{key:34s} {default:>14s}  {help_text}")
+    current = _params(params) if params.is_file() else None
+    rows = describe(current=current)
+    key_width = max(len(key) for key, *_ in rows)
+    if current is None:
+        typer.echo(f"({params} not found: defaults only)")
+        for key, default, _, help_text in rows:
+            typer.echo(f"{key:{key_width}s}  {default:>14s}  {help_text}")
+        return
+    typer.echo(f"{'key':{key_width}s}  {'value in ' + str(params):>22s}  {'default':>14s}  meaning")
+    for key, default, value, help_text in rows:
+        mark = "*" if value != default else " "
+        typer.echo(f"{key:{key_width}s} {mark}{value:>22s}  {default:>14s}  {help_text}")
 
 
 @app.command("use-profile")

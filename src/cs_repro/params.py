@@ -317,19 +317,27 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params_from_dict(raw or {})
 
 
-def describe(cls: type = Params, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) for every field, nested sections flattened: the `cs-repro params` listing."""
+def describe(cls: type = Params, prefix: str = "", current: Any = None) -> list[tuple[str, str, str, str]]:
+    """(key, default, current value, help) for every field, nested sections flattened: the `cs-repro params`
+    listing.  ``current`` is a loaded Params (or section); without it the current column is empty, and
+    each named section (``networks``) is listed once as ``<name>``; with it, once per name it holds."""
     rows = []
     for f in dataclasses.fields(cls):
         key = prefix + _yaml_key(f.name)
         kind = typing.get_type_hints(cls)[f.name]
+        value = getattr(current, f.name) if current is not None else None
         if dataclasses.is_dataclass(kind):
-            rows.extend(describe(kind, key + "."))
+            rows.extend(describe(kind, key + ".", value))
         elif typing.get_origin(kind) is dict and dataclasses.is_dataclass(typing.get_args(kind)[1]):
-            rows.extend(describe(typing.get_args(kind)[1], key + ".<name>."))
+            section = typing.get_args(kind)[1]
+            if current is None:
+                rows.extend(describe(section, key + ".<name>."))
+            for name, entry in (value or {}).items():
+                rows.extend(describe(section, f"{key}.{name}.", entry))
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((key, repr(default), f.metadata.get("help", "")))
+            shown = "" if current is None else repr(value)
+            rows.append((key, repr(default), shown, f.metadata.get("help", "")))
     return rows
 
 
