@@ -53,6 +53,11 @@ def make_pipeline_repo(root: Path, params: dict) -> Path:
     return root
 
 
+#: The `dvc exp show` options README documents for a readable table: params that an experiment changed and
+#: the headline metrics, without the timestamps and the per-stage dependency hashes.
+EXP_SHOW_READABLE = ("--drop", "Created|State|Executor|src/|data/|runs/", "--keep", "lambda")
+
+
 def tiny_quick_params(**sweep) -> dict:
     params = compose_profile("quick", [
         "networks.lenet300_100.train_subset=1000", "networks.lenet300_100.test_subset=300",
@@ -92,7 +97,7 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
     assert set(summary["lenet300_100"]) >= {"dense", "cs", "imp"}
     assert 0.5 < summary["lenet300_100"]["dense"]["test_accuracy"] <= 1.0
     for name in ("ticket_search.png", "ticket_search.pdf", "REPORT.md", "tables/ticket_search.md",
-                 "tables/inference_cost.csv"):
+                 "tables/inference_cost.csv", "tables/pruning.md"):
         assert (repo / "figures" / name).exists(), name
     results = json.loads((repo / "metrics" / "results.json").read_text())
     methods = {(r["method"], r["variant"]) for r in results["rows"]}
@@ -105,12 +110,33 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
     assert "Data and pipelines are up to date" in second.stdout
     assert time.perf_counter() - started < min(first, 20)
 
-    set_param(repo, "lambda", "1e-09")  # as `dvc exp run -S lambda=1e-9` may write it
-    ran = reproduce(repo)
+    # metrics and figures are committed to git (cache: false), as DVC's example projects do, so that an
+    # experiment has a baseline to diff against
+    run("git", "add", "-A", cwd=repo)
+    assert {"metrics/summary.json", "metrics/results.json", "metrics/plots/tickets.csv",
+            "figures/REPORT.md", "figures/ticket_search.png", "dvc.lock"} <= set(
+        run("git", "diff", "--cached", "--name-only", cwd=repo).stdout.split())
+    run("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "results", cwd=repo)
+    plots = json.loads(run("dvc", "plots", "show", "--json", cwd=repo).stdout)["data"]
+    ticket_plot = plots["Tickets retrained from the rewind point"][0]["content"]
+    assert ticket_plot["spec"]["encoding"]["x"]["scale"] == {"type": "log", "reverse": True}
+    assert ticket_plot["spec"]["encoding"]["color"]["field"] == "method"
+    assert {row["method"] for row in ticket_plot["data"]["values"]} >= {"CS", "IMP"}
+    assert plots["figures/ticket_search.png"][0]["type"] == "image"
+
+    output = run("dvc", "exp", "run", "-S", "lambda=1e-9", cwd=repo).stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", output))
     assert {name.split("@")[0] for name in ran} == {
         "cs_search", "cs_retrain", "cs_beta1", "cs_released_clamp", "gmp_cs_layers", "cs_random_control",
         "evaluate", "report"}  # CS work and the ablations built on CS tickets; never prepare, IMP, L0, GMP
     assert {"cs_search@lenet300_100-0.0-0", "cs_search@lenet300_100--0.05-0"} <= ran
+    # what moved, against the committed baseline: CS's headline numbers, not the dense network's
+    diff = json.loads(run("dvc", "metrics", "diff", "--json", cwd=repo).stdout)
+    moved = set(diff["metrics/summary.json"])
+    assert "lenet300_100.dense_acc" not in moved and "lenet300_100.imp.remaining" not in moved
+    assert moved & {"lenet300_100.cs.remaining", "lenet300_100.cs.acc", "lenet300_100.cs.epochs"}, diff
+    table = run("dvc", "exp", "show", "--no-pager", "--csv", "--only-changed", *EXP_SHOW_READABLE, cwd=repo).stdout
+    assert "lambda" in table.splitlines()[0] and len(table.splitlines()[0].split(",")) <= 20, table.splitlines()[0]
 
     set_param(repo, "imp.levels", 3)
     assert reproduce(repo) == {"imp_search@lenet300_100-0", "imp_controls@lenet300_100-0",

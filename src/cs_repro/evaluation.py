@@ -268,37 +268,69 @@ def evaluate_runs(params: Params, runs: Path, out: Path, timings: Path | None = 
     return summary
 
 
+def _pct(fraction: float | None) -> float | None:
+    return None if fraction is None else round(100 * fraction, 4)
+
+
 def summarize(aggregates) -> dict[str, Any]:
-    """DVC metrics: dense accuracy and, per method, the best and the sparsest matching ticket."""
+    """DVC's headline metrics, short enough for `dvc exp show`: per network the dense accuracy and, per
+    ticket-search method (not the ablations, not the controls), its sparsest matching ticket's remaining
+    weights and accuracy and the epochs it cost, retraining included (null: no matching ticket).
+    Everything else is in results.json and REPORT.md."""
+    from cs_repro.report.aggregate import ABLATION_METHODS
+
     summary: dict[str, Any] = {}
     for network in aggregates.networks():
         entry: dict[str, Any] = {}
         dense = aggregates.dense(network)
         if dense is not None:
-            entry["dense"] = {"test_accuracy": dense.test_acc_mean, "test_accuracy_std": dense.test_acc_std}
-        for method in aggregates.methods(network, track="ticket"):
-            if method == "dense":
+            entry["dense_acc"] = _pct(dense.test_acc_mean)
+        for method in aggregates.methods(network, track="ticket", variant="rewind"):
+            if method in ABLATION_METHODS:
                 continue
-            best = aggregates.best_ticket(network, method)
-            sparsest = aggregates.sparsest_matching(network, method)
+            match = aggregates.sparsest_matching(network, method)
             entry[method] = {
-                "best_test_accuracy": best.test_acc_mean if best else None,
-                "best_remaining_weights": best.remaining_mean if best else None,
-                "sparsest_matching_remaining_weights": sparsest.remaining_mean if sparsest else None,
-                "sparsest_matching_test_accuracy": sparsest.test_acc_mean if sparsest else None,
+                "remaining": _pct(match.remaining_mean) if match else None,
+                "acc": _pct(match.test_acc_mean) if match else None,
+                "epochs": aggregates.cost_to_reach(match) if match else None,
             }
         summary[network] = entry
     return summary
 
 
 def write_plot_data(aggregates, out_dir: Path) -> None:
-    """One CSV per network for `dvc plots show`: mean test accuracy vs remaining weights, per method."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for network in aggregates.networks():
-        lines = ["method,remaining_weights_percent,test_accuracy_percent"]
-        for method in aggregates.methods(network, track="ticket"):
-            for group in aggregates.groups_for(network, method):
-                lines.append(f"{method},{100 * group.remaining_mean:.6g},{100 * group.test_acc_mean:.6g}")
-        from cs_repro.io import atomic_write_text
+    """Data of the DVC plots declared in dvc.yaml: ``tickets.csv`` (every method's rewound tickets) and
+    ``pruning.csv`` (the pruning track, best variant per setting), one row per setting, with the display
+    names that the plots' legend and panels show (template: .dvc/plots/accuracy_vs_remaining.json)."""
+    import csv
+    import io
 
-        atomic_write_text("\n".join(lines) + "\n", out_dir / f"{network}.csv")
+    from cs_repro.io import atomic_write_text
+    from cs_repro.report.rows import pretty_dataset, pretty_method, pretty_network
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.csv"):  # earlier layouts (one file per network)
+        if stale.name not in ("tickets.csv", "pruning.csv"):
+            stale.unlink()
+    header = ["network", "method", "setting", "remaining_weights_percent", "test_accuracy_percent"]
+    tables: dict[str, list[list[str]]] = {"tickets": [header], "pruning": [header]}
+    for network in aggregates.networks():
+        panel = f"{pretty_network(network)} on {pretty_dataset(aggregates.dataset(network))}"
+        for method in aggregates.methods(network, track="ticket", variant="rewind"):
+            for group in aggregates.groups_for(network, method):
+                tables["tickets"].append([panel, pretty_method(method), group.setting,
+                                          f"{100 * group.remaining_mean:.6g}", f"{100 * group.test_acc_mean:.6g}"])
+        for method in aggregates.methods(network, track="pruning"):
+            best: dict[str, Any] = {}
+            for group in aggregates.groups:
+                if (group.network, group.method, group.track) == (network, method, "pruning"):
+                    if group.setting not in best or group.test_acc_mean > best[group.setting].test_acc_mean:
+                        best[group.setting] = group
+            for setting in sorted(best, key=lambda s: best[s].remaining_mean, reverse=True):
+                group = best[setting]
+                tables["pruning"].append([panel, pretty_method(method), setting,
+                                          f"{100 * group.remaining_mean:.6g}", f"{100 * group.test_acc_mean:.6g}"])
+    for name, rows in tables.items():
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(rows)
+        atomic_write_text(buffer.getvalue(), out_dir / f"{name}.csv")

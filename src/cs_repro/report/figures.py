@@ -22,7 +22,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from cs_repro.report.aggregate import CHAIN_METHODS, Aggregates, Group, matched_sparsity  # noqa: E402
+from cs_repro.report.aggregate import (  # noqa: E402
+    ABLATION_METHODS,
+    CHAIN_METHODS,
+    Aggregates,
+    Group,
+    matched_sparsity,
+)
 from cs_repro.report.rows import (  # noqa: E402
     pretty_dataset,
     pretty_method,
@@ -43,7 +49,7 @@ Y_ACCURACY = "Test accuracy (%)"
 
 #: Methods drawn only with ``show_optional=True`` (besides the non-"rewind" ticket controls):
 #: IMP-C and the ablations, which would crowd the headline and pruning figures.
-OPTIONAL_METHODS = frozenset({"imp_c", "cs_beta1", "cs_released_clamp", "gmp_cs_layers"})
+OPTIONAL_METHODS = ABLATION_METHODS | {"imp_c"}
 
 #: One colour per method, none shared, so that every line in a figure can be told apart.
 _COLORS = {
