@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup data repro test test-fast bench lint clean-runs
+.PHONY: setup data repro readme test test-fast bench lint clean-runs
 
 $(BIN)/cs-repro: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ data:
 repro: setup
 	cs-repro params --check params.yaml
 	dvc repro
+	cs-repro readme
 	@echo "Done. Figures and REPORT.md: figures/ ; tables: figures/tables/ ; metrics: dvc metrics show"
+
+# The README's results block from the committed metrics (make repro does it too).
+readme: setup
+	cs-repro readme
 
 test: setup
 	$(BIN)/python -m pytest -q

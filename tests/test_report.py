@@ -451,7 +451,8 @@ def test_cs_vs_l0_paragraph_follows_the_numbers(rows):
 
 
 def test_provenance_commit_ignores_what_a_run_rewrites(tmp_path, monkeypatch):
-    """dvc.lock and .gitignore files change during every `dvc repro`; code or params changes must show."""
+    """dvc.lock, .gitignore files, the committed metrics and figures and the README's results block change
+    during every `make repro`; code or params changes must show."""
     import subprocess
 
     from cs_repro.evaluation import git_commit
@@ -460,7 +461,8 @@ def test_provenance_commit_ignores_what_a_run_rewrites(tmp_path, monkeypatch):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
 
     git("init", "-q")
-    for name in ("dvc.lock", ".gitignore", "params.yaml"):
+    for name in ("dvc.lock", ".gitignore", "params.yaml", "README.md", "metrics/summary.json", "figures/REPORT.md"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("a\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / ".gitignore").write_text("a\n")
@@ -469,7 +471,7 @@ def test_provenance_commit_ignores_what_a_run_rewrites(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     clean = git_commit()
     assert len(clean) >= 7 and "+" not in clean
-    for name in ("dvc.lock", ".gitignore", "sub/.gitignore"):
+    for name in ("dvc.lock", ".gitignore", "sub/.gitignore", "README.md", "metrics/summary.json", "figures/REPORT.md"):
         (tmp_path / name).write_text("b\n")
     assert git_commit() == clean
     (tmp_path / "params.yaml").write_text("b\n")
@@ -604,3 +606,31 @@ def test_each_ablation_gets_one_sentence_saying_what_it_shows(rows):
     assert first.startswith("**CS, beta = 1 + threshold** on LeNet-300-100 tests whether annealing the temperature")
     assert "annealing matters: without it CS's tickets are worse" in first and first.endswith("One seed: indicative only.")
     assert claims.ablation_sentences(Aggregates(rows)) == []
+
+
+def test_readme_results_block_is_the_committed_metrics():
+    """README's numbers come from the committed metrics/results.json; `make readme` refreshes them."""
+    from cs_repro.report.markdown import README_BEGIN, README_END, replace_results_block, results_block
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    rows, meta = load_results(repo / "metrics" / "results.json")
+    block = results_block(rows, meta)
+    assert readme[readme.index(README_BEGIN):readme.index(README_END) + len(README_END)] == block, \
+        "README's results block is stale: run `make readme`"
+    assert replace_results_block(readme, block) == readme
+    # the block quotes the committed numbers, e.g. the dense accuracy of every network, with n
+    agg = Aggregates(rows)
+    for network in agg.networks():
+        dense = agg.dense(network)
+        assert tables.fmt_acc(dense.test_acc_mean, dense.test_acc_std, dense.n_seeds) in block
+
+
+def test_results_block_marks_single_seeds_and_missing_matches(rows):
+    from cs_repro.report.markdown import results_block
+
+    single = [r for r in rows if r["seed"] == 0]
+    block = results_block(single, META)
+    assert "(n = 1)" in block and "± 0.00" not in block
+    assert "**Scope.**" in block and block.count("**Supported.**") + block.count("**Not supported.**") \
+        + block.count("**Cannot be judged from this run.**") == 3

@@ -232,6 +232,24 @@ def report(
     log.info("figures, tables and REPORT.md written to %s", out)
 
 
+@app.command()
+@user_errors
+def readme(
+    results: Annotated[Path, typer.Option(help="metrics/results.json from `evaluate`")] = Path("metrics/results.json"),
+    path: Annotated[Path, typer.Option("--readme", help="README to update in place")] = Path("README.md"),
+) -> None:
+    """Rewrite the README's results block (between its results markers) from the committed metrics."""
+    from cs_repro.io import atomic_write_text
+    from cs_repro.report.markdown import replace_results_block, results_block
+    from cs_repro.report.rows import load_results
+
+    if not results.exists():
+        raise UserError(f"{results} does not exist: run `dvc repro evaluate` first")
+    rows, meta = load_results(results)
+    atomic_write_text(replace_results_block(path.read_text(), results_block(rows, meta)), path)
+    log.info("results block of %s rewritten from %s", path, results)
+
+
 @app.command("params")
 @user_errors
 def show_params(

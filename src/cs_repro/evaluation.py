@@ -177,7 +177,8 @@ def collect_rows(params: Params, runs: Path, timings: Path | None = None,
 
 
 # Files a pipeline run rewrites itself: their changes say nothing about the code or params that ran.
-RUN_WRITTEN = (":(exclude)dvc.lock", ":(exclude,glob)**/.gitignore")
+RUN_WRITTEN = (":(exclude)dvc.lock", ":(exclude,glob)**/.gitignore", ":(exclude)metrics", ":(exclude)figures",
+               ":(exclude)README.md")
 
 
 # A run "collapsed" when its validation accuracy fell back to chance after it had learned: the

@@ -88,3 +88,62 @@ def write_report(rows: Iterable[Row | Mapping[str, Any]] | Aggregates,
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
+
+
+# ---- the README's results block --------------------------------------------------------------------
+README_BEGIN = "<!-- results:begin (written by `make readme` from metrics/results.json; do not edit by hand) -->"
+README_END = "<!-- results:end -->"
+
+
+def results_block(rows: Iterable[Row | Mapping[str, Any]] | Aggregates, meta: Mapping[str, Any] | None) -> str:
+    """The README's results: provenance, each method's sparsest matching ticket per network (the ablations
+    and controls stay in REPORT.md), and the three verdicts with the run's scope."""
+    from cs_repro.report.aggregate import ABLATION_METHODS
+    from cs_repro.report.rows import pretty_dataset, pretty_method, pretty_network
+    from cs_repro.report.tables import fmt_acc, fmt_epochs, fmt_group_acc, fmt_remaining
+
+    agg = rows if isinstance(rows, Aggregates) else Aggregates(rows)
+    meta = normalise_meta(meta)
+    methods: list[str] = []
+    for network in agg.networks():
+        methods += [m for m in agg.methods(network, "ticket", "rewind")
+                    if m not in ABLATION_METHODS and m not in methods]
+    lines = [README_BEGIN, "", provenance(meta) + " Every table, figure and claim sentence of this run: "
+             "[figures/REPORT.md](figures/REPORT.md).", "",
+             "| Network | Dense: test acc. (%) | " + " | ".join(pretty_method(m) for m in methods) + " |",
+             "|---|---:|" + "---|" * len(methods)]
+    for network in agg.networks():
+        dense = agg.dense(network)
+        cells = [f"{pretty_network(network)} ({pretty_dataset(agg.dataset(network))})",
+                 "—" if dense is None else fmt_acc(dense.test_acc_mean, dense.test_acc_std, dense.n_seeds)]
+        for method in methods:
+            best = agg.best_ticket(network, method)
+            match = agg.sparsest_matching(network, method)
+            if best is None:
+                cells.append("not run")
+            elif match is None:
+                cells.append(f"no matching ticket (best: {fmt_group_acc(best)} at "
+                             f"{fmt_remaining(best.remaining_mean)}% [{best.setting}])")
+            else:
+                cells.append(f"{fmt_remaining(match.remaining_mean)}% remaining, {fmt_group_acc(match)} "
+                             f"[{match.setting}], {fmt_epochs(agg.cost_to_reach(match))} epochs")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Each cell: the method's sparsest matching ticket (remaining weights, test accuracy as mean ± "
+              "sample std over seeds with n = seeds, its setting, and the training epochs it cost, retraining "
+              f"included). {MATCHING_RULE}", ""]
+    verdicts = judge_claims(agg)
+    lines += [scope_sentence(agg, meta), ""]
+    lines += [f"{i}. *{claim}* **{verdict}.**" for i, (claim, (verdict, _)) in
+              enumerate(zip(PAPER_CLAIMS, verdicts), start=1)]
+    lines += ["", README_END]
+    return "\n".join(lines)
+
+
+def replace_results_block(readme: str, block: str) -> str:
+    """``readme`` with its results block (between the markers) replaced by ``block``."""
+    start, end = readme.find(README_BEGIN), readme.find(README_END)
+    if start < 0 or end < start:
+        from cs_repro.errors import UserError
+
+        raise UserError(f"the README has no results block: add the lines {README_BEGIN!r} and {README_END!r}")
+    return readme[:start] + block + readme[end + len(README_END):]
