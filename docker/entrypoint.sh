@@ -5,7 +5,7 @@
 # Both run in $OUT_DIR/workspace, a git clone of the image's repository kept on the output volume, so the
 # runs, metrics, figures, dvc.lock, experiments and .cache/checkpoints outlive the container; the DVC cache
 # is $OUT_DIR/dvc-cache. On every start the workspace's tracked files are reset to the image's commit
-# (code, dvc.yaml, conf/) except dvc.lock and params.yaml, which describe the runs on this volume (so
+# (code, dvc.yaml, conf/) except dvc.lock, params.yaml, metrics/ and figures/, which describe the runs on this volume (so
 # `docker run ... cs-repro dvc repro` after a paper run carries on with the paper profile), and untracked
 # outputs are kept: a second run resumes or is restored from cache.
 # Signals: the image runs this under tini with process-group forwarding, so `docker stop` (SIGTERM) reaches
@@ -32,12 +32,16 @@ if ! mkdir -p "$OUT_DIR" 2>/dev/null || [ ! -w "$OUT_DIR" ]; then
   exit 1
 fi
 if [ -d "$WORKSPACE/.git" ]; then
-  # dvc.lock and params.yaml describe the runs on this volume, not the image's committed run: keep them.
+  # dvc.lock, params.yaml and the committed outputs (metrics/, figures/) describe the runs on this volume,
+  # not the image's committed quick run: keep them across the reset.
   saved="$(mktemp -d)"
-  for kept in dvc.lock params.yaml; do cp "$WORKSPACE/$kept" "$saved/" 2>/dev/null || true; done
+  kept_paths=(dvc.lock params.yaml metrics figures)
+  for kept in "${kept_paths[@]}"; do cp -a "$WORKSPACE/$kept" "$saved/" 2>/dev/null || true; done
   git -C "$WORKSPACE" fetch -q "$APP_DIR" HEAD
   git -C "$WORKSPACE" reset -q --hard FETCH_HEAD
-  for kept in dvc.lock params.yaml; do if [ -s "$saved/$kept" ]; then cp "$saved/$kept" "$WORKSPACE/$kept"; fi; done
+  for kept in "${kept_paths[@]}"; do
+    if [ -e "$saved/$kept" ]; then rm -rf "${WORKSPACE:?}/$kept"; cp -a "$saved/$kept" "$WORKSPACE/$kept"; fi
+  done
   rm -rf "$saved"
 else
   git clone -q "$APP_DIR" "$WORKSPACE"

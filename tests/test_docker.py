@@ -196,7 +196,13 @@ def test_entrypoint_runs_the_quick_pipeline_and_reuses_it(tmp_path):
     assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
     assert (out / "metrics" / "summary.json").is_file()
     assert any((out / "figures").iterdir())
+    # metrics/ and figures/ are committed (the image's own quick run); a restart must keep this volume's
+    summary = (out / "metrics" / "summary.json").read_text()
+    report = (out / "figures" / "REPORT.md").read_text()
+    assert summary != (app / "metrics" / "summary.json").read_text()
     second = subprocess.run([str(ENTRYPOINT), "quick", *tiny], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-5000:]
     trained = re.findall(r"Running stage '((?:cs|imp)[^']*)'", second.stdout)
     assert not trained, f"the second run trained again: {trained}"
+    assert (out / "metrics" / "summary.json").read_text() == summary
+    assert (out / "figures" / "REPORT.md").read_text() == report

@@ -137,11 +137,23 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
         "cs_search", "cs_retrain", "cs_beta1", "cs_released_clamp", "gmp_cs_layers", "cs_random_control",
         "evaluate", "report"}  # CS work and the ablations built on CS tickets; never prepare, IMP, L0, GMP
     assert {"cs_search@lenet300_100-0.0-0", "cs_search@lenet300_100--0.05-0"} <= ran
-    # what moved, against the committed baseline: CS's headline numbers, not the dense network's
-    diff = json.loads(run("dvc", "metrics", "diff", "--json", cwd=repo).stdout)
-    moved = set(diff["metrics/summary.json"])
-    assert "lenet300_100.dense_acc" not in moved and "lenet300_100.imp.remaining" not in moved
-    assert moved & {"lenet300_100.cs.remaining", "lenet300_100.cs.acc", "lenet300_100.cs.epochs"}, diff
+    # against the committed baseline (before, HEAD's metrics failed to load): every headline number, old and new
+    committed = json.loads(run("git", "show", "HEAD:metrics/summary.json", cwd=repo).stdout)
+    current = json.loads((repo / "metrics" / "summary.json").read_text())
+    diff = json.loads(run("dvc", "metrics", "diff", "--all", "--json", cwd=repo).stdout)["metrics/summary.json"]
+
+    def value(summary, key):
+        for part in key.split("."):
+            summary = summary[part]
+        return summary
+
+    assert {"lenet300_100.dense_acc", "lenet300_100.imp.remaining", "lenet300_100.imp.epochs"} <= set(diff)
+    for key, entry in diff.items():
+        assert entry["old"] == value(committed, key) and entry["new"] == value(current, key), key
+    assert diff["lenet300_100.dense_acc"]["old"] == diff["lenet300_100.dense_acc"]["new"]  # dense not re-run
+    moved = set(json.loads(run("dvc", "metrics", "diff", "--json", cwd=repo).stdout).get("metrics/summary.json", {}))
+    assert moved == {key for key, entry in diff.items() if entry["old"] != entry["new"]}
+    assert not any(key.startswith(("lenet300_100.imp", "lenet300_100.l0")) for key in moved)
     table = run("dvc", "exp", "show", "--no-pager", "--csv", "--only-changed", *EXP_SHOW_READABLE, cwd=repo).stdout
     assert "lambda" in table.splitlines()[0] and len(table.splitlines()[0].split(",")) <= 20, table.splitlines()[0]
 

@@ -3,18 +3,18 @@
     generate(Path("metrics/results.json"), Path("figures"))
 
 writes ``figures/{ticket_search,pruning,search_cost,layer_sparsity}.{png,pdf}`` (those with data),
-``figures/tables/{ticket_search,inference_cost,controls}.{md,csv,tex}`` and ``figures/REPORT.md``.
+``figures/tables/{ticket_search,pruning,inference_cost,controls}.{md,csv,tex}`` and ``figures/REPORT.md``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cs_repro.report.aggregate import MATCHING_RULE, SEARCH_COST_RULE, STD_RULE, Aggregates, aggregate
+from cs_repro.report.aggregate import MATCHING_RULE, SEARCH_COST_RULE, STD_RULE, Aggregates
 from cs_repro.report.rows import Row, RowError, load_results
 
 __all__ = ["MATCHING_RULE", "SEARCH_COST_RULE", "STD_RULE", "Aggregates", "Row", "RowError",
-           "aggregate", "generate", "load_results"]
+           "generate", "load_results"]
 
 
 def generate(results_json: Path, out_dir: Path, show_optional: bool = False) -> dict[str, list[Path]]:

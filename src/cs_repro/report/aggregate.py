@@ -490,7 +490,3 @@ class Aggregates:
                     best[g.setting] = g
         return [(g.remaining_mean, g.test_acc_mean) for g in best.values()]
 
-
-def aggregate(rows: Iterable[Row | Mapping[str, Any]]) -> Aggregates:
-    """Validate rows and aggregate them over seeds."""
-    return Aggregates(rows)
