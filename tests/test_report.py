@@ -200,6 +200,18 @@ def test_search_cost_curves_match_hand_computation(agg):
 
 
 # ---- outputs ---------------------------------------------------------------------------------
+def test_figures_and_tables_are_byte_identical_when_regenerated(generated, tmp_path, monkeypatch):
+    """They are committed to git: a second run on the same results must not change a byte (no timestamps;
+    matplotlib stamps a PDF with the time, or with SOURCE_DATE_EPOCH, unless told not to)."""
+    out, _ = generated
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    again = tmp_path / "again"
+    generate(out.parent / "results.json", again)
+    for path in sorted(out.rglob("*")):
+        if path.is_file():
+            assert path.read_bytes() == (again / path.relative_to(out)).read_bytes(), path.name
+
+
 def test_files_written(generated):
     out, paths = generated
     for name in ("ticket_search", "pruning", "search_cost", "layer_sparsity"):

@@ -171,7 +171,7 @@ def _save(fig: Figure, out_dir: Path | None, name: str) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / f"{name}.png", dpi=150)
-    fig.savefig(out_dir / f"{name}.pdf")
+    fig.savefig(out_dir / f"{name}.pdf", metadata={"CreationDate": None})  # same data, same bytes
 
 
 # ---------------------------------------------------------------------------------------------
