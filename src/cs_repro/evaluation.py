@@ -322,14 +322,8 @@ def write_plot_data(aggregates, out_dir: Path) -> None:
                 tables["tickets"].append([panel, pretty_method(method), group.setting,
                                           f"{100 * group.remaining_mean:.6g}", f"{100 * group.test_acc_mean:.6g}"])
         for method in aggregates.methods(network, track="pruning"):
-            best: dict[str, Any] = {}
-            for group in aggregates.groups:
-                if (group.network, group.method, group.track) == (network, method, "pruning"):
-                    if group.setting not in best or group.test_acc_mean > best[group.setting].test_acc_mean:
-                        best[group.setting] = group
-            for setting in sorted(best, key=lambda s: best[s].remaining_mean, reverse=True):
-                group = best[setting]
-                tables["pruning"].append([panel, pretty_method(method), setting,
+            for group in aggregates.best_pruning_groups(network, method):
+                tables["pruning"].append([panel, pretty_method(method), group.setting,
                                           f"{100 * group.remaining_mean:.6g}", f"{100 * group.test_acc_mean:.6g}"])
     for name, rows in tables.items():
         buffer = io.StringIO()

@@ -481,12 +481,17 @@ class Aggregates:
         """(mean remaining weights, mean test accuracy) of the method's rewound tickets."""
         return [(g.remaining_mean, g.test_acc_mean) for g in self.groups_for(network, method)]
 
-    def pruning_points(self, network: str, method: str) -> list[tuple[float, float]]:
-        """Pruning track: per setting, the best variant's (remaining weights, test accuracy)."""
+    def best_pruning_groups(self, network: str, method: str) -> list[Group]:
+        """Pruning track: per setting, the variant (pruned or fine-tuned) with the best test accuracy,
+        densest first."""
         best: dict[str, Group] = {}
         for g in self.groups:
             if g.network == network and g.method == method and g.track == "pruning":
                 if g.setting not in best or g.test_acc_mean > best[g.setting].test_acc_mean:
                     best[g.setting] = g
-        return [(g.remaining_mean, g.test_acc_mean) for g in best.values()]
+        return sorted(best.values(), key=lambda g: -g.remaining_mean)
+
+    def pruning_points(self, network: str, method: str) -> list[tuple[float, float]]:
+        """Pruning track: per setting, the best variant's (remaining weights, test accuracy)."""
+        return [(g.remaining_mean, g.test_acc_mean) for g in self.best_pruning_groups(network, method)]
 

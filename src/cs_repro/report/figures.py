@@ -283,19 +283,19 @@ def layer_pair(agg: Aggregates, network: str, methods: tuple[str, ...] = ("cs", 
     With ``target``: each method's ticket closest to it.  Otherwise the sparsest ticket of the first method
     for which every other method has a ticket at matched sparsity (MATCHED_SPARSITY_RULE); when there is
     none, the ticket of the first method that the others come closest to."""
-    candidates = [g for g in agg.groups_for(network, methods[0]) if g.layer_remaining]
-    others = {m: [g for g in agg.groups_for(network, m) if g.layer_remaining] for m in methods[1:]}
-    others = {m: groups for m, groups in others.items() if groups}
+    def with_layers(method: str) -> list[Group]:
+        return [g for g in agg.groups_for(network, method) if g.layer_remaining]
+
+    candidates = with_layers(methods[0])
+    others = {m: groups for m in methods[1:] if (groups := with_layers(m))}
     if target is not None or not candidates:
-        goal = target if target is not None else None
-        chosen = []
-        for method in methods:
-            groups = [g for g in agg.groups_for(network, method) if g.layer_remaining]
-            if goal is None and groups:
-                goal = groups[len(groups) // 2].remaining_mean
-            found = closest_group(groups, goal) if goal is not None else None
-            if found is not None:
-                chosen.append((method, found))
+        # a given target, or no ticket of the first method: each method's ticket nearest to the target (else
+        # to the median ticket of the first method that has any)
+        present = [groups for m in methods if (groups := with_layers(m))]
+        if not present:
+            return [], False
+        goal = target if target is not None else present[0][len(present[0]) // 2].remaining_mean
+        chosen = [(m, g) for m in methods if (g := closest_group(with_layers(m), goal)) is not None]
         matched = all(matched_sparsity(g.remaining_mean, chosen[0][1].remaining_mean) for _, g in chosen)
         return chosen, matched
 
