@@ -55,7 +55,7 @@ def make_pipeline_repo(root: Path, params: dict) -> Path:
 
 #: The `dvc exp show` options README documents for a readable table: params that an experiment changed and
 #: the headline metrics, without the timestamps and the per-stage dependency hashes.
-EXP_SHOW_READABLE = ("--drop", "Created|State|Executor|src/|data/|runs/", "--keep", "lambda")
+EXP_SHOW_READABLE = ("--drop", "Created|State|Executor|src/|data/|metrics/|runs|timings", "--keep", "lambda")
 
 
 #: The quick profile shrunk to a test's size, as Hydra overrides: `dvc exp run -S` needs them again, since it
