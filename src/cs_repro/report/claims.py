@@ -326,7 +326,7 @@ def ablation_sentences(agg: Aggregates) -> list[str]:
     sentences = []
     for ablation in ABLATIONS:
         for network in agg.networks():
-            if not agg.methods(network, ablation.track) or ablation.method not in agg.methods(network, ablation.track):
+            if ablation.method not in agg.methods(network, ablation.track):
                 continue
             name, base = pretty_method(ablation.method), pretty_method(ablation.base)
             n = fewest_seeds(agg, network, ablation.method, ablation.track)
@@ -335,7 +335,7 @@ def ablation_sentences(agg: Aggregates) -> list[str]:
                 if compared is None:
                     continue
                 sparse, accurate, clause = compared
-                clause = clause.split(", ", 1)[1]
+                clause = clause.removeprefix(f"on {pretty_network(network)}, ")  # the sentence names it already
                 parts = {"keeps fewer weights in its sparsest matching ticket": sparse,
                          "is more accurate at the sparsest level both reach": accurate}
             else:
