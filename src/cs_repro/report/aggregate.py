@@ -238,15 +238,21 @@ def _group(rows: Sequence[Row]) -> Group:
     )
 
 
+def _best_per_remaining(points: Sequence[tuple[float, float]]) -> dict[float, float]:
+    """remaining weights -> the best accuracy among the points at exactly that value."""
+    best: dict[float, float] = {}
+    for remaining, acc in points:
+        best[remaining] = max(acc, best.get(remaining, -math.inf))
+    return best
+
+
 def interpolate_accuracy(points: Sequence[tuple[float, float]], remaining: float) -> float | None:
     """Accuracy at ``remaining`` by linear interpolation in log(remaining weights).
 
     ``points`` are (remaining weights, accuracy); several points at the same remaining weights
     keep the best accuracy.  Returns None outside the covered range.
     """
-    best: dict[float, float] = {}
-    for rw, acc in points:
-        best[rw] = max(acc, best.get(rw, -math.inf))
+    best = _best_per_remaining(points)
     xs = sorted(best)
     if not xs or remaining < xs[0] * (1 - 1e-12) or remaining > xs[-1] * (1 + 1e-12):
         return None
@@ -283,9 +289,7 @@ def read_accuracy(points: Sequence[tuple[float, float]], level: float) -> Readin
     """The accuracy of ``points`` (remaining weights, accuracy) at ``level``, measured where a point is at
     matched sparsity (the nearest one; several at one sparsity keep the best), else interpolated.
     None outside the covered range."""
-    best: dict[float, float] = {}
-    for remaining, acc in points:
-        best[remaining] = max(acc, best.get(remaining, -math.inf))
+    best = _best_per_remaining(points)
     if not best:
         return None
     nearest = min(best, key=lambda x: abs(math.log(x) - math.log(level)))

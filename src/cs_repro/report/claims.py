@@ -291,11 +291,11 @@ def fewest_seeds(agg: Aggregates, network: str, method: str, track: str = "ticke
 def cs_vs_l0(agg: Aggregates) -> str:
     """The reviewers' question in one paragraph, with seed counts and margins; a conclusion only when
     both methods ran with at least two seeds."""
-    networks = [n for n in agg.networks() if compare_tickets(agg, n, "cs", "l0") is not None]
-    if not networks:
+    by_network = {n: c for n in agg.networks() if (c := compare_tickets(agg, n, "cs", "l0")) is not None}
+    if not by_network:
         return "CS vs. L0: not compared; this run has no network with both CS and L0 tickets."
-    compared = [compare_tickets(agg, n, "cs", "l0") for n in networks]
-    statuses = [c[0] for c in compared if c is not None]
+    networks, compared = list(by_network), list(by_network.values())
+    statuses = [status for status, _ in compared]
     counts = {n: (fewest_seeds(agg, n, "cs"), fewest_seeds(agg, n, "l0")) for n in networks}
     few = [n for n, (cs_n, l0_n) in counts.items() if min(cs_n, l0_n) < 2]
     if few:
@@ -308,7 +308,7 @@ def cs_vs_l0(agg: Aggregates) -> str:
         lead = "CS does not beat L0 here"
     else:
         lead = "the comparison is mixed or undecided"
-    text = f"CS vs. L0: {lead}: " + "; ".join(c[1] for c in compared if c is not None) + "."
+    text = f"CS vs. L0: {lead}: " + "; ".join(clause for _, clause in compared) + "."
     pruning = []
     for network in agg.networks():
         if agg.pruning_points(network, "cs") and agg.pruning_points(network, "l0"):
