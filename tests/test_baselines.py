@@ -211,7 +211,8 @@ def test_every_baseline_writes_result_rows_that_evaluation_accepts(workspace, ti
     # L0: search, rewind retraining and random control.
     l0 = bl.run_l0_search(params, "lenet300_100", 3e-3, 0, runs / "l0" / "search", CPU, checkpoint_dir=None)
     assert 0.0 < l0.metadata["remaining_weights"] < 1.0
-    bl.run_baseline_retrain(params, runs / "l0" / "search" / "ticket.pt", runs / "l0" / "retrain", CPU, checkpoint_dir=None)
+    ex.retrain_ticket(params, runs / "l0" / "search" / "ticket.pt", ("rewind", "random"), runs / "l0" / "retrain", CPU,
+                      checkpoint_dir=None)
     random_ticket = load_ticket(runs / "l0" / "retrain" / "random" / "ticket.pt")
     for name, mask in l0.masks.items():
         assert int(random_ticket.masks[name].sum()) == int(mask.sum())
@@ -264,10 +265,12 @@ def test_every_baseline_writes_result_rows_that_evaluation_accepts(workspace, ti
     assert by_key[("cs_beta1", "rewind")] == by_key[("cs_beta1", "pruned")] == seconds(runs / "cs_beta1" / "search")
 
 
-def test_disabled_random_control_still_writes_the_stage_outputs(workspace, tiny_params):
+def test_disabled_random_control_is_left_out_of_the_one_retrain(workspace, tiny_params):
     params = tiny_params({"random_control": {"enabled": False}})
-    bl.run_baseline_retrain(params, workspace / "missing.pt", workspace / "out", CPU, ("random",), None, workspace / "t")
-    assert (workspace / "out" / "random_skipped.json").exists() and (workspace / "t" / "random_skipped.json").exists()
+    # the switch is read before the ticket: nothing is loaded, nothing runs
+    assert ex.retrain_ticket(params, workspace / "missing.pt", ("random",), workspace / "out", CPU, None) == []
+    with pytest.raises(UserError, match="'mixup' is not allowed"):
+        ex.retrain_ticket(params, workspace / "missing.pt", ("rewind", "mixup"), workspace / "out", CPU, None)
 
 
 def test_imp_random_control_runs_the_chosen_levels_with_their_exact_counts(workspace, tiny_params):

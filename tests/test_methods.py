@@ -264,3 +264,46 @@ def test_ticket_that_would_run_code_is_refused(tmp_path):
     torch.save({"format": "cs-repro-ticket/1", "masks": {}, "rewind_state": {}, "metadata": Payload()}, path)
     with pytest.raises(UserError, match="cannot be loaded safely"):
         load_ticket(path)
+
+
+def test_runs_write_their_own_rows_and_a_moved_runs_folder_evaluates_the_same(workspace, tiny_params):
+    """Every run lists its result rows in its metrics.json (one constructor, tickets named relative to the
+    run), so evaluation needs no per-method knowledge and a runs/ tree copied elsewhere gives the same rows."""
+    import shutil
+
+    from cs_repro.evaluation import collect_rows
+
+    params = tiny_params({"imp": {"levels": 1}})
+    runs = workspace / "runs" / "lenet300_100"
+    ex.run_cs_search(params, "lenet300_100", 0.0, 0, runs / "cs" / "search", CPU, checkpoint_dir=None)
+    ex.retrain_ticket(params, runs / "cs" / "search" / "ticket.pt", ("rewind", "reinit", "random"),
+                      runs / "cs" / "retrain", CPU, checkpoint_dir=None)
+    ex.run_imp(params, "lenet300_100", 0, runs / "imp" / "search", CPU, checkpoint_dir=None)
+    written = {tuple(r[k] for k in ("method", "variant", "setting")): r["ticket_file"]
+               for folder in ("cs/search", "cs/retrain/rewind", "cs/retrain/random", "imp/search")
+               for r in _metrics(runs / folder)["result_rows"]}
+    assert written == {
+        ("cs", "pruned", "s0=0"): "ticket.pt",
+        ("cs", "rewind", "s0=0"): "../../search/ticket.pt",
+        ("cs", "random", "s0=0"): "ticket.pt",  # the control's own random mask
+        ("imp", "rewind", "level=0"): "tickets/level_00.pt",
+        ("dense", "rewind", "dense"): "tickets/level_00.pt",
+        ("imp", "rewind", "level=1"): "tickets/level_01.pt",
+    }
+    rows, _, _ = collect_rows(params, workspace / "runs")
+    assert {(r["method"], r["variant"], r["track"]) for r in rows} == {
+        ("cs", "pruned", "pruning"), ("cs", "rewind", "ticket"), ("cs", "reinit", "ticket"), ("cs", "random", "ticket"),
+        ("imp", "rewind", "ticket"), ("dense", "rewind", "ticket")}
+    by_key = {(r["method"], r["variant"], r["setting"]): r for r in rows}
+    assert by_key[("cs", "rewind", "s0=0")]["test_accuracy"] == _metrics(runs / "cs" / "retrain" / "rewind")["final"]["test_accuracy"]
+    assert by_key[("imp", "rewind", "level=1")]["params_nonzero"] < by_key[("dense", "rewind", "dense")]["params_nonzero"]
+
+    moved = workspace / "elsewhere"
+    shutil.copytree(workspace / "runs", moved)
+    shutil.rmtree(workspace / "runs")
+    again, _, _ = collect_rows(params, moved)
+
+    def deterministic(table):  # wall-clock aside
+        return [{k: v for k, v in r.items() if k != "search_seconds"} for r in table]
+
+    assert deterministic(again) == deterministic(rows)

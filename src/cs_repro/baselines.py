@@ -2,13 +2,11 @@
 
 Every run goes through the one training loop (`experiment.TrainingRun`) with a method's `Hooks`, and writes a
 metrics.json whose `result_rows` the evaluation stage turns into result rows as they are (see
-`cs_repro.evaluation`); tickets are written in CS's ticket format and retrained by `experiment.run_retrain`.
+`cs_repro.evaluation`); tickets are written in CS's ticket format and retrained by `experiment.retrain_ticket`.
 
   run_l0_search          L0 gates (methods/l0.py): ticket (mask + rewind point) and the pruned network
                          with its deterministic gates (method l0, variant pruned, track pruning)
-  run_baseline_retrain   a ticket's rewind retraining (experiment.run_retrain) and its random-mask control
-  run_random_control     random masks with the ticket's exact layer-wise counts (variant random)
-  run_level_random_controls  that control for the chosen levels of an IMP search
+  run_level_random_controls  the random-mask control (experiment.run_random_control) of chosen IMP levels
   run_gmp                gradual magnitude pruning (methods/gmp.py), global or per-layer targets
   run_gmp_cs_layers      ablation: GMP to a CS ticket's layer-wise sparsities vs GMP global to its overall one
   run_magnitude_dense    the dense network one-shot magnitude pruning starts from (final + rewind weights)
@@ -31,7 +29,7 @@ import torch
 from cs_repro.errors import UserError
 from cs_repro.experiment import (
     CHECKPOINT_DIR, RunSpec, TrainingRun, _final, _network_config, _ticket_digest, make_model, mask_scale_for,
-    run_retrain, ticket_network,
+    retrain_ticket, run_random_control,
 )
 from cs_repro.io import atomic_torch_save, atomic_write_json, safe_torch_load
 from cs_repro.masks import HardMasks, SoftMasks, plain_state_dict, sparsity_of
@@ -39,10 +37,10 @@ from cs_repro.methods.cs import CSConfig, CSSearch
 from cs_repro.methods.gmp import GMPConfig, GMPPruning
 from cs_repro.methods.l0 import L0Config, L0Gates, L0Search
 from cs_repro.methods.magnitude import DenseTraining, one_shot_masks
-from cs_repro.methods.random_masks import random_generator, random_masks_like
 from cs_repro.methods.retrain import TicketRetrain
 from cs_repro.params import Params
-from cs_repro.tickets import Ticket, check_ticket_fits, load_ticket, save_ticket
+from cs_repro.results import run_row
+from cs_repro.tickets import Ticket, load_ticket, save_ticket
 
 log = logging.getLogger("cs_repro")
 
@@ -51,14 +49,11 @@ DENSE_FORMAT = "cs-repro-dense/1"
 
 
 def _row(method: str, variant: str, track: str, seed: int, setting: str, meta: dict, last, search_epochs: float,
-         retrain_epochs: int, ticket_file: Path) -> dict[str, Any]:
-    """A row in the results schema (network, dataset, sparsity and cost are filled by the evaluation stage)."""
-    return {
-        "method": method, "variant": variant, "track": track, "seed": seed, "setting": setting,
-        "remaining_weights": meta["remaining_weights"], "layer_remaining": meta["layer_remaining"],
-        "test_accuracy": last.test_accuracy, "val_accuracy": last.val_accuracy,
-        "search_epochs": search_epochs, "retrain_epochs": retrain_epochs, "ticket_file": str(ticket_file),
-    }
+         retrain_epochs: int, ticket_file: Path, run_dir: Path) -> dict[str, Any]:
+    """`results.run_row` for a run whose accuracies are those of its loop's last evaluation (`last`)."""
+    return run_row(method=method, variant=variant, track=track, seed=seed, setting=setting, ticket_metadata=meta,
+                   test_accuracy=last.test_accuracy, val_accuracy=last.val_accuracy, search_epochs=search_epochs,
+                   retrain_epochs=retrain_epochs, ticket_file=ticket_file, run_dir=run_dir)
 
 
 def _ticket_meta(method: str, network: str, net, seed: int, setting: str, config: dict, search_epochs: float,
@@ -94,7 +89,7 @@ def run_l0_search(params: Params, network: str, penalty: float, seed: int, out_d
     save_ticket(ticket, out_dir / "ticket.pt")
     # The loop's last evaluation ran in eval mode, i.e. with the deterministic gates: the pruned network as is.
     rows = [_row("l0", "pruned", "pruning", seed, setting, ticket.metadata, history[-1], search_epochs, 0,
-                 out_dir / "ticket.pt")]
+                 out_dir / "ticket.pt", out_dir)]
     training.finish(out_dir, _final(history, remaining_weights=ticket.metadata["remaining_weights"],
                                     layer_remaining=ticket.metadata["layer_remaining"], search_epochs=search_epochs),
                     {"result_rows": rows})
@@ -104,33 +99,6 @@ def run_l0_search(params: Params, network: str, penalty: float, seed: int, out_d
 
 
 # --- tickets: rewind retraining and the random control ---------------------------------------------
-
-
-def run_random_control(params: Params, ticket_path: Path, out_dir: Path, device: torch.device,
-                       checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> dict[str, Any]:
-    """Random masks with exactly the ticket's layer-wise counts, retrained from the ticket's rewind point."""
-    ticket = load_ticket(ticket_path)
-    meta = ticket.metadata
-    network, seed = ticket_network(params, ticket, ticket_path)
-    masks = random_masks_like(ticket.masks, random_generator(seed))
-    control = Ticket(masks, ticket.rewind_state, {**meta, "control": "random", "source_ticket": str(ticket_path)}).with_counts()
-    control_path = Path(out_dir) / "ticket.pt"
-    save_ticket(control, control_path)
-    run = RunSpec("control_random", network, seed, f"{meta['method']} {meta['setting']}", {
-        "ticket": _ticket_digest(ticket_path), "variant": "random", "network": _network_config(params, network)})
-    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
-    check_ticket_fits(ticket, ticket_path, training.model, training.prunable)
-    hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, ticket.rewind_state,
-                          float(meta.get("mask_scale", 1.0)), label=run.method)
-    history = training.train(run, hooks)
-    epochs = training.net.epochs
-    row = _row(meta["method"], "random", "ticket", seed, meta["setting"], control.metadata, history[-1],
-               meta["search_epochs"], epochs, control_path)
-    final = _final(history, remaining_weights=control.metadata["remaining_weights"],
-                   layer_remaining=control.metadata["layer_remaining"], retrain_epochs=epochs)
-    training.finish(out_dir, final, {"result_rows": [row], "ticket": {k: v for k, v in meta.items() if k != "params"},
-                                     "ticket_file": str(ticket_path), "variant": "random"})
-    return final
 
 
 def run_level_random_controls(params: Params, tickets_dir: Path, out_dir: Path, device: torch.device,
@@ -165,30 +133,6 @@ def run_level_random_controls(params: Params, tickets_dir: Path, out_dir: Path, 
     return sorted(wanted)
 
 
-def run_baseline_retrain(params: Params, ticket_path: Path, out_dir: Path, device: torch.device,
-                         variants: tuple[str, ...] = ("rewind", "random"), checkpoint_dir: Path | None = CHECKPOINT_DIR,
-                         timing_dir: Path | None = None) -> None:
-    """out/rewind: experiment.run_retrain from the rewind point; out/random: the random control
-    (only when random_control.enabled)."""
-    for variant in variants:
-        if variant not in ("rewind", "reinit", "random"):
-            raise UserError(f"variant {variant!r} is not allowed; choose rewind, reinit or random")
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    for variant in variants:
-        if variant == "random":
-            if params.random_control.enabled:
-                run_random_control(params, ticket_path, Path(out_dir) / "random", device, checkpoint_dir,
-                                   _sub(timing_dir, "random"))
-            else:  # a stage's outputs must exist even when there is nothing to run
-                for folder in (Path(out_dir), timing_dir):
-                    if folder is not None:
-                        atomic_write_json({"skipped": "random_control.enabled is false"},
-                                          Path(folder) / "random_skipped.json")
-        else:
-            run_retrain(params, ticket_path, variant, Path(out_dir) / variant, device, checkpoint_dir,
-                        _sub(timing_dir, variant))
-
-
 # --- GMP ------------------------------------------------------------------------------------------
 
 
@@ -210,7 +154,7 @@ def run_gmp(params: Params, network: str, sparsity: float, seed: int, out_dir: P
         weights="final trained weights of the pruned network (not a rewind point)")).with_counts()
     save_ticket(result, out_dir / "pruned.pt")
     rows = [_row(method, "pruned", "pruning", seed, setting, result.metadata, history[-1], net.epochs, 0,
-                 out_dir / "pruned.pt")]
+                 out_dir / "pruned.pt", out_dir)]
     training.finish(out_dir, _final(history, remaining_weights=result.metadata["remaining_weights"],
                                     layer_remaining=result.metadata["layer_remaining"]),
                     {"result_rows": rows, "pruning_steps": hooks.events})
@@ -287,14 +231,14 @@ def run_magnitude(params: Params, network: str, sparsity: float, seed: int, dens
     hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, dense["final_state"], label=run.method)
     history = training.train(run, hooks)
     rows = [_row("magnitude_finetune", "finetuned", "pruning", seed, setting, ticket.metadata, history[-1], net.epochs,
-                 ft_epochs, ticket_path)]
+                 ft_epochs, ticket_path, Path(out_dir) / "finetune")]
     training.finish(Path(out_dir) / "finetune",
                     _final(history, remaining_weights=ticket.metadata["remaining_weights"], retrain_epochs=ft_epochs),
                     {"result_rows": rows})
 
     # (a) rewinding: the ticket retrained from the rewind point, and its random control.
-    run_baseline_retrain(params, ticket_path, Path(out_dir) / "retrain", device, ("rewind", "random"), checkpoint_dir,
-                         _sub(timing_dir, "retrain"))
+    retrain_ticket(params, ticket_path, ("rewind", "random"), Path(out_dir) / "retrain", device, checkpoint_dir,
+                   _sub(timing_dir, "retrain"))
     return ticket
 
 
@@ -336,16 +280,17 @@ def run_cs_ablation(params: Params, name: str, network: str, s0: float, seed: in
                     scale=mask_scale_for("released", s0)).remove()
     pruned = training.evaluate()
     last = dataclasses.replace(history[-1], **pruned)
-    rows = [_row(name, "pruned", "pruning", seed, setting, ticket.metadata, last, search_epochs, 0, search_dir / "ticket.pt")]
+    rows = [_row(name, "pruned", "pruning", seed, setting, ticket.metadata, last, search_epochs, 0, search_dir / "ticket.pt",
+                 search_dir)]
     training.finish(search_dir, _final(history, remaining_weights=ticket.metadata["remaining_weights"],
                                        layer_remaining=ticket.metadata["layer_remaining"], search_epochs=search_epochs),
                     {"result_rows": rows, "pruned": pruned})
-    run_baseline_retrain(params, search_dir / "ticket.pt", Path(out_dir) / "retrain", device, ("rewind",), checkpoint_dir,
-                         _sub(timing_dir, "retrain"))
+    retrain_ticket(params, search_dir / "ticket.pt", ("rewind",), Path(out_dir) / "retrain", device, checkpoint_dir,
+                   _sub(timing_dir, "retrain"))
     return ticket
 
 
 __all__ = [
-    "run_l0_search", "run_random_control", "run_level_random_controls", "run_baseline_retrain", "run_gmp", "run_gmp_cs_layers",
+    "run_l0_search", "run_level_random_controls", "run_gmp", "run_gmp_cs_layers",
     "run_magnitude_dense", "run_magnitude", "run_cs_ablation", "CS_ABLATIONS",
 ]

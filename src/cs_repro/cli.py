@@ -158,22 +158,23 @@ def imp(
 def retrain(
     tickets: Annotated[Path, typer.Option(help="a ticket file, or a directory of ticket files (*.pt)")],
     out: Annotated[Path, typer.Option(help="output directory: <variant>/ (one ticket) or <ticket>/<variant>/")],
-    variants: Annotated[str, typer.Option(help="comma list of rewind, reinit, rewind_released_scale; 'controls' = rewind plus the controls params.yaml enables; 'control-only' = the enabled controls alone")] = "controls",
+    variants: Annotated[str, typer.Option(help="comma list of rewind, reinit, random, rewind_released_scale; 'controls' = rewind plus the controls params.yaml enables; 'control-only' = the enabled controls alone")] = "controls",
     params: ParamsOption = Path("params.yaml"),
     device: DeviceOption = None,
     checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
     timing: TimingOption = None,
 ) -> None:
-    """Retrain tickets from their rewind point ('rewind'), from fresh weights ('reinit' control), or from the
-    rewind point with the released code's mask scale ('rewind_released_scale', CS tickets only)."""
-    from cs_repro.experiment import RETRAIN_VARIANTS, run_retrain
+    """Retrain tickets, whatever method found them: from their rewind point ('rewind'), from fresh weights
+    ('reinit' control), as a random mask with the same layer-wise counts ('random' control, when
+    random_control.enabled), or with the released code's mask scale ('rewind_released_scale', CS tickets)."""
+    from cs_repro.experiment import RETRAIN_VARIANTS, retrain_ticket
     from cs_repro.tickets import load_ticket
 
     p = _params(params)
     controls = ["reinit"] if p.controls.reinit else []
     if p.controls.released_scale:
         controls.append("rewind_released_scale")
-    chosen = {"controls": ["rewind", *controls], "control-only": controls}.get(variants, variants.split(","))
+    chosen = {"controls": ["rewind", *controls], "control-only": controls}.get(variants, [v for v in variants.split(",") if v])
     for variant in chosen:
         if variant not in RETRAIN_VARIANTS:
             raise UserError(f"--variants: {variant!r} is not allowed; use {', '.join(RETRAIN_VARIANTS)}, "
@@ -182,24 +183,29 @@ def retrain(
         # the search was switched off (e.g. imp.continue_levels: 0)
         _write_skipped(f"no tickets: {tickets.parent} was skipped", out, timing)
         return
+    if not tickets.exists():
+        raise UserError(f"{tickets} does not exist: run the search that writes it first")
     files = sorted(tickets.glob("*.pt")) if tickets.is_dir() else [tickets]
     if not files:
         raise UserError(f"no ticket files (*.pt) in {tickets}")
+    if "random" in chosen and not p.random_control.enabled:
+        chosen = [v for v in chosen if v != "random"]
     runs = []
     for path in files:
         metadata = load_ticket(path).metadata
         if tickets.is_dir() and metadata.get("remaining_weights", 0.0) >= 1.0:
             continue  # the dense 'ticket' (IMP level 0) has nothing to control for
-        for variant in chosen:
-            if variant == "rewind_released_scale" and variants in ("controls", "control-only") and "s0" not in metadata:
-                continue  # the released scale is CS's; other tickets (IMP) have no s0
-            runs.append((path, variant, Path(path.stem, variant) if tickets.is_dir() else Path(variant)))
+        # the released scale is CS's; other tickets (IMP) have no s0
+        wanted = [v for v in chosen if not (v == "rewind_released_scale" and variants in ("controls", "control-only")
+                                            and "s0" not in metadata)]
+        if wanted:
+            runs.append((path, wanted, Path(path.stem) if tickets.is_dir() else Path()))
     if not runs:  # a stage's outputs must exist even when there is nothing to run
-        _write_skipped("no control applies (controls.reinit, controls.released_scale)", out, timing)
+        _write_skipped("no control applies (controls.reinit, controls.released_scale, random_control.enabled)", out, timing)
         return
     dev = _device(device)
-    for path, variant, relative in runs:
-        run_retrain(p, path, variant, out / relative, dev, checkpoint_dir, timing / relative if timing else None)
+    for path, wanted, relative in runs:
+        retrain_ticket(p, path, wanted, out / relative, dev, checkpoint_dir, timing / relative if timing else None)
 
 
 @app.command()
@@ -329,7 +335,8 @@ app.command("parallel")(user_errors(parallel_command))
 
 # --- the reviewers' baselines and ablations (cs_repro.baselines): `cs-repro baseline <command>` -------------
 
-baseline_app = typer.Typer(help="Baselines and ablations: L0, GMP, magnitude pruning, random controls, CS ablations.",
+baseline_app = typer.Typer(help="Baselines and ablations: L0, GMP, magnitude pruning, IMP's random control, CS ablations "
+                                "(their tickets are retrained by `cs-repro retrain`).",
                            no_args_is_help=True)
 app.add_typer(baseline_app, name="baseline")
 NetworkOption = Annotated[str, typer.Option(help="key of `networks` in params.yaml")]
@@ -361,20 +368,6 @@ def baseline_imp_random_control(
     from cs_repro.baselines import run_level_random_controls
 
     run_level_random_controls(_params(params), tickets, out, _device(device), checkpoint_dir, timing)
-
-
-@baseline_app.command("retrain")
-@user_errors
-def baseline_retrain(ticket: Annotated[Path, typer.Option(help="ticket file")], out: OutOption,
-                     variants: Annotated[str, typer.Option(help="comma list of rewind, reinit, random "
-                                                                "(random only when random_control.enabled)")] = "rewind,random",
-                     params: ParamsOption = Path("params.yaml"), device: DeviceOption = None,
-                     checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS, timing: TimingOption = None) -> None:
-    """Retrain a ticket from its rewind point (out/rewind) and its random-mask control (out/random)."""
-    from cs_repro.baselines import run_baseline_retrain
-
-    run_baseline_retrain(_params(params), ticket, out, _device(device), tuple(v for v in variants.split(",") if v),
-                         checkpoint_dir, timing)
 
 
 @baseline_app.command("gmp")

@@ -2,12 +2,9 @@
 (`metrics/summary.json`) and DVC plot data. No training happens here; FLOPs are counted from the
 ticket masks on a freshly built network.
 
-Row sources, by the `method` field of each metrics.json (or its `result_rows` list, for baselines):
-  imp / imp_c search -> one row per level (imp: the level's training *is* the rewind retraining;
-                        imp level 0 is also the dense reference)
-  cs search          -> the pruning-track row (trained weights, binary mask, no retraining)
-  retrain_<variant>  -> one ticket-track row for the ticket it retrained (rewind or a control;
-                        rewind_released_scale becomes method <ticket method>_released_scale)
+Every run lists its own rows in its metrics.json (`result_rows`, built by `cs_repro.results.run_row`);
+this stage completes them (names, FLOPs of the row's mask, wall-clock cost of the ticket's search) and
+knows nothing about methods. Runs without rows (the dense training of magnitude pruning) add none.
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ from typing import Any
 from cs_repro.flops import CONVENTION, count_cost
 from cs_repro.io import atomic_write_json, read_json
 from cs_repro.params import Params
+from cs_repro.results import complete_row, ticket_path
 from cs_repro.tickets import load_ticket
 
 log = logging.getLogger("cs_repro")
@@ -83,18 +81,6 @@ class _CostCounter:
                 "flops_dense": cost.flops_dense, "flops_nonzero": cost.flops_nonzero}
 
 
-def _row(network: str, dataset: str, method: str, variant: str, track: str, seed: int, setting: str,
-         remaining: float, test: float, val: float, search_epochs: float, search_seconds: float,
-         retrain_epochs: int, layer_remaining: dict, cost: dict) -> dict[str, Any]:
-    return {
-        "network": network, "dataset": dataset, "method": method, "variant": variant, "track": track,
-        "seed": seed, "setting": setting, "remaining_weights": remaining, "sparsity": 1.0 - remaining,
-        "test_accuracy": test, "val_accuracy": val, "search_epochs": search_epochs,
-        "search_seconds": search_seconds, "retrain_epochs": retrain_epochs,
-        "layer_remaining": layer_remaining, **cost,
-    }
-
-
 def read_runs(runs: Path) -> list[tuple[Path, dict[str, Any]]]:
     """(path, content) of every metrics.json under `runs`, in a stable order."""
     return [(path, read_json(path, "run metrics")) for path in sorted(Path(runs).rglob("metrics.json"))]
@@ -114,65 +100,15 @@ def collect_rows(params: Params, runs: Path, timings: Path | None = None,
         if "hardware" in timing:
             hardware.add(timing["hardware"])
     for path, doc in documents:
-        method = doc.get("method")
         network = doc.get("network")
         if network not in params.networks:
             log.warning("%s: network %r is not in params.yaml; skipped", path, network)
             continue
-        dataset = params.networks[network].dataset
-        epochs = params.networks[network].epochs
-        if method in ("imp", "imp_c"):
-            for level in doc["levels"]:
-                ticket_file = path.parent / "tickets" / f"level_{level['level']:02d}.pt"
-                cost = cost_of(network, load_ticket(ticket_file).masks)
-                common = dict(seed=doc["seed"], remaining=level["remaining_weights"], test=level["test_accuracy"],
-                              val=level["val_accuracy"], search_epochs=level["search_epochs"],
-                              search_seconds=ticket_search_seconds(ticket_file, runs, timings), retrain_epochs=epochs,
-                              layer_remaining=level["layer_remaining"], cost=cost)
-                if method == "imp":
-                    rows.append(_row(network, dataset, "imp", "rewind", "ticket", setting=level["setting"], **common))
-                    if level["level"] == 0:
-                        rows.append(_row(network, dataset, "dense", "rewind", "ticket", setting="dense", **common))
-                else:
-                    # IMP-C's own level training continues from trained weights: a pruning-track result.
-                    rows.append(_row(network, dataset, "imp_c", "pruned", "pruning", setting=level["setting"], **common))
-        elif method == "cs":
-            ticket = load_ticket(path.parent / "ticket.pt")
-            rows.append(_row(
-                network, dataset, "cs", "pruned", "pruning", doc["seed"], doc["setting"],
-                doc["final"]["remaining_weights"], doc["pruned"]["test_accuracy"], doc["pruned"]["val_accuracy"],
-                doc["final"]["search_epochs"], ticket_search_seconds(path.parent / "ticket.pt", runs, timings), 0,
-                doc["final"]["layer_remaining"], cost_of(network, ticket.masks),
-            ))
-        elif "result_rows" in doc:
-            # Generic source (baselines): rows already in the results schema, each naming its mask file.
-            # A control retrains another run's ticket (doc's ticket_file): it costs that ticket's search.
-            if "ticket_file" in doc:
-                seconds = ticket_search_seconds(Path(doc["ticket_file"]), runs, timings)
-            else:
-                seconds = float(_timing(_timing_dir(path, runs, timings)).get("seconds", 0.0))
-            for given in doc["result_rows"]:
-                row = dict(given)
-                masks = load_ticket(Path(row.pop("ticket_file"))).masks
-                row.update(network=network, dataset=dataset, sparsity=1.0 - row["remaining_weights"])
-                row.update(cost_of(network, masks))
-                row.setdefault("search_seconds", seconds)
-                rows.append(row)
-        elif method and method.startswith("retrain_"):
-            meta = doc["ticket"]
-            seconds = ticket_search_seconds(Path(doc["ticket_file"]), runs, timings)
-            masks = load_ticket(Path(doc["ticket_file"])).masks
-            # The released code's mask scale is a way of retraining the ticket, reported as a method of its
-            # own (e.g. cs_released_scale) so that it gets its own line, table row and matching verdict.
-            method_name, variant = meta["method"], doc["variant"]
-            if variant == "rewind_released_scale":
-                method_name, variant = f"{method_name}_released_scale", "rewind"
-            rows.append(_row(
-                network, dataset, method_name, variant, "ticket", doc["seed"], meta["setting"],
-                doc["final"]["remaining_weights"], doc["final"]["test_accuracy"], doc["final"]["val_accuracy"],
-                meta["search_epochs"], seconds, doc["final"]["retrain_epochs"], doc["final"]["layer_remaining"],
-                cost_of(network, masks),
-            ))
+        for written in doc.get("result_rows", []):
+            rows.append(complete_row(
+                written, network=network, dataset=params.networks[network].dataset,
+                search_seconds=ticket_search_seconds(ticket_path(path.parent, written, "searched_ticket"), runs, timings),
+                cost=cost_of(network, load_ticket(ticket_path(path.parent, written)).masks)))
     return rows, total_seconds, hardware
 
 

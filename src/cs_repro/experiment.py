@@ -32,6 +32,8 @@ from cs_repro.methods.imp import IMPConfig, IMPSearch
 from cs_repro.methods.retrain import TicketRetrain
 from cs_repro.models import MODELS, build_model, prunable_names
 from cs_repro.params import NetworkParams, Params, check_seed
+from cs_repro.results import run_row
+from cs_repro.methods.random_masks import random_generator, random_masks_like
 from cs_repro.tickets import Ticket, check_ticket_fits, load_ticket, save_ticket
 from cs_repro.train import DataSplits, Hooks, OptimConfig, TrainingLoop
 
@@ -40,9 +42,11 @@ log = logging.getLogger("cs_repro")
 PREPARED_DIR = Path("data/prepared")
 EVAL_BATCH = 500  # larger batches are slower for convs on a 2-core CPU (measured: 23 vs 34 us/image for lenet5)
 REINIT_SEED_OFFSET = 100_003  # the reinit control draws weights unrelated to the ticket's own init
-# Retraining variants: from the rewind point with the ticket's own mask scale; from fresh weights; from
-# the rewind point with the released code's scale binary / sigmoid(s0) (CS tickets only).
-RETRAIN_VARIANTS = ("rewind", "reinit", "rewind_released_scale")
+# The one list of ways to retrain a ticket: from the rewind point with its own mask scale; from fresh weights
+# (reinit control); a random mask with the ticket's layer-wise counts from the rewind point (random control,
+# when random_control.enabled); from the rewind point with the released code's scale binary / sigmoid(s0)
+# (CS tickets only).
+RETRAIN_VARIANTS = ("rewind", "reinit", "random", "rewind_released_scale")
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -293,10 +297,14 @@ def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: P
     HardMasks.apply(training.model, binary, scale=mask_scale_for("released", s0)).remove()
     pruned = training.evaluate()
     save_ticket(ticket, out_dir / "ticket.pt")
+    rows = [run_row(method="cs", variant="pruned", track="pruning", seed=seed, setting=run.setting,
+                    ticket_metadata=ticket.metadata, test_accuracy=pruned["test_accuracy"],
+                    val_accuracy=pruned["val_accuracy"], search_epochs=config.rounds * net.epochs, retrain_epochs=0,
+                    ticket_file=out_dir / "ticket.pt", run_dir=out_dir)]
     training.finish(out_dir, _final(
         history, remaining_weights=ticket.metadata["remaining_weights"], layer_remaining=ticket.metadata["layer_remaining"],
         search_epochs=config.rounds * net.epochs,
-    ), {"pruned": pruned})
+    ), {"pruned": pruned, "result_rows": rows})
     log.info("%s: ticket keeps %.2f%% of prunable weights; pruned network test %.2f%%",
              run.label(), 100 * ticket.metadata["remaining_weights"], 100 * pruned["test_accuracy"])
     return ticket
@@ -319,7 +327,7 @@ def run_imp(params: Params, network: str, seed: int, out_dir: Path, device: torc
     run = RunSpec(method, network, seed, "", {"imp": asdict(config), "network": _network_config(params, network)})
     hooks = IMPSearch(config)
     history = training.train(run, hooks)
-    tickets, level_rows = [], []
+    tickets, level_rows, result_rows = [], [], []
     for level, masks in enumerate(hooks.level_masks):
         rows = [r for r in history if r.phase == level]
         search_epochs = (level + 1) * net.epochs
@@ -328,8 +336,20 @@ def run_imp(params: Params, network: str, seed: int, out_dir: Path, device: torc
             "setting": f"level={level}", "level": level, "params": run.config, "rewind_epoch": net.rewind_epoch,
             "search_epochs": search_epochs, "mask_scale": 1.0,
         }).with_counts()
-        save_ticket(ticket, out_dir / "tickets" / f"level_{level:02d}.pt")
+        ticket_file = out_dir / "tickets" / f"level_{level:02d}.pt"
+        save_ticket(ticket, ticket_file)
         tickets.append(ticket)
+        # IMP's level training *is* the rewind retraining of the level's ticket (and level 0 is the dense
+        # network); IMP-C's levels continue from trained weights, so they are pruning-track results.
+        accuracy = dict(seed=seed, ticket_metadata=ticket.metadata, test_accuracy=rows[-1].test_accuracy,
+                        val_accuracy=rows[-1].val_accuracy, search_epochs=search_epochs, retrain_epochs=net.epochs,
+                        ticket_file=ticket_file, run_dir=out_dir)
+        if continue_search:
+            result_rows.append(run_row(method="imp_c", variant="pruned", track="pruning", setting=f"level={level}", **accuracy))
+        else:
+            result_rows.append(run_row(method="imp", variant="rewind", track="ticket", setting=f"level={level}", **accuracy))
+            if level == 0:
+                result_rows.append(run_row(method="dense", variant="rewind", track="ticket", setting="dense", **accuracy))
         level_rows.append({
             "level": level, "setting": f"level={level}", "remaining_weights": ticket.metadata["remaining_weights"],
             "layer_remaining": ticket.metadata["layer_remaining"], "test_accuracy": rows[-1].test_accuracy,
@@ -337,17 +357,68 @@ def run_imp(params: Params, network: str, seed: int, out_dir: Path, device: torc
             "search_seconds": sum(training.loop.epoch_seconds[: (level + 1) * net.epochs]),
         })
     training.finish(out_dir, _final(history, remaining_weights=tickets[-1].metadata["remaining_weights"]),
-                    {"levels": [{k: v for k, v in row.items() if k != "search_seconds"} for row in level_rows]})
+                    {"levels": [{k: v for k, v in row.items() if k != "search_seconds"} for row in level_rows],
+                     "result_rows": result_rows})
     atomic_write_json({"levels": [{"level": r["level"], "search_seconds": r["search_seconds"]} for r in level_rows]},
                       (timing_dir or out_dir) / "level_timing.json")
     return tickets
 
 
+def retrain_ticket(params: Params, ticket_path: Path, variants, out_dir: Path, device: torch.device,
+                   checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> list[str]:
+    """Retrain one ticket in each of `variants` (RETRAIN_VARIANTS), into out/<variant>/. The random control
+    is left out while random_control.enabled is false. Returns the variants that ran."""
+    unknown = [v for v in variants if v not in RETRAIN_VARIANTS]
+    if unknown:
+        raise UserError(f"variant {unknown[0]!r} is not allowed; choose from {', '.join(RETRAIN_VARIANTS)}")
+    ran = []
+    for variant in variants:
+        if variant == "random" and not params.random_control.enabled:
+            log.info("random-mask control of %s skipped: random_control.enabled is false", ticket_path)
+            continue
+        timing = Path(timing_dir) / variant if timing_dir else None
+        if variant == "random":
+            run_random_control(params, ticket_path, Path(out_dir) / variant, device, checkpoint_dir, timing)
+        else:
+            run_retrain(params, ticket_path, variant, Path(out_dir) / variant, device, checkpoint_dir, timing)
+        ran.append(variant)
+    return ran
+
+
+def run_random_control(params: Params, ticket_path: Path, out_dir: Path, device: torch.device,
+                       checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> dict[str, Any]:
+    """Random masks with exactly the ticket's layer-wise counts, retrained from the ticket's rewind point."""
+    ticket = load_ticket(ticket_path)
+    meta = ticket.metadata
+    network, seed = ticket_network(params, ticket, ticket_path)
+    masks = random_masks_like(ticket.masks, random_generator(seed))
+    control = Ticket(masks, ticket.rewind_state, {**meta, "control": "random", "source_ticket": str(ticket_path)}).with_counts()
+    control_path = Path(out_dir) / "ticket.pt"
+    save_ticket(control, control_path)
+    run = RunSpec("control_random", network, seed, f"{meta['method']} {meta['setting']}", {
+        "ticket": _ticket_digest(ticket_path), "variant": "random", "network": _network_config(params, network)})
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
+    check_ticket_fits(ticket, ticket_path, training.model, training.prunable)
+    hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, ticket.rewind_state,
+                          float(meta.get("mask_scale", 1.0)), label=run.method)
+    history = training.train(run, hooks)
+    epochs = training.net.epochs
+    row = run_row(method=meta["method"], variant="random", track="ticket", seed=seed, setting=meta["setting"],
+                  ticket_metadata=control.metadata, test_accuracy=history[-1].test_accuracy,
+                  val_accuracy=history[-1].val_accuracy, search_epochs=meta["search_epochs"], retrain_epochs=epochs,
+                  ticket_file=control_path, run_dir=out_dir, searched_ticket=ticket_path)
+    final = _final(history, remaining_weights=control.metadata["remaining_weights"],
+                   layer_remaining=control.metadata["layer_remaining"], retrain_epochs=epochs)
+    training.finish(out_dir, final, {"result_rows": [row], "ticket": {k: v for k, v in meta.items() if k != "params"},
+                                     "ticket_file": str(ticket_path), "variant": "random"})
+    return final
+
+
 def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, device: torch.device,
                 checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> dict[str, Any]:
-    """Retrain one ticket: variant 'rewind' (from the rewind point), 'reinit' (fresh random weights) or
-    'rewind_released_scale' (from the rewind point, mask x 1/sigmoid(s0) as in the released CS code)."""
-    if variant not in RETRAIN_VARIANTS:
+    """Retrain one ticket's own mask: variant 'rewind' (from the rewind point), 'reinit' (fresh random weights)
+    or 'rewind_released_scale' (from the rewind point, mask x 1/sigmoid(s0) as in the released CS code)."""
+    if variant not in RETRAIN_VARIANTS or variant == "random":
         raise UserError(f"variant {variant!r} is not allowed; choose one of {', '.join(RETRAIN_VARIANTS)}")
     ticket = load_ticket(ticket_path)
     meta = ticket.metadata
@@ -368,8 +439,17 @@ def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, 
     history = training.train(run, hooks)
     final = _final(history, remaining_weights=meta["remaining_weights"], layer_remaining=meta["layer_remaining"],
                    search_epochs=meta["search_epochs"], retrain_epochs=training.net.epochs)
+    # The released code's mask scale is a way of retraining the ticket, reported as a method of its own
+    # (e.g. cs_released_scale) so that it gets its own line, table row and matching verdict.
+    released = variant == "rewind_released_scale"
+    rows = [run_row(method=f"{meta['method']}_released_scale" if released else meta["method"],
+                    variant="rewind" if released else variant, track="ticket", seed=seed, setting=meta["setting"],
+                    ticket_metadata=meta, test_accuracy=final["test_accuracy"], val_accuracy=final["val_accuracy"],
+                    search_epochs=meta["search_epochs"], retrain_epochs=training.net.epochs, ticket_file=ticket_path,
+                    run_dir=out_dir)]
     training.finish(out_dir, final, {"ticket": {k: v for k, v in meta.items() if k != "params"},
-                                     "ticket_file": str(ticket_path), "variant": variant, "mask_scale": mask_scale})
+                                     "ticket_file": str(ticket_path), "variant": variant, "mask_scale": mask_scale,
+                                     "result_rows": rows})
     return final
 
 
@@ -384,5 +464,6 @@ def _drop_checkpoint(run: RunSpec, checkpoint_dir: Path | None) -> None:
 
 __all__ = [
     "MODELS", "prepare_dataset", "load_prepared", "make_splits", "make_model", "run_cs_search", "run_imp", "run_retrain",
+    "run_random_control", "retrain_ticket", "RETRAIN_VARIANTS",
     "sparsity_of",
 ]

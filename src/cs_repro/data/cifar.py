@@ -83,14 +83,6 @@ def batch_to_tensors(batch: dict, path: Path | str = "<bytes>") -> tuple[torch.T
     return images, torch.as_tensor(np.asarray(labels, dtype=np.int64))
 
 
-def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        content = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read {path} ({e.strerror}); check the file's permissions") from None
-    return batch_to_tensors(read_batch_bytes(content, path), path)
-
-
 def _present(d: Path) -> bool:
     return all((d / n).is_file() for n in CIFAR_FILES)
 

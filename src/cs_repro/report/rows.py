@@ -1,8 +1,8 @@
 """Result rows: the contract between the evaluation stage and the report.
 
 The evaluation stage writes ``metrics/results.json`` as ``{"rows": [...], "meta": {...}}``, one
-row per retrained/evaluated network.  This module loads that file and checks every row, so that
-the rest of the report can trust the fields.  A row that lacks a field or holds a value of the
+row per retrained/evaluated network, each built by ``cs_repro.results`` (where the schema lives).
+This module loads that file and checks every row, so that the rest of the report can trust the fields.  A row that lacks a field or holds a value of the
 wrong kind raises :class:`RowError` (a ``ValueError``) naming the row index and the field.
 
 It also holds the display names (network, dataset, method, variant) used by figures, tables and
@@ -18,31 +18,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from cs_repro.errors import UserError
+from cs_repro.results import ROW_FIELDS, TRACKS  # noqa: F401  (the schema; re-exported for the report)
 
-#: Field name -> accepted Python types.  ``bool`` is rejected for numbers even though it is an int.
-ROW_FIELDS: dict[str, tuple[type, ...]] = {
-    "network": (str,),
-    "dataset": (str,),
-    "method": (str,),
-    "variant": (str,),
-    "track": (str,),
-    "seed": (int,),
-    "setting": (str,),
-    "remaining_weights": (int, float),
-    "sparsity": (int, float),
-    "test_accuracy": (int, float),
-    "val_accuracy": (int, float),
-    "search_epochs": (int, float),
-    "search_seconds": (int, float),
-    "retrain_epochs": (int,),
-    "layer_remaining": (dict,),
-    "params_total": (int,),
-    "params_nonzero": (int,),
-    "flops_dense": (int,),
-    "flops_nonzero": (int,),
-}
-
-TRACKS = ("ticket", "pruning")
 
 #: Keys of ``meta`` the report prints; missing ones are shown as "not recorded".
 META_FIELDS = (
