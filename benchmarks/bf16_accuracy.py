@@ -11,7 +11,7 @@ import json
 import statistics
 from pathlib import Path
 
-from cs_repro import experiment as ex
+from cs_repro import run as ex
 from cs_repro.device import choose_device, hardware_name
 from cs_repro.params import params_from_dict
 from cs_repro.train import Hooks, TrainingLoop

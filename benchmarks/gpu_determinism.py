@@ -20,7 +20,8 @@ sys.path.insert(0, str(REPO / "tests"))
 def main() -> None:
     from fixtures import write_cifar10
 
-    from cs_repro import experiment as ex
+    from cs_repro import run as ex
+    from cs_repro.methods.cs import run_cs_search
     from cs_repro.device import choose_device
     from cs_repro.params import params_from_dict
     from cs_repro.profiles import load_profile
@@ -36,7 +37,7 @@ def main() -> None:
     params = params_from_dict(raw)
     ex.prepare_dataset(params, "cifar10", ex.prepared_path("cifar10"))
     for name in ("a", "b"):
-        ex.run_cs_search(params, "resnet20", 0.0, 0, work / name, device, checkpoint_dir=None)
+        run_cs_search(params, "resnet20", 0.0, 0, work / name, device, checkpoint_dir=None)
     same_metrics = (work / "a" / "metrics.json").read_bytes() == (work / "b" / "metrics.json").read_bytes()
     a, b = load_ticket(work / "a" / "ticket.pt"), load_ticket(work / "b" / "ticket.pt")
     same_masks = all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)

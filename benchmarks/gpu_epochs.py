@@ -33,7 +33,9 @@ def main() -> None:
 
     from fixtures import write_cifar10
 
-    from cs_repro import experiment as ex
+    from cs_repro import run as ex
+    from cs_repro.methods.cs import run_cs_search
+    from cs_repro.methods.imp import run_imp
     from cs_repro.device import choose_device, hardware_name
     from cs_repro.params import params_from_dict
     from cs_repro.profiles import load_profile
@@ -64,10 +66,10 @@ def main() -> None:
             for method in ("dense", "cs"):
                 out = workdir / f"{network}-{method}-{bf16}"
                 if method == "cs":
-                    ex.run_cs_search(params, network, 0.0, 0, out, device, checkpoint_dir=None)
+                    run_cs_search(params, network, 0.0, 0, out, device, checkpoint_dir=None)
                     seconds = json.loads((out / "timing.json").read_text())["epoch_seconds"]
                 else:
-                    ex.run_imp(params, network, 0, out, device, checkpoint_dir=None)
+                    run_imp(params, network, 0, out, device, checkpoint_dir=None)
                     seconds = json.loads((out / "timing.json").read_text())["epoch_seconds"][: args.epochs]
                 steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
                 row = {"network": network, "method": method, "bf16": bf16, "epoch_seconds": seconds,

@@ -18,7 +18,7 @@ def prepared_fashion(tmp_path_factory) -> Path:
     """data/prepared/fashion_mnist.pt built once from the real Debian files."""
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.fail("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist (.ci/run does it)")
-    from cs_repro.experiment import prepare_dataset
+    from cs_repro.run import prepare_dataset
     from cs_repro.params import params_from_dict
 
     root = tmp_path_factory.mktemp("prepared")

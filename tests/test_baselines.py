@@ -11,16 +11,18 @@ import pytest
 import torch
 import yaml
 
-from cs_repro import baselines as bl
-from cs_repro import experiment as ex
+from cs_repro import run as ex
 from cs_repro.errors import UserError
 from cs_repro.evaluation import collect_rows
-from cs_repro.methods.gmp import GMPPruning, Schedule, kept_at
-from cs_repro.methods.l0 import (
-    BETA, GAMMA, ZETA, HardConcreteGate, L0Config, L0Search, deterministic_gates, prob_nonzero, prob_one, sample_gates,
-)
-from cs_repro.methods.retrain import TicketRetrain
+from cs_repro.methods.cs import run_cs_search
+from cs_repro.methods.cs_ablations import CS_ABLATIONS, run_cs_ablation
+from cs_repro.methods.gmp import GMPPruning, Schedule, kept_at, run_gmp, run_gmp_cs_layers
+from cs_repro.methods.imp import run_imp
+from cs_repro.methods.l0 import (BETA, GAMMA, ZETA, HardConcreteGate, L0Config, L0Search, deterministic_gates,
+                                 prob_nonzero, prob_one, run_l0_search, sample_gates)
+from cs_repro.methods.magnitude import run_magnitude, run_magnitude_dense
 from cs_repro.methods.random_masks import random_generator, random_masks_like
+from cs_repro.methods.retrain import TicketRetrain, retrain_ticket, run_level_random_controls, run_retrain
 from cs_repro.params import params_from_dict
 from cs_repro.profiles import compose_profile
 from cs_repro.report.rows import as_rows
@@ -117,7 +119,7 @@ def test_gmp_schedule_formula():
 def test_gmp_follows_the_cubic_schedule_and_ends_exactly_at_the_target(workspace, tiny_params):
     params = tiny_params({"gmp": {"start": 0.0, "end": 0.67, "frequency": 6}})
     target = 0.9
-    result = bl.run_gmp(params, "lenet300_100", target, 0, workspace / "gmp", CPU, checkpoint_dir=None)
+    result = run_gmp(params, "lenet300_100", target, 0, workspace / "gmp", CPU, checkpoint_dir=None)
     doc = _metrics(workspace / "gmp")
     events = doc["pruning_steps"]
     total = result.metadata["prunable_count"]
@@ -138,7 +140,7 @@ def test_gmp_per_layer_targets_are_met_exactly_per_layer(workspace, tiny_params)
     targets = {"fc1.weight": 0.95, "fc2.weight": 0.6, "fc3.weight": 0.2}
     model, names = ex.make_model(params.network("lenet300_100"), 0, CPU)
     assert sorted(names) == sorted(targets)
-    result = bl.run_gmp(params, "lenet300_100", 0.9, 0, workspace / "gmp", CPU, checkpoint_dir=None,
+    result = run_gmp(params, "lenet300_100", 0.9, 0, workspace / "gmp", CPU, checkpoint_dir=None,
                         layer_targets=targets, method="gmp_cs_layers", setting="test")
     for name, mask in result.masks.items():
         assert int(mask.sum()) == round((1 - targets[name]) * mask.numel())
@@ -166,7 +168,7 @@ def _interrupted_then_resumed(monkeypatch, hooks_class, run) -> None:
 
 def test_gmp_resumes_to_identical_metrics(workspace, tiny_params, monkeypatch):
     params = tiny_params({"gmp": {"start": 0.0, "end": 0.67, "frequency": 6}})
-    _interrupted_then_resumed(monkeypatch, GMPPruning, lambda folder, checkpoints: bl.run_gmp(
+    _interrupted_then_resumed(monkeypatch, GMPPruning, lambda folder, checkpoints: run_gmp(
         params, "lenet300_100", 0.8, 0, workspace / folder, CPU, checkpoint_dir=workspace / checkpoints))
     _assert_same_run(workspace / "whole", workspace / "resumed")
 
@@ -174,8 +176,8 @@ def test_gmp_resumes_to_identical_metrics(workspace, tiny_params, monkeypatch):
 def test_released_scale_retraining_resumes_to_identical_metrics(workspace, tiny_params, monkeypatch):
     # A resume must re-register the scaled gradient hooks without scaling the checkpoint's weights again.
     params = tiny_params()
-    ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "cs", CPU, checkpoint_dir=None)
-    _interrupted_then_resumed(monkeypatch, TicketRetrain, lambda folder, checkpoints: ex.run_retrain(
+    run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "cs", CPU, checkpoint_dir=None)
+    _interrupted_then_resumed(monkeypatch, TicketRetrain, lambda folder, checkpoints: run_retrain(
         params, workspace / "cs" / "ticket.pt", "rewind_released_scale", workspace / folder, CPU,
         checkpoint_dir=workspace / checkpoints))
     _assert_same_run(workspace / "whole", workspace / "resumed")
@@ -207,30 +209,30 @@ def test_every_baseline_writes_result_rows_that_evaluation_accepts(workspace, ti
                           "baselines": {"sparsities": [0.9], "l0_penalty": [3e-3], "cs_s0": [0.0]}}, **small)
     runs = workspace / "runs" / "lenet300_100"
     # CS (the real method) for the ablation that reads its ticket.
-    ex.run_cs_search(params, "lenet300_100", 0.0, 0, runs / "cs" / "search", CPU, checkpoint_dir=None)
+    run_cs_search(params, "lenet300_100", 0.0, 0, runs / "cs" / "search", CPU, checkpoint_dir=None)
     # L0: search, rewind retraining and random control.
-    l0 = bl.run_l0_search(params, "lenet300_100", 3e-3, 0, runs / "l0" / "search", CPU, checkpoint_dir=None)
+    l0 = run_l0_search(params, "lenet300_100", 3e-3, 0, runs / "l0" / "search", CPU, checkpoint_dir=None)
     assert 0.0 < l0.metadata["remaining_weights"] < 1.0
-    ex.retrain_ticket(params, runs / "l0" / "search" / "ticket.pt", ("rewind", "random"), runs / "l0" / "retrain", CPU,
+    retrain_ticket(params, runs / "l0" / "search" / "ticket.pt", ("rewind", "random"), runs / "l0" / "retrain", CPU,
                       checkpoint_dir=None)
     random_ticket = load_ticket(runs / "l0" / "retrain" / "random" / "ticket.pt")
     for name, mask in l0.masks.items():
         assert int(random_ticket.masks[name].sum()) == int(mask.sum())
         assert torch.equal(random_ticket.rewind_state[name], l0.rewind_state[name])
     # GMP, magnitude pruning with rewinding / fine-tuning.
-    bl.run_gmp(params, "lenet300_100", 0.9, 0, runs / "gmp", CPU, checkpoint_dir=None)
-    bl.run_magnitude_dense(params, "lenet300_100", 0, runs / "magnitude" / "dense", CPU, checkpoint_dir=None)
-    magnitude = bl.run_magnitude(params, "lenet300_100", 0.9, 0, runs / "magnitude" / "dense", runs / "magnitude" / "s",
+    run_gmp(params, "lenet300_100", 0.9, 0, runs / "gmp", CPU, checkpoint_dir=None)
+    run_magnitude_dense(params, "lenet300_100", 0, runs / "magnitude" / "dense", CPU, checkpoint_dir=None)
+    magnitude = run_magnitude(params, "lenet300_100", 0.9, 0, runs / "magnitude" / "dense", runs / "magnitude" / "s",
                                  CPU, checkpoint_dir=None)
     assert magnitude.metadata["remaining_count"] == round(0.1 * magnitude.metadata["prunable_count"])
     # The dense run is IMP's level 0: same seed, same rewind point.
-    imp = ex.run_imp(tiny_params({"imp": {"levels": 1}}, **small), "lenet300_100", 0,
+    imp = run_imp(tiny_params({"imp": {"levels": 1}}, **small), "lenet300_100", 0,
                      workspace / "imp_check", CPU, checkpoint_dir=None)
     assert all(torch.equal(imp[0].rewind_state[k], magnitude.rewind_state[k]) for k in magnitude.rewind_state)
     # Ablations.
-    for name in bl.CS_ABLATIONS:
-        bl.run_cs_ablation(params, name, "lenet300_100", 0.0, 0, runs / name, CPU, checkpoint_dir=None)
-    bl.run_gmp_cs_layers(params, runs / "cs" / "search" / "ticket.pt", runs / "gmp_cs_layers", CPU, checkpoint_dir=None)
+    for name in CS_ABLATIONS:
+        run_cs_ablation(params, name, "lenet300_100", 0.0, 0, runs / name, CPU, checkpoint_dir=None)
+    run_gmp_cs_layers(params, runs / "cs" / "search" / "ticket.pt", runs / "gmp_cs_layers", CPU, checkpoint_dir=None)
     cs_ticket = load_ticket(runs / "cs" / "search" / "ticket.pt")
     layerwise = load_ticket(runs / "gmp_cs_layers" / "layerwise" / "pruned.pt")
     for name, mask in cs_ticket.masks.items():  # GMP reaches CS's layer-wise counts exactly
@@ -268,16 +270,16 @@ def test_every_baseline_writes_result_rows_that_evaluation_accepts(workspace, ti
 def test_disabled_random_control_is_left_out_of_the_one_retrain(workspace, tiny_params):
     params = tiny_params({"random_control": {"enabled": False}})
     # the switch is read before the ticket: nothing is loaded, nothing runs
-    assert ex.retrain_ticket(params, workspace / "missing.pt", ("random",), workspace / "out", CPU, None) == []
+    assert retrain_ticket(params, workspace / "missing.pt", ("random",), workspace / "out", CPU, None) == []
     with pytest.raises(UserError, match="'mixup' is not allowed"):
-        ex.retrain_ticket(params, workspace / "missing.pt", ("rewind", "mixup"), workspace / "out", CPU, None)
+        retrain_ticket(params, workspace / "missing.pt", ("rewind", "mixup"), workspace / "out", CPU, None)
 
 
 def test_imp_random_control_runs_the_chosen_levels_with_their_exact_counts(workspace, tiny_params):
     params = tiny_params({"imp": {"levels": 3}, "random_control": {"imp_levels": [1, 3]}})
     runs = workspace / "runs" / "lenet300_100"
-    tickets = ex.run_imp(params, "lenet300_100", 0, runs / "imp" / "search", CPU, checkpoint_dir=None)
-    done = bl.run_level_random_controls(params, runs / "imp" / "search" / "tickets", runs / "imp" / "random_control",
+    tickets = run_imp(params, "lenet300_100", 0, runs / "imp" / "search", CPU, checkpoint_dir=None)
+    done = run_level_random_controls(params, runs / "imp" / "search" / "tickets", runs / "imp" / "random_control",
                                         CPU, checkpoint_dir=None)
     assert done == [1, 3]
     assert sorted(p.name for p in (runs / "imp" / "random_control").iterdir()) == ["level_01", "level_03"]
@@ -294,10 +296,10 @@ def test_imp_random_control_runs_the_chosen_levels_with_their_exact_counts(works
     assert 0.1 < random_rows["level=3"]["test_accuracy"] <= 1.0
     # a level the search does not hold, and the switch
     with pytest.raises(UserError, match=r"imp_levels.*\[4\]"):
-        bl.run_level_random_controls(tiny_params({"imp": {"levels": 5}, "random_control": {"imp_levels": [4]}}),
+        run_level_random_controls(tiny_params({"imp": {"levels": 5}, "random_control": {"imp_levels": [4]}}),
                                      runs / "imp" / "search" / "tickets", workspace / "x", CPU, checkpoint_dir=None)
     off = tiny_params({"random_control": {"enabled": False}})
-    assert bl.run_level_random_controls(off, runs / "imp" / "search" / "tickets", workspace / "off", CPU, None) == []
+    assert run_level_random_controls(off, runs / "imp" / "search" / "tickets", workspace / "off", CPU, None) == []
     assert (workspace / "off" / "skipped.json").exists()
 
 
@@ -309,7 +311,7 @@ def test_bad_imp_levels_of_the_random_control_name_the_key(tiny_params, levels, 
 
 def test_l0_search_is_deterministic_and_resumes(workspace, tiny_params, monkeypatch):
     params = tiny_params({"l0": {"gate_lr": 0.05}}, train_subset=1000, test_subset=500, val_size=200)
-    _interrupted_then_resumed(monkeypatch, L0Search, lambda folder, checkpoints: bl.run_l0_search(
+    _interrupted_then_resumed(monkeypatch, L0Search, lambda folder, checkpoints: run_l0_search(
         params, "lenet300_100", 3e-4, 0, workspace / folder, CPU, checkpoint_dir=workspace / checkpoints))
     _assert_same_run(workspace / "whole", workspace / "resumed")
 

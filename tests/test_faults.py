@@ -20,11 +20,12 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from cs_repro import experiment as ex
 from cs_repro import fingerprint
 from cs_repro.cli import app
 from cs_repro.errors import UserError
 from cs_repro.io import atomic_write_text, remove_stale_temporaries
+from cs_repro.methods.cs import run_cs_search
+from cs_repro.methods.imp import run_imp
 from cs_repro.methods.retrain import TicketRetrain
 from cs_repro.profiles import compose_profile
 from cs_repro.tickets import TICKET_FORMAT, load_ticket
@@ -185,6 +186,7 @@ BAD_TICKETS = {
 def imp_ticket(tmp_path_factory, prepared_fashion):
     """One real level-1 IMP ticket of the tiny LeNet-300-100 (trained once for the module)."""
     from conftest import tiny_params_dict
+
     from cs_repro.params import params_from_dict
 
     root = tmp_path_factory.mktemp("imp")
@@ -196,7 +198,7 @@ def imp_ticket(tmp_path_factory, prepared_fashion):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        ex.run_imp(params_from_dict(raw), "lenet300_100", 0, root / "imp", CPU, checkpoint_dir=None)
+        run_imp(params_from_dict(raw), "lenet300_100", 0, root / "imp", CPU, checkpoint_dir=None)
     finally:
         os.chdir(cwd)
     return root, root / "imp" / "tickets" / "level_01.pt"
@@ -227,7 +229,7 @@ def test_a_loss_that_blows_up_without_nan_stops_the_search_and_writes_no_ticket(
     # temperature rises; the loss goes 1.09 -> 21.9 in the second epoch, with no NaN.
     params = tiny_params()
     with pytest.raises(UserError, match=r"diverged in round 1/3 epoch 2/3: the training loss 2\d\.\d+ is over 4x"):
-        ex.run_cs_search(params, "lenet300_100", 0.5, 0, workspace / "cs", CPU, checkpoint_dir=workspace / "ck")
+        run_cs_search(params, "lenet300_100", 0.5, 0, workspace / "cs", CPU, checkpoint_dir=workspace / "ck")
     assert not (workspace / "cs" / "ticket.pt").exists() and not (workspace / "cs" / "metrics.json").exists()
     assert not list((workspace / "ck").glob("*.pt"))  # no checkpoint to resume into the same divergence
 
@@ -235,7 +237,7 @@ def test_a_loss_that_blows_up_without_nan_stops_the_search_and_writes_no_ticket(
 def test_a_nan_loss_names_its_epoch(workspace, tiny_params):
     params = tiny_params({"imp": {"levels": 1}}, lr=0.2, batch_size=50, epochs=2, lr_milestones=[])
     with pytest.raises(UserError, match=r"diverged in dense epoch 1/2: the training loss became nan"):
-        ex.run_imp(params, "lenet300_100", 0, workspace / "imp", CPU, checkpoint_dir=None)
+        run_imp(params, "lenet300_100", 0, workspace / "imp", CPU, checkpoint_dir=None)
     assert not (workspace / "imp" / "tickets").exists()
 
 
@@ -249,7 +251,7 @@ def test_a_dense_run_that_does_not_learn_fails_but_a_ticket_that_cannot_train_is
     params = tiny_params({"imp": {"levels": 1}}, epochs=2, lr_milestones=[])
     with pytest.raises(UserError, match=r"diverged in dense epoch 2/2: validation accuracy ends the phase at .*"
                                         r"the network did not learn"):
-        ex.run_imp(params, "lenet300_100", 0, workspace / "imp", CPU, checkpoint_dir=None)
+        run_imp(params, "lenet300_100", 0, workspace / "imp", CPU, checkpoint_dir=None)
     assert TicketRetrain({}, None).must_learn(0) is False
 
 
@@ -286,17 +288,17 @@ def test_a_code_change_between_kill_and_resume_starts_over(workspace, tiny_param
     from cs_repro.methods.cs import CSSearch
 
     params = tiny_params()
-    ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "clean", CPU, checkpoint_dir=None)
+    run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "clean", CPU, checkpoint_dir=None)
     restore = _interrupt_on_call(monkeypatch, CSSearch, 4)
     with pytest.raises(KeyboardInterrupt):
-        ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
+        run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
     restore()
     assert len(list((workspace / "ck").glob("*.pt"))) == 1
     monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: "another-program")
     monkeypatch.setattr("cs_repro.train.code_fingerprint", lambda: "another-program")
     epochs = _count_epochs(monkeypatch)
     with caplog.at_level("INFO", logger="cs_repro"):
-        ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
+        run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
     assert "was written by other code" in caplog.text and "starting over" in caplog.text
     assert epochs["n"] == 9  # all 3 rounds x 3 epochs trained again, nothing taken from the old checkpoint
     assert (workspace / "clean" / "metrics.json").read_bytes() == (workspace / "run" / "metrics.json").read_bytes()
@@ -308,10 +310,10 @@ def test_the_same_code_resumes(workspace, tiny_params, monkeypatch):
     params = tiny_params()
     restore = _interrupt_on_call(monkeypatch, CSSearch, 4)
     with pytest.raises(KeyboardInterrupt):
-        ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
+        run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
     restore()
     epochs = _count_epochs(monkeypatch)
-    ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
+    run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
     assert epochs["n"] == 9 - 3  # three finished epochs came from the checkpoint
 
 
@@ -320,7 +322,7 @@ def test_a_killed_multi_variant_retrain_resumes_each_variant_on_its_own(workspac
 
     (workspace / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict()))
     params = tiny_params()
-    ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "cs", CPU, checkpoint_dir=None)
+    run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "cs", CPU, checkpoint_dir=None)
     ticket = str(workspace / "cs" / "ticket.pt")
     whole = _cli("retrain", "--tickets", ticket, "--variants", "rewind,reinit", "--out", "whole", "--checkpoint-dir", "ck1")
     assert whole.exit_code == 0, whole.output

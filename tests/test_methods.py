@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cs_repro import experiment as ex
+from cs_repro import run as ex
 from cs_repro.errors import UserError
 from cs_repro.masks import SoftMasks
-from cs_repro.methods.cs import clamp_between_rounds, temperature_at
-from cs_repro.methods.imp import global_magnitude_masks, remaining_after
-from cs_repro.methods.retrain import TicketRetrain
+from cs_repro.methods.cs import clamp_between_rounds, run_cs_search, temperature_at
+from cs_repro.methods.imp import global_magnitude_masks, remaining_after, run_imp
+from cs_repro.methods.retrain import TicketRetrain, retrain_ticket, run_retrain
 from cs_repro.models import build_model, prunable_names
 from cs_repro.tickets import load_ticket
 
@@ -31,7 +31,7 @@ def _metrics(folder: Path) -> dict:
 
 def test_imp_levels_keep_exactly_the_scheduled_count(workspace, tiny_params):
     params = tiny_params()
-    tickets = ex.run_imp(params, "lenet300_100", 0, workspace / "imp", CPU, checkpoint_dir=None)
+    tickets = run_imp(params, "lenet300_100", 0, workspace / "imp", CPU, checkpoint_dir=None)
     total = tickets[0].metadata["prunable_count"]
     assert total == 784 * 300 + 300 * 100 + 100 * 10
     assert [t.metadata["remaining_count"] for t in tickets] == [round(0.8**level * total) for level in range(4)]
@@ -68,7 +68,7 @@ def test_remaining_after_follows_the_geometric_schedule():
 
 def test_temperature_is_one_in_the_first_epoch_and_beta_final_in_the_last(workspace, tiny_params):
     params = tiny_params(epochs=4, lr_milestones=[3])
-    ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "cs", CPU, checkpoint_dir=None)
+    run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "cs", CPU, checkpoint_dir=None)
     epochs = _metrics(workspace / "cs")["epochs"]
     for round_index in range(3):
         betas = [row["temperature"] for row in epochs if row["phase"] == round_index]
@@ -95,7 +95,7 @@ def test_lower_s0_gives_sparser_tickets(workspace, tiny_params):
     params = tiny_params()
     remaining = []
     for s0 in (0.05, 0.0, -0.05):
-        ticket = ex.run_cs_search(params, "lenet300_100", s0, 0, workspace / f"cs{s0}", CPU, checkpoint_dir=None)
+        ticket = run_cs_search(params, "lenet300_100", s0, 0, workspace / f"cs{s0}", CPU, checkpoint_dir=None)
         remaining.append(ticket.metadata["remaining_weights"])
     assert remaining[0] > remaining[1] > remaining[2]
     assert remaining[0] > 0.5 and remaining[2] < 0.2
@@ -103,7 +103,7 @@ def test_lower_s0_gives_sparser_tickets(workspace, tiny_params):
 
 def test_ticket_file_holds_masks_rewind_state_and_metadata(workspace, tiny_params):
     params = tiny_params()
-    ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "cs", CPU, checkpoint_dir=None)
+    run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "cs", CPU, checkpoint_dir=None)
     ticket = load_ticket(workspace / "cs" / "ticket.pt")
     assert set(ticket.masks) == {"fc1.weight", "fc2.weight", "fc3.weight"}
     assert all(mask.dtype == torch.bool for mask in ticket.masks.values())
@@ -146,7 +146,7 @@ def test_rewinding_restores_the_saved_state_including_batchnorm_statistics():
 
 def test_masked_weights_stay_exactly_zero_through_retraining(workspace, tiny_params):
     params = tiny_params(weight_decay=1e-3)
-    ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "cs", CPU, checkpoint_dir=None)
+    run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "cs", CPU, checkpoint_dir=None)
     ticket = load_ticket(workspace / "cs" / "ticket.pt")
     net = params.network("lenet300_100")
     model, _ = ex.make_model(net, 0, CPU)
@@ -166,10 +166,10 @@ def test_released_scale_retrains_cs_tickets_with_binary_over_sigmoid_s0(workspac
 
     params = tiny_params(lr=0.01)  # BN-free: at 0.05 the search (s0 0.5) or the released retraining diverges
     s0 = 0.5
-    ex.run_cs_search(params, "lenet300_100", s0, 0, workspace / "runs" / "cs", CPU, checkpoint_dir=None)
+    run_cs_search(params, "lenet300_100", s0, 0, workspace / "runs" / "cs", CPU, checkpoint_dir=None)
     ticket_path = workspace / "runs" / "cs" / "ticket.pt"
     for variant in ("rewind", "rewind_released_scale"):
-        ex.run_retrain(params, ticket_path, variant, workspace / "runs" / "cs" / variant, CPU, checkpoint_dir=None)
+        run_retrain(params, ticket_path, variant, workspace / "runs" / "cs" / variant, CPU, checkpoint_dir=None)
     plain, released = (_metrics(workspace / "runs" / "cs" / v) for v in ("rewind", "rewind_released_scale"))
     assert plain["mask_scale"] == 1.0  # the paper's plain binary mask (cs.mask_scale: binary)
     assert released["mask_scale"] == pytest.approx(1 + math.exp(-s0))  # = 1 / sigmoid(s0)
@@ -178,9 +178,9 @@ def test_released_scale_retrains_cs_tickets_with_binary_over_sigmoid_s0(workspac
     found = {(r["method"], r["variant"]) for r in rows}
     assert {("cs", "pruned"), ("cs", "rewind"), ("cs_released_scale", "rewind")} <= found
 
-    ex.run_imp(tiny_params({"imp": {"levels": 1}}), "lenet300_100", 0, workspace / "imp", CPU, checkpoint_dir=None)
+    run_imp(tiny_params({"imp": {"levels": 1}}), "lenet300_100", 0, workspace / "imp", CPU, checkpoint_dir=None)
     with pytest.raises(UserError, match="rewind_released_scale needs a CS ticket"):
-        ex.run_retrain(params, workspace / "imp" / "tickets" / "level_01.pt", "rewind_released_scale",
+        run_retrain(params, workspace / "imp" / "tickets" / "level_01.pt", "rewind_released_scale",
                        workspace / "x", CPU, checkpoint_dir=None)
 
 
@@ -190,7 +190,7 @@ def test_released_scale_retrains_cs_tickets_with_binary_over_sigmoid_s0(workspac
 def test_same_seed_gives_identical_masks_and_metrics_and_another_seed_differs(workspace, tiny_params):
     params = tiny_params()
     for folder, seed in (("a", 0), ("b", 0), ("c", 1)):
-        ex.run_cs_search(params, "lenet300_100", 0.0, seed, workspace / folder, CPU, checkpoint_dir=None)
+        run_cs_search(params, "lenet300_100", 0.0, seed, workspace / folder, CPU, checkpoint_dir=None)
     a, b, c = (load_ticket(workspace / f / "ticket.pt") for f in "abc")
     assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
     assert (workspace / "a" / "metrics.json").read_bytes() == (workspace / "b" / "metrics.json").read_bytes()
@@ -200,7 +200,7 @@ def test_same_seed_gives_identical_masks_and_metrics_and_another_seed_differs(wo
 
 def test_interrupted_search_resumes_to_identical_metrics(workspace, tiny_params, monkeypatch):
     params = tiny_params()
-    ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "whole", CPU, checkpoint_dir=workspace / "ck1")
+    run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "whole", CPU, checkpoint_dir=workspace / "ck1")
 
     from cs_repro.methods.cs import CSSearch
 
@@ -215,10 +215,10 @@ def test_interrupted_search_resumes_to_identical_metrics(workspace, tiny_params,
 
     monkeypatch.setattr(CSSearch, "end_epoch", interrupt_after_five_epochs)
     with pytest.raises(KeyboardInterrupt):
-        ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "resumed", CPU, checkpoint_dir=workspace / "ck2")
+        run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "resumed", CPU, checkpoint_dir=workspace / "ck2")
     assert list((workspace / "ck2").glob("*.pt")), "a checkpoint must exist after the interruption"
     monkeypatch.setattr(CSSearch, "end_epoch", original)
-    ex.run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "resumed", CPU, checkpoint_dir=workspace / "ck2")
+    run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "resumed", CPU, checkpoint_dir=workspace / "ck2")
     assert (workspace / "whole" / "metrics.json").read_bytes() == (workspace / "resumed" / "metrics.json").read_bytes()
     whole, resumed = load_ticket(workspace / "whole" / "ticket.pt"), load_ticket(workspace / "resumed" / "ticket.pt")
     assert all(torch.equal(whole.masks[n], resumed.masks[n]) for n in whole.masks)
@@ -245,7 +245,7 @@ def test_bad_network_params_name_the_key(tiny_params, override, message):
 def test_missing_prepared_data_says_how_to_make_it(tmp_path, monkeypatch, tiny_params):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=r"dvc repro prepare@fashion_mnist"):
-        ex.run_cs_search(tiny_params(), "lenet300_100", 0.0, 0, tmp_path / "cs", CPU, checkpoint_dir=None)
+        run_cs_search(tiny_params(), "lenet300_100", 0.0, 0, tmp_path / "cs", CPU, checkpoint_dir=None)
 
 
 def test_corrupted_ticket_is_a_clear_error(tmp_path):
@@ -275,10 +275,10 @@ def test_runs_write_their_own_rows_and_a_moved_runs_folder_evaluates_the_same(wo
 
     params = tiny_params({"imp": {"levels": 1}})
     runs = workspace / "runs" / "lenet300_100"
-    ex.run_cs_search(params, "lenet300_100", 0.0, 0, runs / "cs" / "search", CPU, checkpoint_dir=None)
-    ex.retrain_ticket(params, runs / "cs" / "search" / "ticket.pt", ("rewind", "reinit", "random"),
+    run_cs_search(params, "lenet300_100", 0.0, 0, runs / "cs" / "search", CPU, checkpoint_dir=None)
+    retrain_ticket(params, runs / "cs" / "search" / "ticket.pt", ("rewind", "reinit", "random"),
                       runs / "cs" / "retrain", CPU, checkpoint_dir=None)
-    ex.run_imp(params, "lenet300_100", 0, runs / "imp" / "search", CPU, checkpoint_dir=None)
+    run_imp(params, "lenet300_100", 0, runs / "imp" / "search", CPU, checkpoint_dir=None)
     written = {tuple(r[k] for k in ("method", "variant", "setting")): r["ticket_file"]
                for folder in ("cs/search", "cs/retrain/rewind", "cs/retrain/random", "imp/search")
                for r in _metrics(runs / folder)["result_rows"]}

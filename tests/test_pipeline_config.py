@@ -88,7 +88,7 @@ def test_no_stage_persists_outputs_or_names_a_device(stages):
 SRC = REPO / "src" / "cs_repro"
 # Modules whose code decides what a stage writes. The rest (cli, params parsing, errors, io, device
 # choice, profiles, parallel runs) only decide how a run is launched or reported.
-SHAPES_OUTPUTS = ["data", "kernels", "masks.py", "train.py", "methods", "experiment.py", "baselines.py", "models",
+SHAPES_OUTPUTS = ["data", "kernels", "masks.py", "train.py", "methods", "run.py", "results.py", "models",
                   "flops.py", "evaluation.py", "tickets.py", "report"]
 
 
@@ -121,7 +121,7 @@ def _within(path: Path, folders: list[Path]) -> bool:
 
 
 def test_stage_code_deps_cover_everything_they_import(stages):
-    """If a stage depends on experiment.py and experiment.py imports masks.py, which imports kernels/,
+    """If a stage depends on run.py and run.py imports masks.py, which imports kernels/,
     the stage must depend on all three: DVC only re-runs a stage for changes in what it lists."""
     shaping = [SRC / name for name in SHAPES_OUTPUTS]
     checked = 0

@@ -103,7 +103,7 @@ def prepare(
     out: Annotated[Optional[Path], typer.Option(help="output file (default data/prepared/<dataset>.pt)")] = None,
 ) -> None:
     """Read a raw dataset (checksums verified) into one tensor file under data/prepared/."""
-    from cs_repro.experiment import prepare_dataset, prepared_path
+    from cs_repro.run import prepare_dataset, prepared_path
 
     p = _params(params)
     summary = prepare_dataset(p, dataset, out or prepared_path(dataset))
@@ -123,7 +123,7 @@ def cs_search(
     timing: TimingOption = None,
 ) -> None:
     """Continuous Sparsification ticket search for one (network, s0, seed)."""
-    from cs_repro.experiment import run_cs_search
+    from cs_repro.methods.cs import run_cs_search
 
     p = _params(params)
     run_cs_search(p, network, s0, seed, out, _device(device), checkpoint_dir, timing)
@@ -143,7 +143,7 @@ def imp(
 ) -> None:
     """Iterative magnitude pruning with rewinding (IMP), or IMP-C with --continue. Level l's training is
     the retraining of ticket l."""
-    from cs_repro.experiment import run_imp
+    from cs_repro.methods.imp import run_imp
 
     p = _params(params)
     if continue_search and p.imp.continue_levels == 0:
@@ -167,7 +167,7 @@ def retrain(
     """Retrain tickets, whatever method found them: from their rewind point ('rewind'), from fresh weights
     ('reinit' control), as a random mask with the same layer-wise counts ('random' control, when
     random_control.enabled), or with the released code's mask scale ('rewind_released_scale', CS tickets)."""
-    from cs_repro.experiment import RETRAIN_VARIANTS, retrain_ticket
+    from cs_repro.methods.retrain import RETRAIN_VARIANTS, retrain_ticket
     from cs_repro.tickets import load_ticket
 
     p = _params(params)
@@ -333,7 +333,7 @@ from cs_repro.parallel import parallel_command  # noqa: E402  (docs/parallel.md)
 
 app.command("parallel")(user_errors(parallel_command))
 
-# --- the reviewers' baselines and ablations (cs_repro.baselines): `cs-repro baseline <command>` -------------
+# --- the reviewers' baselines and ablations (cs_repro.methods): `cs-repro baseline <command>` ---------------
 
 baseline_app = typer.Typer(help="Baselines and ablations: L0, GMP, magnitude pruning, IMP's random control, CS ablations "
                                 "(their tickets are retrained by `cs-repro retrain`).",
@@ -351,7 +351,7 @@ def baseline_l0_search(network: NetworkOption, penalty: Annotated[float, typer.O
                        device: DeviceOption = None, checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
                        timing: TimingOption = None) -> None:
     """L0 (hard-concrete gates) training: ticket.pt and the gated network's result row."""
-    from cs_repro.baselines import run_l0_search
+    from cs_repro.methods.l0 import run_l0_search
 
     run_l0_search(_params(params), network, penalty, seed, out, _device(device), checkpoint_dir, timing)
 
@@ -365,7 +365,7 @@ def baseline_imp_random_control(
 ) -> None:
     """Random masks with each IMP level ticket's layer-wise counts, retrained from its rewind point
     (out/level_XX/), for the levels random_control.imp_levels names ([] = every pruned level)."""
-    from cs_repro.baselines import run_level_random_controls
+    from cs_repro.methods.retrain import run_level_random_controls
 
     run_level_random_controls(_params(params), tickets, out, _device(device), checkpoint_dir, timing)
 
@@ -376,7 +376,7 @@ def baseline_gmp(network: NetworkOption, sparsity: Annotated[float, typer.Option
                  seed: SeedOption, out: OutOption, params: ParamsOption = Path("params.yaml"), device: DeviceOption = None,
                  checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS, timing: TimingOption = None) -> None:
     """Gradual magnitude pruning (Zhu & Gupta) to one target sparsity."""
-    from cs_repro.baselines import run_gmp
+    from cs_repro.methods.gmp import run_gmp
 
     run_gmp(_params(params), network, sparsity, seed, out, _device(device), checkpoint_dir, timing)
 
@@ -387,7 +387,7 @@ def baseline_gmp_cs_layers(cs_ticket: Annotated[Path, typer.Option(help="a CS ti
                            params: ParamsOption = Path("params.yaml"), device: DeviceOption = None,
                            checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS, timing: TimingOption = None) -> None:
     """Ablation: GMP to a CS ticket's layer-wise sparsities (out/layerwise) and globally to its overall one (out/global)."""
-    from cs_repro.baselines import run_gmp_cs_layers
+    from cs_repro.methods.gmp import run_gmp_cs_layers
 
     run_gmp_cs_layers(_params(params), cs_ticket, out, _device(device), checkpoint_dir, timing)
 
@@ -398,7 +398,7 @@ def baseline_magnitude_dense(network: NetworkOption, seed: SeedOption, out: OutO
                              params: ParamsOption = Path("params.yaml"), device: DeviceOption = None,
                              checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS, timing: TimingOption = None) -> None:
     """Train the dense network that one-shot magnitude pruning starts from (dense.pt: final + rewind weights)."""
-    from cs_repro.baselines import run_magnitude_dense
+    from cs_repro.methods.magnitude import run_magnitude_dense
 
     run_magnitude_dense(_params(params), network, seed, out, _device(device), checkpoint_dir, timing)
 
@@ -410,7 +410,7 @@ def baseline_magnitude(network: NetworkOption, sparsity: Annotated[float, typer.
                        out: OutOption, params: ParamsOption = Path("params.yaml"), device: DeviceOption = None,
                        checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS, timing: TimingOption = None) -> None:
     """One-shot global magnitude pruning: rewind ticket (+ random control) and fine-tuned pruned network."""
-    from cs_repro.baselines import run_magnitude
+    from cs_repro.methods.magnitude import run_magnitude
 
     run_magnitude(_params(params), network, sparsity, seed, dense, out, _device(device), checkpoint_dir, timing)
 
@@ -423,7 +423,7 @@ def baseline_cs_ablation(name: Annotated[str, typer.Argument(help="cs_beta1 or c
                          device: DeviceOption = None, checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
                          timing: TimingOption = None) -> None:
     """CS ablation search (out/search) and its ticket's rewind retraining (out/retrain/rewind)."""
-    from cs_repro.baselines import run_cs_ablation
+    from cs_repro.methods.cs_ablations import run_cs_ablation
 
     run_cs_ablation(_params(params), name, network, s0, seed, out, _device(device), checkpoint_dir, timing)
 

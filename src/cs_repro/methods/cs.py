@@ -1,5 +1,8 @@
 """Continuous Sparsification ticket search (Savarese, Silva, Maire 2020).
 
+log = logging.getLogger("cs_repro")
+
+
 Here live the CS temperature schedule (`temperature_at`), the between-round clamp (`clamp_between_rounds`)
 and the search itself (`CSSearch`). The soft mask and its penalty are in `cs_repro.masks`.
 
@@ -11,12 +14,23 @@ the rewind point (epoch k of round 0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from cs_repro.masks import SoftMasks, sparsity_of
+import torch
+
+from cs_repro.masks import HardMasks, SoftMasks, sparsity_of
 from cs_repro.methods.rounds import MaskRounds
+from cs_repro.params import Params
+from cs_repro.results import run_row
+from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config
+from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import TrainingLoop, make_sgd
+
+log = logging.getLogger("cs_repro")
 
 
 @dataclass(frozen=True)
@@ -82,3 +96,51 @@ class CSSearch(MaskRounds):
     def end_phase(self, loop: TrainingLoop, phase: int) -> None:
         if phase + 1 < self.config.rounds:
             clamp_between_rounds(self.masks, self.config.s0, self.config.beta_final, self.config.clamp_rule)
+
+
+# --- the search as a stage runs it ---------------------------------------------------------------
+
+
+def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: Path, device: torch.device,
+                  checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> Ticket:
+    """One CS search: writes ticket.pt, metrics.json (search curve + pruning-track accuracy), timing.json."""
+    net = params.network(network)
+    config = CSConfig(
+        s0=s0, penalty_weight=params.lambda_, beta_final=params.cs.beta_final, rounds=params.cs.rounds,
+        mask_lr=params.cs.mask_lr, clamp_rule=params.cs.clamp_rule, rewind_epoch=net.rewind_epoch,
+    )
+    run = RunSpec("cs", network, seed, f"s0={s0:g}", {"cs": asdict(config), "mask_scale": params.cs.mask_scale,
+                                                       "network": network_config(params, network)})
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
+    masks = SoftMasks.attach(training.model, training.prunable, s0)
+    hooks = CSSearch(masks, config)
+    history = training.train(run, hooks)
+    binary = masks.binary_masks()
+    mask_scale = mask_scale_for(params.cs.mask_scale, s0)
+    ticket = Ticket(binary, hooks.rewind_state, {
+        "method": "cs", "network": network, "model": net.model, "dataset": net.dataset, "seed": seed,
+        "setting": run.setting, "s0": s0, "params": run.config, "rewind_epoch": net.rewind_epoch,
+        "search_epochs": config.rounds * net.epochs, "mask_scale": mask_scale,
+    }).with_counts()
+    # Pruning track: the searched network at its own trained weights with the binary mask, no retraining.
+    masks.detach()
+    # The searched network computes with W * sigmoid(beta_T*s)/sigmoid(s0), i.e. W * mask / sigmoid(s0) once beta_T is large.
+    HardMasks.apply(training.model, binary, scale=mask_scale_for("released", s0)).remove()
+    pruned = training.evaluate()
+    save_ticket(ticket, out_dir / "ticket.pt")
+    rows = [run_row(method="cs", variant="pruned", track="pruning", seed=seed, setting=run.setting,
+                    ticket_metadata=ticket.metadata, test_accuracy=pruned["test_accuracy"],
+                    val_accuracy=pruned["val_accuracy"], search_epochs=config.rounds * net.epochs, retrain_epochs=0,
+                    ticket_file=out_dir / "ticket.pt", run_dir=out_dir)]
+    training.finish(out_dir, final_metrics(
+        history, remaining_weights=ticket.metadata["remaining_weights"], layer_remaining=ticket.metadata["layer_remaining"],
+        search_epochs=config.rounds * net.epochs,
+    ), {"pruned": pruned, "result_rows": rows})
+    log.info("%s: ticket keeps %.2f%% of prunable weights; pruned network test %.2f%%",
+             run.label(), 100 * ticket.metadata["remaining_weights"], 100 * pruned["test_accuracy"])
+    return ticket
+
+
+def mask_scale_for(rule: str, s0: float) -> float:
+    """'binary' (paper): 1. 'released': the released code multiplies the binary mask by 1/sigmoid(s0)."""
+    return 1.0 if rule == "binary" else 1.0 + math.exp(-s0)

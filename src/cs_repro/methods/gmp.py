@@ -1,5 +1,8 @@
 """Gradual magnitude pruning (Zhu & Gupta 2017), the reviewers' pruning baseline.
 
+log = logging.getLogger("cs_repro")
+
+
 The network trains from initialisation for E epochs; sparsity rises on the cubic schedule
 
     s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))^3,   s_i = 0,
@@ -20,16 +23,24 @@ the step count is (epoch * steps per epoch + steps done this epoch), hence deter
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from cs_repro.errors import UserError
-from cs_repro.masks import HardMasks, sparsity_of
+from cs_repro.masks import HardMasks, plain_state_dict, sparsity_of
 from cs_repro.methods.imp import global_magnitude_masks
+from cs_repro.params import Params
+from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, network_config, sub_dir,
+                          ticket_metadata)
+from cs_repro.tickets import Ticket, load_ticket, save_ticket
 from cs_repro.train import Hooks, TrainingLoop, make_sgd
+
+log = logging.getLogger("cs_repro")
 
 
 @dataclass(frozen=True)
@@ -168,3 +179,49 @@ class GMPPruning(Hooks):
     def resume(self, loop: TrainingLoop) -> None:
         if self.masks is not None:
             self._apply(loop)
+
+
+# --- GMP as a stage runs it -----------------------------------------------------------------------
+
+
+def run_gmp(params: Params, network: str, sparsity: float, seed: int, out_dir: Path, device: torch.device,
+            checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None,
+            layer_targets: dict[str, float] | None = None, method: str = "gmp", setting: str | None = None) -> Ticket:
+    """GMP from initialisation to `sparsity` (or per-layer targets): pruned.pt (mask + final weights) and
+    metrics.json (the final network is the result: variant pruned, track pruning; every pruning step)."""
+    net = params.network(network)
+    setting = setting or f"sparsity={sparsity:g}"
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
+    config = GMPConfig(tuple(training.prunable), sparsity, params.gmp.start, params.gmp.end, params.gmp.frequency,
+                       tuple(sorted((layer_targets or {}).items())))
+    run = RunSpec(method, network, seed, setting, {"gmp": asdict(config), "network": network_config(params, network)})
+    hooks = GMPPruning(config, label=method)
+    history = training.train(run, hooks)
+    result = Ticket(hooks.masks, plain_state_dict(training.model), ticket_metadata(
+        method, network, net, seed, setting, run.config, net.epochs, target_sparsity=sparsity,
+        weights="final trained weights of the pruned network (not a rewind point)")).with_counts()
+    save_ticket(result, out_dir / "pruned.pt")
+    rows = [last_epoch_row(method, "pruned", "pruning", seed, setting, result.metadata, history[-1], net.epochs, 0,
+                 out_dir / "pruned.pt", out_dir)]
+    training.finish(out_dir, final_metrics(history, remaining_weights=result.metadata["remaining_weights"],
+                                    layer_remaining=result.metadata["layer_remaining"]),
+                    {"result_rows": rows, "pruning_steps": hooks.events})
+    log.info("%s: GMP keeps %.2f%%; test %.2f%%", run.label(), 100 * result.metadata["remaining_weights"],
+             100 * history[-1].test_accuracy)
+    return result
+
+
+def run_gmp_cs_layers(params: Params, cs_ticket_path: Path, out_dir: Path, device: torch.device,
+                      checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> None:
+    """Ablation: GMP handed a CS ticket's layer-wise sparsities (out/layerwise, method gmp_cs_layers) next to
+    GMP with one global threshold to the same overall sparsity (out/global, method gmp); same seed."""
+    ticket = load_ticket(cs_ticket_path)
+    meta = ticket.metadata
+    report = sparsity_of(ticket.masks)
+    layer_targets = {name: 1.0 - kept / total for name, (kept, total) in report.per_layer.items()}
+    setting = f"cs {meta['setting']}"
+    common = dict(network=meta["network"], sparsity=report.sparsity, seed=int(meta["seed"]), device=device,
+                  checkpoint_dir=checkpoint_dir, setting=setting)
+    run_gmp(params, out_dir=Path(out_dir) / "layerwise", timing_dir=sub_dir(timing_dir, "layerwise"),
+            layer_targets=layer_targets, method="gmp_cs_layers", **common)
+    run_gmp(params, out_dir=Path(out_dir) / "global", timing_dir=sub_dir(timing_dir, "global"), method="gmp", **common)

@@ -13,14 +13,20 @@ retraining them separately.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from cs_repro.io import atomic_write_json
 from cs_repro.masks import HardMasks, sparsity_of
 from cs_repro.methods.rounds import RewindPoint
+from cs_repro.params import Params
+from cs_repro.results import run_row
+from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config
+from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import Hooks, Phase, TrainingLoop
 
 
@@ -122,3 +128,55 @@ class IMPSearch(Hooks):
     def resume(self, loop: TrainingLoop) -> None:
         if self.masks is not None and len(self.level_masks) > 1:
             self._apply(loop)
+
+
+# --- the search as a stage runs it ---------------------------------------------------------------
+
+
+def run_imp(params: Params, network: str, seed: int, out_dir: Path, device: torch.device,
+            continue_search: bool = False, checkpoint_dir: Path | None = CHECKPOINT_DIR,
+            timing_dir: Path | None = None) -> list[Ticket]:
+    """IMP (or IMP-C): writes tickets/level_XX.pt, metrics.json (every level's training), timing.json."""
+    net = params.network(network)
+    levels = params.imp.continue_levels if continue_search else params.imp.levels
+    method = "imp_c" if continue_search else "imp"
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
+    config = IMPConfig(tuple(training.prunable), params.imp.prune_fraction, levels, net.rewind_epoch, not continue_search)
+    run = RunSpec(method, network, seed, "", {"imp": asdict(config), "network": network_config(params, network)})
+    hooks = IMPSearch(config)
+    history = training.train(run, hooks)
+    tickets, level_rows, result_rows = [], [], []
+    for level, masks in enumerate(hooks.level_masks):
+        rows = [r for r in history if r.phase == level]
+        search_epochs = (level + 1) * net.epochs
+        ticket = Ticket(masks, hooks.rewind_state, {
+            "method": method, "network": network, "model": net.model, "dataset": net.dataset, "seed": seed,
+            "setting": f"level={level}", "level": level, "params": run.config, "rewind_epoch": net.rewind_epoch,
+            "search_epochs": search_epochs, "mask_scale": 1.0,
+        }).with_counts()
+        ticket_file = out_dir / "tickets" / f"level_{level:02d}.pt"
+        save_ticket(ticket, ticket_file)
+        tickets.append(ticket)
+        # IMP's level training *is* the rewind retraining of the level's ticket (and level 0 is the dense
+        # network); IMP-C's levels continue from trained weights, so they are pruning-track results.
+        accuracy = dict(seed=seed, ticket_metadata=ticket.metadata, test_accuracy=rows[-1].test_accuracy,
+                        val_accuracy=rows[-1].val_accuracy, search_epochs=search_epochs, retrain_epochs=net.epochs,
+                        ticket_file=ticket_file, run_dir=out_dir)
+        if continue_search:
+            result_rows.append(run_row(method="imp_c", variant="pruned", track="pruning", setting=f"level={level}", **accuracy))
+        else:
+            result_rows.append(run_row(method="imp", variant="rewind", track="ticket", setting=f"level={level}", **accuracy))
+            if level == 0:
+                result_rows.append(run_row(method="dense", variant="rewind", track="ticket", setting="dense", **accuracy))
+        level_rows.append({
+            "level": level, "setting": f"level={level}", "remaining_weights": ticket.metadata["remaining_weights"],
+            "layer_remaining": ticket.metadata["layer_remaining"], "test_accuracy": rows[-1].test_accuracy,
+            "val_accuracy": rows[-1].val_accuracy, "search_epochs": search_epochs,
+            "search_seconds": sum(training.loop.epoch_seconds[: (level + 1) * net.epochs]),
+        })
+    training.finish(out_dir, final_metrics(history, remaining_weights=tickets[-1].metadata["remaining_weights"]),
+                    {"levels": [{k: v for k, v in row.items() if k != "search_seconds"} for row in level_rows],
+                     "result_rows": result_rows})
+    atomic_write_json({"levels": [{"level": r["level"], "search_seconds": r["search_seconds"]} for r in level_rows]},
+                      (timing_dir or out_dir) / "level_timing.json")
+    return tickets

@@ -1,5 +1,8 @@
 """L0 regularisation with hard-concrete gates (Louizos, Welling, Kingma 2018), the reviewers' baseline.
 
+log = logging.getLogger("cs_repro")
+
+
 Every prunable weight W gets a gate z of the same shape with its own location parameter log_alpha;
 the network sees W * z through `torch.nn.utils.parametrize` (like CS's soft masks in `cs_repro.masks`).
 
@@ -22,8 +25,10 @@ the rewind point is the full model state after epoch k of the first phase, as fo
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +37,13 @@ from torch import Tensor, nn
 from cs_repro.errors import UserError
 from cs_repro.masks import attach_parametrizations, sparsity_of
 from cs_repro.methods.rounds import MaskRounds
+from cs_repro.params import Params
+from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, network_config,
+                          ticket_metadata)
+from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import TrainingLoop, epoch_seed
+
+log = logging.getLogger("cs_repro")
 
 GAMMA = -0.1
 ZETA = 1.1
@@ -184,3 +195,34 @@ class L0Search(MaskRounds):
         with torch.no_grad():
             expected = float(self.gates.expected_l0())
         return {"remaining_weights": report.remaining_weights, "sparsity": report.sparsity, "expected_l0": expected}
+
+
+# --- the search as a stage runs it ---------------------------------------------------------------
+
+
+def run_l0_search(params: Params, network: str, penalty: float, seed: int, out_dir: Path, device: torch.device,
+                  checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> Ticket:
+    """L0 training: writes ticket.pt (mask = deterministic gate > 0, rewind weights) and metrics.json whose
+    result row is the trained network with its deterministic gates (track pruning)."""
+    net = params.network(network)
+    config = L0Config(penalty=penalty, droprate_init=params.l0.droprate_init, rounds=params.l0.rounds,
+                      gate_lr=params.l0.gate_lr, rewind_epoch=net.rewind_epoch)
+    setting = f"penalty={penalty:g}"
+    run = RunSpec("l0", network, seed, setting, {"l0": asdict(config), "network": network_config(params, network)})
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
+    gates = L0Gates.attach(training.model, training.prunable, config)
+    hooks = L0Search(gates, config)
+    history = training.train(run, hooks)
+    search_epochs = config.rounds * net.epochs
+    ticket = Ticket({n: m.cpu() for n, m in gates.binary_masks().items()}, hooks.rewind_state,
+                    ticket_metadata("l0", network, net, seed, setting, run.config, search_epochs, penalty=penalty)).with_counts()
+    save_ticket(ticket, out_dir / "ticket.pt")
+    # The loop's last evaluation ran in eval mode, i.e. with the deterministic gates: the pruned network as is.
+    rows = [last_epoch_row("l0", "pruned", "pruning", seed, setting, ticket.metadata, history[-1], search_epochs, 0,
+                 out_dir / "ticket.pt", out_dir)]
+    training.finish(out_dir, final_metrics(history, remaining_weights=ticket.metadata["remaining_weights"],
+                                    layer_remaining=ticket.metadata["layer_remaining"], search_epochs=search_epochs),
+                    {"result_rows": rows})
+    log.info("%s: L0 ticket keeps %.2f%% of prunable weights; gated network test %.2f%%", run.label(),
+             100 * ticket.metadata["remaining_weights"], 100 * history[-1].test_accuracy)
+    return ticket

@@ -4,20 +4,30 @@ A dense network is trained for E epochs (`DenseTraining`, saving the rewind poin
 as IMP's level 0 does: same seed -> same weights). Its final weights are pruned once, globally, to a
 target sparsity (`one_shot_masks`: the round((1-s)*N) largest |w| across all prunable tensors). Then
   (a) rewinding: the mask with the rewind-point weights is a ticket, retrained for E epochs
-      (`cs_repro.methods.retrain.TicketRetrain` via `experiment.run_retrain`; method `magnitude_rewind`);
+      (`cs_repro.methods.retrain.TicketRetrain` via `retrain_ticket`; method `magnitude_rewind`);
   (b) fine-tuning: the pruned *trained* weights train on for E_ft epochs at the schedule's final lr
       (`TicketRetrain` started from the final state; method `magnitude_finetune`, variant `finetuned`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from cs_repro.errors import UserError
+from cs_repro.io import atomic_torch_save, safe_torch_load
+from cs_repro.masks import plain_state_dict
 from cs_repro.methods.imp import global_magnitude_masks
+from cs_repro.methods.retrain import TicketRetrain, retrain_ticket
 from cs_repro.methods.rounds import RewindPoint
+from cs_repro.params import Params
+from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, make_model,
+                          network_config, sub_dir, ticket_digest, ticket_metadata)
+from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import Hooks, TrainingLoop
 
 
@@ -57,3 +67,68 @@ class DenseTraining(Hooks):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rewind.state = state["rewind_state"]
+
+
+# --- one-shot pruning as a stage runs it ----------------------------------------------------------
+
+DENSE_FORMAT = "cs-repro-dense/1"
+
+
+def run_magnitude_dense(params: Params, network: str, seed: int, out_dir: Path, device: torch.device,
+                        checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> None:
+    """Train the dense network (as IMP's level 0: same seed, same weights) and keep its final weights and
+    rewind point in dense.pt. No result rows: IMP's level 0 is the dense reference."""
+    net = params.network(network)
+    run = RunSpec("magnitude_dense", network, seed, "", {"rewind_epoch": net.rewind_epoch,
+                                                          "network": network_config(params, network)})
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
+    hooks = DenseTraining(net.rewind_epoch)
+    history = training.train(run, hooks)
+    atomic_torch_save({"format": DENSE_FORMAT, "final_state": plain_state_dict(training.model),
+                       "rewind_state": hooks.rewind_state,
+                       "metadata": {"network": network, "model": net.model, "seed": seed, "epochs": net.epochs,
+                                    "rewind_epoch": net.rewind_epoch}}, Path(out_dir) / "dense.pt")
+    training.finish(out_dir, final_metrics(history))
+
+
+def run_magnitude(params: Params, network: str, sparsity: float, seed: int, dense_dir: Path, out_dir: Path,
+                  device: torch.device, checkpoint_dir: Path | None = CHECKPOINT_DIR,
+                  timing_dir: Path | None = None) -> Ticket:
+    """One-shot global magnitude pruning of the trained dense network to `sparsity`:
+    ticket.pt (method magnitude_rewind) retrained in out/retrain/{rewind,random}; the pruned trained weights
+    fine-tuned for magnitude.finetune_epochs at the final lr in out/finetune (method magnitude_finetune)."""
+    net = params.network(network)
+    dense = safe_torch_load(Path(dense_dir) / "dense.pt", "dense network")
+    if dense.get("format") != DENSE_FORMAT or dense["metadata"].get("model") != net.model or dense["metadata"].get("seed") != seed:
+        raise UserError(f"{dense_dir}/dense.pt is not the dense {net.model} of seed {seed}: rerun magnitude_dense")
+    setting = f"sparsity={sparsity:g}"
+    _, names = make_model(net, seed, torch.device("cpu"))
+    masks = one_shot_masks({n: dense["final_state"][n] for n in names}, sparsity)
+    config = {"sparsity": sparsity, "dense": str(dense_dir), "network": network_config(params, network)}
+    ticket = Ticket(masks, dense["rewind_state"], ticket_metadata("magnitude_rewind", network, net, seed, setting, config,
+                                                                net.epochs, target_sparsity=sparsity)).with_counts()
+    ticket_path = Path(out_dir) / "ticket.pt"
+    save_ticket(ticket, ticket_path)
+
+    # (b) fine-tuning the pruned trained weights at the schedule's final learning rate.
+    ft_epochs = params.magnitude.finetune_epochs or net.epochs
+    final_lr = net.lr * net.lr_gamma ** len(net.lr_milestones)
+    ft_net = dataclasses.replace(net, epochs=ft_epochs, lr=final_lr, lr_milestones=[], rewind_epoch=0)
+    ft_params = dataclasses.replace(params, networks={**params.networks, network: ft_net})
+    run = RunSpec("magnitude_finetune", network, seed, setting, {
+        "ticket": ticket_digest(ticket_path), "finetune_epochs": ft_epochs, "lr": final_lr,
+        "network": network_config(params, network)})
+    # The split depends only on fields fine-tuning leaves alone (dataset, subsets, batch size).
+    training = TrainingRun(ft_params, network, seed, device, checkpoint_dir, sub_dir(timing_dir, "finetune"))
+    hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, dense["final_state"], label=run.method)
+    history = training.train(run, hooks)
+    rows = [last_epoch_row("magnitude_finetune", "finetuned", "pruning", seed, setting, ticket.metadata, history[-1], net.epochs,
+                 ft_epochs, ticket_path, Path(out_dir) / "finetune")]
+    training.finish(Path(out_dir) / "finetune",
+                    final_metrics(history, remaining_weights=ticket.metadata["remaining_weights"], retrain_epochs=ft_epochs),
+                    {"result_rows": rows})
+
+    # (a) rewinding: the ticket retrained from the rewind point, and its random control.
+    retrain_ticket(params, ticket_path, ("rewind", "random"), Path(out_dir) / "retrain", device, checkpoint_dir,
+                   sub_dir(timing_dir, "retrain"))
+    return ticket

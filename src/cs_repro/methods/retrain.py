@@ -7,14 +7,26 @@ W is what SGD trains (so one step moves the effective weight c**2 times as far a
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from cs_repro.errors import UserError
+from cs_repro.io import atomic_write_json
 from cs_repro.masks import HardMasks, sparsity_of
+from cs_repro.methods.cs import mask_scale_for
+from cs_repro.methods.random_masks import random_generator, random_masks_like
+from cs_repro.params import Params
+from cs_repro.results import run_row
+from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config, sub_dir, ticket_digest,
+                          ticket_network)
+from cs_repro.tickets import Ticket, check_ticket_fits, load_ticket, save_ticket
 from cs_repro.train import Hooks, TrainingLoop
+
+log = logging.getLogger("cs_repro")
 
 
 class TicketRetrain(Hooks):
@@ -52,3 +64,134 @@ class TicketRetrain(Hooks):
 
     def end_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
         return {"remaining_weights": self._remaining.remaining_weights, "sparsity": self._remaining.sparsity}
+
+
+# --- retraining as a stage runs it: the one list of variants ------------------------------------
+
+REINIT_SEED_OFFSET = 100_003  # the reinit control draws weights unrelated to the ticket's own init
+# The one list of ways to retrain a ticket: from the rewind point with its own mask scale; from fresh weights
+# (reinit control); a random mask with the ticket's layer-wise counts from the rewind point (random control,
+# when random_control.enabled); from the rewind point with the released code's scale binary / sigmoid(s0)
+# (CS tickets only).
+RETRAIN_VARIANTS = ("rewind", "reinit", "random", "rewind_released_scale")
+
+
+def retrain_ticket(params: Params, ticket_path: Path, variants, out_dir: Path, device: torch.device,
+                   checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> list[str]:
+    """Retrain one ticket in each of `variants` (RETRAIN_VARIANTS), into out/<variant>/. The random control
+    is left out while random_control.enabled is false. Returns the variants that ran."""
+    unknown = [v for v in variants if v not in RETRAIN_VARIANTS]
+    if unknown:
+        raise UserError(f"variant {unknown[0]!r} is not allowed; choose from {', '.join(RETRAIN_VARIANTS)}")
+    ran = []
+    for variant in variants:
+        if variant == "random" and not params.random_control.enabled:
+            log.info("random-mask control of %s skipped: random_control.enabled is false", ticket_path)
+            continue
+        timing = Path(timing_dir) / variant if timing_dir else None
+        if variant == "random":
+            run_random_control(params, ticket_path, Path(out_dir) / variant, device, checkpoint_dir, timing)
+        else:
+            run_retrain(params, ticket_path, variant, Path(out_dir) / variant, device, checkpoint_dir, timing)
+        ran.append(variant)
+    return ran
+
+
+def run_random_control(params: Params, ticket_path: Path, out_dir: Path, device: torch.device,
+                       checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> dict[str, Any]:
+    """Random masks with exactly the ticket's layer-wise counts, retrained from the ticket's rewind point."""
+    ticket = load_ticket(ticket_path)
+    meta = ticket.metadata
+    network, seed = ticket_network(params, ticket, ticket_path)
+    masks = random_masks_like(ticket.masks, random_generator(seed))
+    control = Ticket(masks, ticket.rewind_state, {**meta, "control": "random", "source_ticket": str(ticket_path)}).with_counts()
+    control_path = Path(out_dir) / "ticket.pt"
+    save_ticket(control, control_path)
+    run = RunSpec("control_random", network, seed, f"{meta['method']} {meta['setting']}", {
+        "ticket": ticket_digest(ticket_path), "variant": "random", "network": network_config(params, network)})
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
+    check_ticket_fits(ticket, ticket_path, training.model, training.prunable)
+    hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, ticket.rewind_state,
+                          float(meta.get("mask_scale", 1.0)), label=run.method)
+    history = training.train(run, hooks)
+    epochs = training.net.epochs
+    row = run_row(method=meta["method"], variant="random", track="ticket", seed=seed, setting=meta["setting"],
+                  ticket_metadata=control.metadata, test_accuracy=history[-1].test_accuracy,
+                  val_accuracy=history[-1].val_accuracy, search_epochs=meta["search_epochs"], retrain_epochs=epochs,
+                  ticket_file=control_path, run_dir=out_dir, searched_ticket=ticket_path)
+    final = final_metrics(history, remaining_weights=control.metadata["remaining_weights"],
+                   layer_remaining=control.metadata["layer_remaining"], retrain_epochs=epochs)
+    training.finish(out_dir, final, {"result_rows": [row], "ticket": {k: v for k, v in meta.items() if k != "params"},
+                                     "ticket_file": str(ticket_path), "variant": "random"})
+    return final
+
+
+def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, device: torch.device,
+                checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> dict[str, Any]:
+    """Retrain one ticket's own mask: variant 'rewind' (from the rewind point), 'reinit' (fresh random weights)
+    or 'rewind_released_scale' (from the rewind point, mask x 1/sigmoid(s0) as in the released CS code)."""
+    if variant not in RETRAIN_VARIANTS or variant == "random":
+        raise UserError(f"variant {variant!r} is not allowed; choose one of {', '.join(RETRAIN_VARIANTS)}")
+    ticket = load_ticket(ticket_path)
+    meta = ticket.metadata
+    network, seed = ticket_network(params, ticket, ticket_path)
+    mask_scale = float(meta.get("mask_scale", 1.0))
+    if variant == "rewind_released_scale":
+        if "s0" not in meta:
+            raise UserError(f"{ticket_path}: variant rewind_released_scale needs a CS ticket (one with an s0)")
+        mask_scale = mask_scale_for("released", float(meta["s0"]))
+    run = RunSpec(f"retrain_{variant}", network, seed, f"{meta['method']} {meta['setting']}", {
+        "ticket": ticket_digest(ticket_path), "variant": variant, "network": network_config(params, network)})
+    training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir,
+                           model_seed=seed + REINIT_SEED_OFFSET if variant == "reinit" else seed)
+    check_ticket_fits(ticket, ticket_path, training.model, training.prunable)
+    start_state = None if variant == "reinit" else ticket.rewind_state
+    masks = {k: v.to(device) for k, v in ticket.masks.items()}
+    hooks = TicketRetrain(masks, start_state, mask_scale, label=run.method)
+    history = training.train(run, hooks)
+    final = final_metrics(history, remaining_weights=meta["remaining_weights"], layer_remaining=meta["layer_remaining"],
+                   search_epochs=meta["search_epochs"], retrain_epochs=training.net.epochs)
+    # The released code's mask scale is a way of retraining the ticket, reported as a method of its own
+    # (e.g. cs_released_scale) so that it gets its own line, table row and matching verdict.
+    released = variant == "rewind_released_scale"
+    rows = [run_row(method=f"{meta['method']}_released_scale" if released else meta["method"],
+                    variant="rewind" if released else variant, track="ticket", seed=seed, setting=meta["setting"],
+                    ticket_metadata=meta, test_accuracy=final["test_accuracy"], val_accuracy=final["val_accuracy"],
+                    search_epochs=meta["search_epochs"], retrain_epochs=training.net.epochs, ticket_file=ticket_path,
+                    run_dir=out_dir)]
+    training.finish(out_dir, final, {"ticket": {k: v for k, v in meta.items() if k != "params"},
+                                     "ticket_file": str(ticket_path), "variant": variant, "mask_scale": mask_scale,
+                                     "result_rows": rows})
+    return final
+
+
+def run_level_random_controls(params: Params, tickets_dir: Path, out_dir: Path, device: torch.device,
+                              checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> list[int]:
+    """The random-mask control for the level tickets of one IMP search (tickets/level_XX.pt): out/level_XX/
+    for every level random_control.imp_levels names ([] = every pruned level). Returns the levels run;
+    when the control is switched off, writes the stage's outputs with a marker saying so."""
+    tickets_dir, out_dir = Path(tickets_dir), Path(out_dir)
+    if not params.random_control.enabled:
+        for folder in (out_dir, timing_dir):
+            if folder is not None:
+                atomic_write_json({"skipped": "random_control.enabled is false"}, Path(folder) / "skipped.json")
+        return []
+    files = sorted(tickets_dir.glob("level_*.pt"))
+    if not files:
+        raise UserError(f"no level tickets (level_*.pt) in {tickets_dir}: run the IMP search first")
+    by_level = {}
+    for path in files:
+        level = load_ticket(path).metadata.get("level")
+        if not isinstance(level, int):
+            raise UserError(f"ticket {path} has no IMP level in its metadata: not an IMP level ticket")
+        by_level[level] = path
+    wanted = params.random_control.imp_levels or [level for level in by_level if level > 0]
+    missing = [level for level in wanted if level not in by_level]
+    if missing:
+        raise UserError(f"random_control.imp_levels names levels {missing}, which {tickets_dir} does not hold")
+    for level in sorted(wanted):
+        name = f"level_{level:02d}"
+        log.info("random-mask control for %s (%d of %d levels)", by_level[level], sorted(wanted).index(level) + 1,
+                 len(wanted))
+        run_random_control(params, by_level[level], out_dir / name, device, checkpoint_dir, sub_dir(timing_dir, name))
+    return sorted(wanted)

@@ -1,0 +1,288 @@
+"""One run, set up from params the same way for every method: prepared data, splits, the model, the one
+training loop (`cs_repro.train`), and the artifacts each run writes. Each method's `run_*` functions
+(in `cs_repro.methods.<method>`) build their hooks and tickets on top of `TrainingRun`.
+
+Artifacts of a run directory (formats in the README):
+  ticket.pt / tickets/level_XX.pt   tickets (see cs_repro.tickets)
+  metrics.json                      deterministic: per-epoch rows and final numbers (same seed -> same file)
+  timing.json                       wall-clock only (kept apart so metrics stay bit-identical across runs)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cs_repro.checkpoints import CHECKPOINT_DIR, release
+from cs_repro.data import DATASETS, TensorBatches, class_balanced_split, load_dataset, subset
+from cs_repro.device import hardware_name
+from cs_repro.errors import UserError
+from cs_repro.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from cs_repro.models import build_model, prunable_names
+from cs_repro.params import NetworkParams, Params, check_seed
+from cs_repro.results import run_row
+from cs_repro.tickets import Ticket
+from cs_repro.train import DataSplits, Hooks, OptimConfig, TrainingLoop
+
+log = logging.getLogger("cs_repro")
+
+PREPARED_DIR = Path("data/prepared")
+EVAL_BATCH = 500  # larger batches are slower for convs on a 2-core CPU (measured: 23 vs 34 us/image for lenet5)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def prepared_path(dataset: str, root: Path = PREPARED_DIR) -> Path:
+    return Path(root) / f"{dataset}.pt"
+
+
+def prepare_dataset(params: Params, dataset: str, out: Path) -> dict[str, Any]:
+    """Read the raw files (checksums verified) into one uint8 tensor file."""
+    raw = load_dataset(dataset, params.data.root or None, params.data.verify_checksums, params.data.download)
+    atomic_torch_save(
+        {
+            "dataset": dataset,
+            "train_images": raw.train_images.contiguous(),
+            "train_labels": raw.train_labels.contiguous(),
+            "test_images": raw.test_images.contiguous(),
+            "test_labels": raw.test_labels.contiguous(),
+        },
+        out,
+    )
+    return {"dataset": dataset, "train": len(raw.train_labels), "test": len(raw.test_labels)}
+
+
+def load_prepared(dataset: str, root: Path = PREPARED_DIR) -> dict[str, torch.Tensor]:
+    path = prepared_path(dataset, root)
+    if not path.exists():
+        raise UserError(f"{path} is missing: run `dvc repro prepare@{dataset}` (or `cs-repro prepare {dataset}`) first")
+    return safe_torch_load(path, "prepared dataset")
+
+
+class _Source:
+    """Adapts `TensorBatches` to the loop's `batches(generator)` protocol."""
+
+    def __init__(self, batches: TensorBatches) -> None:
+        self._batches = batches
+
+    def batches(self, generator):
+        self._batches.generator = generator
+        if self._batches.device.type != "cuda":
+            return iter(self._batches)
+        # The model is channels_last on CUDA; hand it inputs in the same layout (no CPU effect).
+        return ((x.contiguous(memory_format=torch.channels_last), y) for x, y in self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+
+def make_splits(net: NetworkParams, prepared: dict, seed: int, device: torch.device) -> DataSplits:
+    """Train/val split (class-balanced, from the seed), optional training subset, test set."""
+    spec = DATASETS.get(net.dataset)
+    labels = prepared["train_labels"]
+    train_idx, val_idx = class_balanced_split(labels, net.val_size, seed)
+    if net.train_subset:
+        if net.train_subset > len(train_idx):
+            raise UserError(f"train_subset={net.train_subset} exceeds the {len(train_idx)} training images left after validation")
+        train_idx = train_idx[subset(labels[train_idx], net.train_subset, seed)]
+    images = prepared["train_images"]
+    test_images, test_labels = prepared["test_images"], prepared["test_labels"]
+    if net.test_subset:
+        if net.test_subset > len(test_labels):
+            raise UserError(f"test_subset={net.test_subset} exceeds the {len(test_labels)} test images")
+        # Fixed (seed 0) for every run, so all methods and seeds are scored on the same images.
+        chosen = subset(test_labels, net.test_subset, 0)
+        test_images, test_labels = test_images[chosen], test_labels[chosen]
+    max_batches = net.max_batches or None
+
+    def batches(x, y, batch_size, train):
+        return _Source(TensorBatches(
+            x, y, batch_size, spec.mean, spec.std, augment=train and net.augment,
+            generator=torch.Generator(device=device) if train else None,
+            max_batches=max_batches, device=device,
+        ))
+
+    return DataSplits(
+        train=batches(images[train_idx], labels[train_idx], net.batch_size, True),
+        val=batches(images[val_idx], labels[val_idx], EVAL_BATCH, False),
+        test=batches(test_images, test_labels, EVAL_BATCH, False),
+    )
+
+
+# --- model ------------------------------------------------------------------------------------
+
+
+def make_model(net: NetworkParams, seed: int, device: torch.device) -> tuple[nn.Module, list[str]]:
+    """The network with its initial weights drawn from `seed`, and its prunable tensor names."""
+    spec = DATASETS.get(net.dataset)
+    channels, size, _ = spec.image_shape
+    torch.manual_seed(seed)
+    model = build_model(net.model, spec.num_classes, channels, size)
+    names = prunable_names(net.model, model, net.prunable or None)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, names
+
+
+def optim_config(net: NetworkParams) -> OptimConfig:
+    return OptimConfig(
+        lr=net.lr, momentum=net.momentum, nesterov=net.nesterov, weight_decay=net.weight_decay,
+        lr_milestones=tuple(net.lr_milestones), lr_gamma=net.lr_gamma,
+    )
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSpec:
+    """Who a run is: what goes into its checkpoint key, metadata and log lines."""
+
+    method: str
+    network: str
+    seed: int
+    setting: str
+    config: dict[str, Any]
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        return f"{self.method} {self.network} {self.setting} seed={self.seed}".replace("  ", " ")
+
+
+def checkpoint_for(run: RunSpec, checkpoint_dir: Path = CHECKPOINT_DIR) -> Path:
+    return Path(checkpoint_dir) / f"{run.method}-{run.network}-{run.key()}.pt"
+
+
+def _loop(params: Params, run: RunSpec, hooks: Hooks, model: nn.Module, data: DataSplits,
+          device: torch.device, checkpoint_dir: Path | None) -> TrainingLoop:
+    net = params.network(run.network)
+    return TrainingLoop(
+        model, data, hooks, epochs=net.epochs, optim=optim_config(net), seed=run.seed, device=device,
+        checkpoint_path=checkpoint_for(run, checkpoint_dir) if checkpoint_dir else None,
+        bf16=net.bf16, run_label=run.label(), num_classes=DATASETS.get(net.dataset).num_classes,
+        require_learning=not net.max_batches,  # a run truncated to a few batches is a smoke test
+    )
+
+
+def final_metrics(history, **extra) -> dict[str, Any]:
+    last = history[-1]
+    return {"test_accuracy": last.test_accuracy, "val_accuracy": last.val_accuracy, "train_loss": last.train_loss, **extra}
+
+
+def _write_run(out_dir: Path, run: RunSpec, history, final: dict, seconds: float, epoch_seconds, device, extra=None,
+               timing_dir: Path | None = None) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json({
+        "format": "cs-repro-run/1",
+        "method": run.method, "network": run.network, "seed": run.seed, "setting": run.setting,
+        "config": run.config,
+        "epochs": [r.as_dict() for r in history],
+        "final": final,
+        **(extra or {}),
+    }, out_dir / "metrics.json")
+    atomic_write_json({
+        "seconds": seconds, "epoch_seconds": list(epoch_seconds), "device": str(device),
+        "hardware": hardware_name(device), "threads": torch.get_num_threads(),
+    }, (timing_dir or out_dir) / "timing.json")
+
+
+def network_config(params: Params, network: str) -> dict[str, Any]:
+    return asdict(params.network(network))
+
+
+class TrainingRun:
+    """One run of the training loop, set up the same way for every method and baseline.
+
+    Construction draws the seed's data split and initial model; `train` runs the loop with the method's
+    hooks (resuming from its checkpoint); `finish` writes metrics.json and timing.json and drops the
+    checkpoint. What happens between (attaching masks, building tickets) is the method's own:
+
+    >>> run = TrainingRun(params, "lenet300_100", seed=0, device=cpu)
+    >>> masks = SoftMasks.attach(run.model, run.prunable, s0)
+    >>> history = run.train(spec, CSSearch(masks, config))
+    >>> run.finish(out_dir, final={...})
+    """
+
+    def __init__(self, params: Params, network: str, seed: int, device: torch.device,
+                 checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None,
+                 model_seed: int | None = None) -> None:
+        self.params = params
+        check_seed(seed)
+        self.net = params.network(network)
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.timing_dir = timing_dir
+        self.started = time.perf_counter()
+        self.data = make_splits(self.net, load_prepared(self.net.dataset), seed, device)
+        self.model, self.prunable = make_model(self.net, seed if model_seed is None else model_seed, device)
+        self.spec: RunSpec | None = None
+        self.loop: TrainingLoop | None = None
+        self.history: list = []
+
+    def train(self, spec: RunSpec, hooks: Hooks) -> list:
+        self.spec = spec
+        self.loop = _loop(self.params, spec, hooks, self.model, self.data, self.device, self.checkpoint_dir)
+        self.history = self.loop.run()
+        return self.history
+
+    def evaluate(self) -> dict[str, float]:
+        """Test and validation accuracy of the model as it is now (e.g. after pruning it)."""
+        return {"test_accuracy": self.loop.evaluate(self.data.test), "val_accuracy": self.loop.evaluate(self.data.val)}
+
+    def finish(self, out_dir: Path, final: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+        _write_run(Path(out_dir), self.spec, self.history, final, time.perf_counter() - self.started,
+                   self.loop.epoch_seconds, self.device, extra, self.timing_dir)
+        drop_checkpoint(self.spec, self.checkpoint_dir)
+
+
+def ticket_network(params: Params, ticket: Ticket, ticket_path: Path) -> tuple[str, int]:
+    """(network, seed) a ticket was found on, after checking params still describe the same model."""
+    meta = ticket.metadata
+    network = meta["network"]
+    net = params.network(network)
+    if net.model != meta.get("model"):
+        raise UserError(f"ticket {ticket_path} was found on model {meta.get('model')!r}, but networks.{network}.model "
+                        f"is {net.model!r}")
+    return network, int(meta["seed"])
+
+
+def ticket_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def drop_checkpoint(run: RunSpec, checkpoint_dir: Path | None) -> None:
+    if checkpoint_dir:
+        release(checkpoint_for(run, checkpoint_dir))
+
+
+def last_epoch_row(method: str, variant: str, track: str, seed: int, setting: str, meta: dict, last, search_epochs: float,
+         retrain_epochs: int, ticket_file: Path, run_dir: Path) -> dict[str, Any]:
+    """`results.run_row` for a run whose accuracies are those of its loop's last evaluation (`last`)."""
+    return run_row(method=method, variant=variant, track=track, seed=seed, setting=setting, ticket_metadata=meta,
+                   test_accuracy=last.test_accuracy, val_accuracy=last.val_accuracy, search_epochs=search_epochs,
+                   retrain_epochs=retrain_epochs, ticket_file=ticket_file, run_dir=run_dir)
+
+
+def ticket_metadata(method: str, network: str, net, seed: int, setting: str, config: dict, search_epochs: float,
+                 **extra) -> dict[str, Any]:
+    return {"method": method, "network": network, "model": net.model, "dataset": net.dataset, "seed": seed,
+            "setting": setting, "params": config, "rewind_epoch": net.rewind_epoch, "search_epochs": search_epochs,
+            "mask_scale": 1.0, **extra}
+
+
+def sub_dir(timing_dir: Path | None, name: str) -> Path | None:
+    """`timing_dir/name`, or None when the run keeps its timing beside its outputs."""
+    return Path(timing_dir) / name if timing_dir else None
