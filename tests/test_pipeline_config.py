@@ -96,7 +96,8 @@ def _module_path(module: str) -> Path | None:
     relative = SRC.joinpath(*module.split(".")[1:])
     if relative.with_suffix(".py").exists():
         return relative.with_suffix(".py")
-    return relative if (relative / "__init__.py").exists() else None
+    # a package is its __init__.py: importing a name from it runs that file (and what it imports), not every module
+    return relative / "__init__.py" if (relative / "__init__.py").exists() else None
 
 
 def _imported(path: Path) -> set[Path]:

@@ -214,7 +214,7 @@ def summarize(aggregates) -> dict[str, Any]:
     ticket-search method (not the ablations, not the controls), its sparsest matching ticket's remaining
     weights and accuracy and the epochs it cost, retraining included (null: no matching ticket).
     Everything else is in results.json and REPORT.md."""
-    from cs_repro.report.aggregate import ABLATION_METHODS
+    from cs_repro.methods import ABLATION_METHODS
 
     summary: dict[str, Any] = {}
     for network in aggregates.networks():

@@ -1,27 +1,49 @@
 """Ticket-search and pruning methods, one file each, all running through `cs_repro.train.TrainingLoop`.
 
 A method's module holds its `Hooks` subclass (what it does to the training) and the `run_*` functions a
-stage calls (set-up through `cs_repro.run.TrainingRun`, its tickets, its result rows); `METHODS` maps
-the names used in params.yaml, metrics and figures to that module. Retraining any ticket, whatever found
-it, is `retrain.py`'s, with one list of variants.
+stage calls (set-up through `cs_repro.run.TrainingRun`, its tickets, its result rows). Retraining any
+ticket, whatever found it, is `retrain.py`'s, with one list of variants.
+
+`METHODS` maps every method name that result rows carry to its entry: the module that implements it,
+the name and colour the report shows it with, and whether it is an ablation (drawn only on request,
+left out of the headline metrics). The report reads names, colours and ablations from here only; this
+file stays free of torch so that the report can import it.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 from cs_repro.registry import Registry
 
-METHODS: Registry[str] = Registry("method")
-for _name, _module in {
-    "cs": "cs_repro.methods.cs",
-    "imp": "cs_repro.methods.imp",
-    "imp_c": "cs_repro.methods.imp",
-    "retrain": "cs_repro.methods.retrain",
-    # The reviewers' baselines and ablations.
-    "l0": "cs_repro.methods.l0",
-    "gmp": "cs_repro.methods.gmp",
-    "gmp_cs_layers": "cs_repro.methods.gmp",
-    "magnitude_rewind": "cs_repro.methods.magnitude",
-    "magnitude_finetune": "cs_repro.methods.magnitude",
-    "random": "cs_repro.methods.random_masks",
-    "cs_beta1": "cs_repro.methods.cs_ablations",
-    "cs_released_clamp": "cs_repro.methods.cs_ablations",
+
+@dataclass(frozen=True)
+class MethodEntry:
+    module: str  # where it is implemented
+    label: str  # its name in figures, tables and REPORT.md
+    color: str  # its one colour in every figure (none shared)
+    ablation: bool = False  # a variant of another method that answers one question (report: ## Ablations)
+
+
+METHODS: Registry[MethodEntry] = Registry("method")
+for _name, _entry in {
+    "dense": MethodEntry("cs_repro.methods.imp", "Dense", "#333333"),  # IMP's level 0
+    "cs": MethodEntry("cs_repro.methods.cs", "CS", "#d62728"),
+    "imp": MethodEntry("cs_repro.methods.imp", "IMP", "#1f77b4"),
+    "imp_c": MethodEntry("cs_repro.methods.imp", "IMP-C", "#17becf"),
+    # The reviewers' baselines.
+    "l0": MethodEntry("cs_repro.methods.l0", "L0 (hard concrete)", "#2ca02c"),
+    "gmp": MethodEntry("cs_repro.methods.gmp", "GMP", "#9467bd"),
+    "magnitude_rewind": MethodEntry("cs_repro.methods.magnitude", "Magnitude + rewind", "#8c564b"),
+    "magnitude_finetune": MethodEntry("cs_repro.methods.magnitude", "Magnitude + fine-tune", "#e377c2"),
+    # The ablations.
+    "cs_beta1": MethodEntry("cs_repro.methods.cs_ablations", "CS, beta = 1 + threshold", "#ff7f0e", ablation=True),
+    "cs_released_clamp": MethodEntry("cs_repro.methods.cs_ablations", "CS, released clamp rule", "#bcbd22",
+                                     ablation=True),
+    "gmp_cs_layers": MethodEntry("cs_repro.methods.gmp", "GMP (CS layer-wise targets)", "#393b79", ablation=True),
+    "cs_released_scale": MethodEntry("cs_repro.methods.retrain", "CS, released mask scale", "#843c39", ablation=True),
 }.items():
-    METHODS.register(_name)(_module)
+    METHODS.register(_name)(_entry)
+
+#: Methods that are ablations of another (see MethodEntry.ablation).
+ABLATION_METHODS = frozenset(name for name in METHODS if METHODS.get(name).ablation)

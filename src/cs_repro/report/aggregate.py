@@ -68,9 +68,6 @@ CHAIN_METHODS = frozenset({"imp", "imp_c"})
 METHOD_ORDER = ("dense", "cs", "imp", "l0", "imp_c", "gmp", "magnitude_rewind",
                 "magnitude_finetune")
 
-#: Methods that are ablations of another method: in REPORT.md and results.json, not in the headline
-#: metrics, and drawn in the figures only as optional lines.
-ABLATION_METHODS = frozenset({"cs_beta1", "cs_released_clamp", "gmp_cs_layers", "cs_released_scale"})
 
 #: Preferred order of variants (main result first, then controls).
 VARIANT_ORDER = ("rewind", "pruned", "finetuned", "reinit", "random")

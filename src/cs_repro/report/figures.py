@@ -22,8 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
+from cs_repro.methods import ABLATION_METHODS, METHODS  # noqa: E402
 from cs_repro.report.aggregate import (  # noqa: E402
-    ABLATION_METHODS,
     CHAIN_METHODS,
     Aggregates,
     Group,
@@ -51,20 +51,8 @@ Y_ACCURACY = "Test accuracy (%)"
 #: IMP-C and the ablations, which would crowd the headline and pruning figures.
 OPTIONAL_METHODS = ABLATION_METHODS | {"imp_c"}
 
-#: One colour per method, none shared, so that every line in a figure can be told apart.
-_COLORS = {
-    "cs": "#d62728",
-    "imp": "#1f77b4",
-    "imp_c": "#17becf",
-    "l0": "#2ca02c",
-    "gmp": "#9467bd",
-    "magnitude_rewind": "#8c564b",
-    "magnitude_finetune": "#e377c2",
-    "cs_beta1": "#ff7f0e",
-    "cs_released_clamp": "#bcbd22",
-    "gmp_cs_layers": "#393b79",
-    "cs_released_scale": "#843c39",
-}
+#: One colour per method, none shared, so that every line in a figure can be told apart (cs_repro.methods).
+_COLORS = {name: METHODS.get(name).color for name in METHODS}
 _SPARE_COLORS = ("#7f7f7f", "#637939", "#8c6d31", "#7b4173", "#3182bd", "#e6550d")
 _VARIANT_STYLE = {"rewind": "-", "pruned": "-", "finetuned": "--", "reinit": "--",
                   "random": ":"}

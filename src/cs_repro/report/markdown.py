@@ -98,7 +98,7 @@ README_END = "<!-- results:end -->"
 def results_block(rows: Iterable[Row | Mapping[str, Any]] | Aggregates, meta: Mapping[str, Any] | None) -> str:
     """The README's results: provenance, each method's sparsest matching ticket per network (the ablations
     and controls stay in REPORT.md), and the three verdicts with the run's scope."""
-    from cs_repro.report.aggregate import ABLATION_METHODS
+    from cs_repro.methods import ABLATION_METHODS
     from cs_repro.report.rows import pretty_dataset, pretty_method, pretty_network
     from cs_repro.report.tables import fmt_acc, fmt_epochs, fmt_group_acc, fmt_remaining
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from cs_repro.errors import UserError
+from cs_repro.methods import METHODS
 from cs_repro.results import ROW_FIELDS, TRACKS  # noqa: F401  (the schema; re-exported for the report)
 
 
@@ -189,20 +190,7 @@ DATASET_NAMES = {
     "cifar100": "CIFAR-100",
     "imagenet": "ImageNet",
 }
-METHOD_NAMES = {
-    "dense": "Dense",
-    "cs": "CS",
-    "imp": "IMP",
-    "imp_c": "IMP-C",
-    "l0": "L0 (hard concrete)",
-    "gmp": "GMP",
-    "magnitude_rewind": "Magnitude + rewind",
-    "magnitude_finetune": "Magnitude + fine-tune",
-    "gmp_cs_layers": "GMP (CS layer-wise targets)",
-    "cs_beta1": "CS, beta = 1 + threshold",
-    "cs_released_clamp": "CS, released clamp rule",
-    "cs_released_scale": "CS, released mask scale",
-}
+METHOD_NAMES = {name: METHODS.get(name).label for name in METHODS}  # one place: cs_repro.methods
 VARIANT_NAMES = {
     "rewind": "rewind",
     "reinit": "reinit",
