@@ -214,17 +214,13 @@ def summarize(aggregates) -> dict[str, Any]:
     ticket-search method (not the ablations, not the controls), its sparsest matching ticket's remaining
     weights and accuracy and the epochs it cost, retraining included (null: no matching ticket).
     Everything else is in results.json and REPORT.md."""
-    from cs_repro.methods import ABLATION_METHODS
-
     summary: dict[str, Any] = {}
     for network in aggregates.networks():
         entry: dict[str, Any] = {}
         dense = aggregates.dense(network)
         if dense is not None:
             entry["dense_acc"] = _pct(dense.test_acc_mean)
-        for method in aggregates.methods(network, track="ticket", variant="rewind"):
-            if method in ABLATION_METHODS:
-                continue
+        for method in aggregates.headline_methods(network):
             match = aggregates.sparsest_matching(network, method)
             entry[method] = {
                 "remaining": _pct(match.remaining_mean) if match else None,

@@ -20,6 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
+from cs_repro.methods import ABLATION_METHODS
 from cs_repro.report.rows import Row, as_rows, pretty_method
 
 #: How a spread over seeds is computed, quoted in captions.
@@ -361,6 +362,11 @@ class Aggregates:
                  and (network is None or g.network == network)
                  and (variant is None or g.variant == variant)}
         return sorted(found, key=method_sort_key)
+
+    def headline_methods(self, network: str | None = None) -> list[str]:
+        """The ticket-search methods the headline numbers show (DVC's summary.json, the README's table):
+        those with rewound tickets, the ablations left to REPORT.md."""
+        return [m for m in self.methods(network, "ticket", "rewind") if m not in ABLATION_METHODS]
 
     def variants(self, network: str, method: str, track: str = "ticket") -> list[str]:
         found = {g.variant for g in self.groups

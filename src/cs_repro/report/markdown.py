@@ -98,16 +98,12 @@ README_END = "<!-- results:end -->"
 def results_block(rows: Iterable[Row | Mapping[str, Any]] | Aggregates, meta: Mapping[str, Any] | None) -> str:
     """The README's results: provenance, each method's sparsest matching ticket per network (the ablations
     and controls stay in REPORT.md), and the three verdicts with the run's scope."""
-    from cs_repro.methods import ABLATION_METHODS
     from cs_repro.report.rows import pretty_dataset, pretty_method, pretty_network
     from cs_repro.report.tables import fmt_acc, fmt_epochs, fmt_group_acc, fmt_remaining
 
     agg = rows if isinstance(rows, Aggregates) else Aggregates(rows)
     meta = normalise_meta(meta)
-    methods: list[str] = []
-    for network in agg.networks():
-        methods += [m for m in agg.methods(network, "ticket", "rewind")
-                    if m not in ABLATION_METHODS and m not in methods]
+    methods = agg.headline_methods()
     lines = [README_BEGIN, "", provenance(meta) + " Every table, figure and claim sentence of this run: "
              "[figures/REPORT.md](figures/REPORT.md).", "",
              "| Network | Dense: test acc. (%) | " + " | ".join(pretty_method(m) for m in methods) + " |",
