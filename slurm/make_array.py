@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 from cs_repro.errors import UserError
-from cs_repro.parallel import Wave, changed_stages, dvc_executable, out_of_date, read_pipeline, slurm_waves, split
+from cs_repro_orchestration.parallel import Wave, changed_stages, dvc_executable, out_of_date, read_pipeline, slurm_waves, split
 
 HERE = Path(__file__).resolve().parent
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from cs_repro.errors import UserError
-from cs_repro.parallel import Pipeline, log_name, make_slots, parse_gpus, slurm_waves, split
+from cs_repro_orchestration.parallel import Pipeline, log_name, make_slots, parse_gpus, slurm_waves, split
 
 REPO = Path(__file__).resolve().parents[1]
 

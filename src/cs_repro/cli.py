@@ -329,7 +329,7 @@ def build_kernel() -> None:
     typer.echo(f"fused soft-mask kernel ready: {kernels.build_directory()}")
 
 
-from cs_repro.parallel import parallel_command  # noqa: E402  (docs/parallel.md)
+from cs_repro_orchestration.parallel import parallel_command  # noqa: E402  (docs/parallel.md)
 
 app.command("parallel")(user_errors(parallel_command))
 
