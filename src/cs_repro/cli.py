@@ -188,8 +188,6 @@ def retrain(
     files = sorted(tickets.glob("*.pt")) if tickets.is_dir() else [tickets]
     if not files:
         raise UserError(f"no ticket files (*.pt) in {tickets}")
-    if "random" in chosen and not p.random_control.enabled:
-        chosen = [v for v in chosen if v != "random"]
     runs = []
     for path in files:
         metadata = load_ticket(path).metadata
@@ -201,11 +199,13 @@ def retrain(
         if wanted:
             runs.append((path, wanted, Path(path.stem) if tickets.is_dir() else Path()))
     if not runs:  # a stage's outputs must exist even when there is nothing to run
-        _write_skipped("no control applies (controls.reinit, controls.released_scale, random_control.enabled)", out, timing)
+        _write_skipped("no control applies (controls.reinit, controls.released_scale)", out, timing)
         return
     dev = _device(device)
-    for path, wanted, relative in runs:
-        retrain_ticket(p, path, wanted, out / relative, dev, checkpoint_dir, timing / relative if timing else None)
+    ran = [retrain_ticket(p, path, wanted, out / relative, dev, checkpoint_dir, timing / relative if timing else None)
+           for path, wanted, relative in runs]
+    if not any(ran):  # retrain_ticket leaves the random control out while random_control.enabled is false
+        _write_skipped("no control applies (random_control.enabled is false)", out, timing)
 
 
 @app.command()
