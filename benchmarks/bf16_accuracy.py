@@ -1,6 +1,6 @@
 """Accuracy effect of bf16 autocast: dense LeNet-5 on the real Fashion-MNIST, fp32 vs bf16, same seeds.
 
-Needs data/prepared/fashion_mnist.pt (`cs-repro prepare fashion_mnist`) and a CUDA GPU (autocast is
+Needs data/prepared/fashion_mnist.pt (`python stages/prepare.py fashion_mnist`) and a CUDA GPU (autocast is
 CUDA-only here). PYTHONPATH=src python benchmarks/bf16_accuracy.py --epochs 8 --seeds 0,1,2
 """
 
@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 
 from cs_repro import run as ex
+from cs_repro.data.prepared import load_prepared
 from cs_repro.device import choose_device, hardware_name
 from cs_repro.params import params_from_dict
 from cs_repro.train import Hooks, TrainingLoop
@@ -37,7 +38,7 @@ def main() -> None:
         accuracies = []
         for seed in map(int, args.seeds.split(",")):
             model, _ = ex.make_model(net, seed, device)
-            data = ex.make_splits(net, ex.load_prepared("fashion_mnist"), seed, device)
+            data = ex.make_splits(net, load_prepared("fashion_mnist"), seed, device)
             loop = TrainingLoop(model, data, Hooks(), epochs=net.epochs, optim=ex.optim_config(net), seed=seed,
                                 device=device, bf16=bf16)
             accuracies.append(loop.run()[-1].test_accuracy)

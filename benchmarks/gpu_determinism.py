@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO / "tests"))
 def main() -> None:
     from fixtures import write_cifar10
 
-    from cs_repro import run as ex
+    from cs_repro.data.prepared import prepare_dataset, prepared_path
     from cs_repro.methods.cs import run_cs_search
     from cs_repro.device import choose_device
     from cs_repro.params import params_from_dict
@@ -35,7 +35,7 @@ def main() -> None:
     raw["networks"]["resnet20"].update(epochs=2, lr_milestones=[1], rewind_epoch=1, max_batches=20, val_size=500)
     os.chdir(work)
     params = params_from_dict(raw)
-    ex.prepare_dataset(params, "cifar10", ex.prepared_path("cifar10"))
+    prepare_dataset(params, "cifar10", prepared_path("cifar10"))
     for name in ("a", "b"):
         run_cs_search(params, "resnet20", 0.0, 0, work / name, device, checkpoint_dir=None)
     same_metrics = (work / "a" / "metrics.json").read_bytes() == (work / "b" / "metrics.json").read_bytes()

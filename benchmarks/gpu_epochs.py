@@ -33,7 +33,7 @@ def main() -> None:
 
     from fixtures import write_cifar10
 
-    from cs_repro import run as ex
+    from cs_repro.data.prepared import prepare_dataset, prepared_path
     from cs_repro.methods.cs import run_cs_search
     from cs_repro.methods.imp import run_imp
     from cs_repro.device import choose_device, hardware_name
@@ -55,7 +55,7 @@ def main() -> None:
     import os
 
     os.chdir(workdir)
-    ex.prepare_dataset(params_from_dict(raw), "cifar10", ex.prepared_path("cifar10"))
+    prepare_dataset(params_from_dict(raw), "cifar10", prepared_path("cifar10"))
 
     results = {"hardware": hardware_name(device), "torch": torch.__version__, "epochs": args.epochs, "runs": []}
     for network in args.networks.split(","):

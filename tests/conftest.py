@@ -13,12 +13,24 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def stage_command(name: str):
+    """The app of stages/<name>.py (its one command), for typer's CliRunner."""
+    import importlib.util
+
+    from cs_repro.stage_cli import stage_app
+
+    spec = importlib.util.spec_from_file_location(f"stages_{name}", REPO / "stages" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return stage_app(getattr(module, name))
+
+
 @pytest.fixture(scope="session")
 def prepared_fashion(tmp_path_factory) -> Path:
     """data/prepared/fashion_mnist.pt built once from the real Debian files."""
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.fail("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist (.ci/run does it)")
-    from cs_repro.run import prepare_dataset
+    from cs_repro.data.prepared import prepare_dataset
     from cs_repro.params import params_from_dict
 
     root = tmp_path_factory.mktemp("prepared")

@@ -117,7 +117,7 @@ def test_entrypoint_execs_other_commands(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"^cs-repro: (GPU visible|no GPU visible)", done.stderr, re.M), done.stderr
-    assert "Usage" in done.stdout and "cs-search" in done.stdout
+    assert "Usage" in done.stdout and "use-profile" in done.stdout
     # the workspace on the volume is a git clone of APP_DIR with the DVC cache on the volume
     workspace = out / "workspace"
     assert (workspace / ".git").is_dir() and (workspace / "pyproject.toml").is_file()

@@ -36,8 +36,13 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = compose_profile("quick", conf_dir=REPO / "conf")
 
 
-def _cli(*args: str):
-    return CliRunner().invoke(app, list(args))
+def _cli(command: str, *args: str):
+    """A stage (stages/<command>.py) or a `cs-repro` command, in this process."""
+    from conftest import stage_command
+
+    if (REPO / "stages" / f"{command}.py").exists():
+        return CliRunner().invoke(stage_command(command), list(args))
+    return CliRunner().invoke(app, [command, *args])
 
 
 def _one_clear_line(result, *needles: str) -> str:
@@ -125,7 +130,7 @@ def test_malformed_params_fail_in_one_line_naming_the_key(tmp_path, monkeypatch,
         return
     _one_clear_line(result, names)
     # ... and a stage fails the same way before it creates anything
-    result = _cli("cs-search", "--network", "lenet300_100", "--s0=0", "--seed", "0", "--out", "runs/x",
+    result = _cli("cs_search", "--network", "lenet300_100", "--s0=0", "--seed", "0", "--out", "runs/x",
                   "--params", str(path))
     _one_clear_line(result, names)
     assert not (tmp_path / "runs").exists() and not (tmp_path / ".cache").exists()
@@ -357,17 +362,17 @@ def test_leftover_temporaries_are_removed_and_files_honour_the_umask(tmp_path):
 
 # --- real processes: kill -9 at an epoch and mid-write, dvc dying ---------------------------------------------
 
-CS_ARGS = ["cs-search", "--network", "lenet300_100", "--s0=0", "--seed", "0"]
+CS_ARGS = ["--network", "lenet300_100", "--s0=0", "--seed", "0"]
+CS_STAGE = str(REPO / "stages" / "cs_search.py")
 
 
 def _stage(workspace: Path, out: str, *, preamble: str = "", env: dict | None = None,
            wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
-    """`cs-repro cs-search` in a fresh Python process (optionally with test code run first)."""
+    """stages/cs_search.py in a fresh Python process (optionally with test code run first)."""
     code = textwrap.dedent(preamble) + textwrap.dedent(f"""
-        import sys
-        from cs_repro.cli import app
-        sys.argv = ["cs-repro", *{CS_ARGS + ["--out", out]!r}]
-        app()
+        import runpy, sys
+        sys.argv = [{CS_STAGE!r}, *{CS_ARGS + ["--out", out]!r}]
+        runpy.run_path({CS_STAGE!r}, run_name="__main__")
     """)
     command = [sys.executable, "-c", code]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
@@ -433,17 +438,16 @@ def test_kill_9_at_an_epoch_and_during_a_checkpoint_write_then_resume_gives_the_
 def test_a_stage_stops_when_the_dvc_that_started_it_dies(stage_workspace, shell):
     """SIGKILL to the parent (standing in for `dvc`), started directly or through a shell that does not exec."""
     workspace = stage_workspace
-    child = textwrap.dedent("""
-        import sys, time
-        from cs_repro.cli import app
-        sys.argv = ["cs-repro", "cs-search", "--network", "lenet300_100", "--s0=0", "--seed", "0", "--out", "run"]
+    child = textwrap.dedent(f"""
+        import runpy, sys, time
+        sys.argv = [{CS_STAGE!r}, *{CS_ARGS + ["--out", "run"]!r}]
         import cs_repro.train as train
         original = train.TrainingLoop._run_epoch
         def slow_epoch(self, *args):
             time.sleep(1.0)
             return original(self, *args)
         train.TrainingLoop._run_epoch = slow_epoch
-        app()
+        runpy.run_path({CS_STAGE!r}, run_name="__main__")
     """)
     child_command = [sys.executable, "-c", child]
     if shell:
@@ -505,7 +509,7 @@ def _read(path: Path) -> str:
 
 
 def test_a_seed_too_large_for_torch_is_one_line(stage_workspace):
-    result = _cli("cs-search", "--network", "lenet300_100", "--s0=0", "--seed", "18446744073709551616",
+    result = _cli("cs_search", "--network", "lenet300_100", "--s0=0", "--seed", "18446744073709551616",
                   "--out", "runs/x")
     _one_clear_line(result, "18446744073709551616", "is not a seed")
     assert not (stage_workspace / "runs").exists()

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cs_repro import run as ex
+from cs_repro.data.prepared import load_prepared
 from cs_repro.errors import UserError
 from cs_repro.masks import SoftMasks
 from cs_repro.methods.cs import clamp_between_rounds, run_cs_search, temperature_at
@@ -151,7 +152,7 @@ def test_masked_weights_stay_exactly_zero_through_retraining(workspace, tiny_par
     net = params.network("lenet300_100")
     model, _ = ex.make_model(net, 0, CPU)
     hooks = TicketRetrain(ticket.masks, ticket.rewind_state)
-    data = ex.make_splits(net, ex.load_prepared("fashion_mnist"), 0, CPU)
+    data = ex.make_splits(net, load_prepared("fashion_mnist"), 0, CPU)
     loop = ex.TrainingLoop(model, data, hooks, epochs=net.epochs, optim=ex.optim_config(net), seed=0, device=CPU)
     loop.run()
     weights = dict(model.named_parameters())

@@ -188,7 +188,7 @@ def test_parallel_two_workers_matches_sequential_repro(tmp_path):
 def test_a_failing_stage_is_named_and_the_others_finish(tmp_path):
     repo = _repo(tmp_path / "failing", _tiny(s0=[0.0]))
     dvc_yaml = repo / "dvc.yaml"
-    dvc_yaml.write_text(dvc_yaml.read_text().replace("cs-repro cs-search", "cs-repro cs-search --no-such-option"))
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("python stages/cs_search.py", "python stages/cs_search.py --no-such-option"))
     result = _run("cs-repro", "parallel", "-j", "2", cwd=repo, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     log = ".cache/parallel-logs/cs_search@lenet300_100-0.0-0.log"

@@ -45,7 +45,8 @@ def make_pipeline_repo(root: Path, params: dict) -> Path:
             shutil.copytree(source, target)
         elif source.exists():
             shutil.copy2(source, target)
-    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for code in ("src", "stages"):
+        shutil.copytree(REPO / code, root / code, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run("git", "init", "-q", cwd=root)
     run("git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A", cwd=root)
@@ -55,7 +56,7 @@ def make_pipeline_repo(root: Path, params: dict) -> Path:
 
 #: The `dvc exp show` options README documents for a readable table: params that an experiment changed and
 #: the headline metrics, without the timestamps and the per-stage dependency hashes.
-EXP_SHOW_READABLE = ("--drop", "Created|State|Executor|src/|data/|metrics/|runs|timings", "--keep", "lambda")
+EXP_SHOW_READABLE = ("--drop", "Created|State|Executor|src/|stages/|data/|metrics/|runs|timings", "--keep", "lambda")
 
 
 #: The quick profile shrunk to a test's size, as Hydra overrides: `dvc exp run -S` needs them again, since it
@@ -176,7 +177,7 @@ def test_invalid_params_stop_the_pipeline_with_one_line(tmp_path):
     params["lambda"] = "tiny"
     repo = make_pipeline_repo(tmp_path / "bad", params)
     (repo / "data" / "prepared").mkdir(parents=True)
-    result = run("cs-repro", "cs-search", "--network", "lenet300_100", "--s0=0", "--seed", "0", "--out", "x",
+    result = run("python", "stages/cs_search.py", "--network", "lenet300_100", "--s0=0", "--seed", "0", "--out", "x",
                  cwd=repo, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: lambda must be a number, got 'tiny'"
@@ -207,8 +208,8 @@ def test_kill_9_mid_search_then_rerun_resumes_to_identical_metrics(tmp_path):
     params = tiny_quick_params()
     params["networks"]["lenet300_100"].update(train_subset=3000, epochs=2, lr_milestones=[1])
     repo = make_pipeline_repo(tmp_path / "kill", params)
-    run("cs-repro", "prepare", "fashion_mnist", cwd=repo)
-    command = ["cs-repro", "cs-search", "--network", "lenet300_100", "--s0=0.0", "--seed", "0"]
+    run("python", "stages/prepare.py", "fashion_mnist", cwd=repo)
+    command = ["python", "stages/cs_search.py", "--network", "lenet300_100", "--s0=0.0", "--seed", "0"]
 
     run(*command, "--out", "whole", "--checkpoint-dir", "ck_whole", cwd=repo)
 

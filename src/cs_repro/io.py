@@ -101,6 +101,13 @@ def atomic_write_text(text: str, path: Path) -> None:
     _atomic_write(path, lambda stream: stream.write(text.encode()))
 
 
+def write_skipped(reason: str, *folders: Path | None) -> None:
+    """A switched-off stage still creates its declared outputs: a marker saying why it did nothing."""
+    for folder in folders:
+        if folder is not None:
+            atomic_write_json({"skipped": reason}, Path(folder) / "skipped.json")
+
+
 def safe_torch_load(path: Path, what: str = "file") -> Any:
     """torch.load with weights_only=True; a missing or unreadable file is a UserError."""
     path = Path(path)

@@ -135,6 +135,9 @@ class Params:
     profile: str = _field("quick", "profile name (quick or paper); informational, set by conf/profile/*.yaml",
                           choices=("quick", "paper", "test"))
     lambda_: float = _field(1e-8, "lambda: weight of the CS mask penalty (key `lambda` in params.yaml)", min=0.0)
+    cpu_threads: int = _field(0, "CPU threads of each training stage (0: torch's default, every core); CPU sums differ "
+                              "in their last bits across thread counts, so a fixed count gives the same bytes on any "
+                              "machine, and 1 lets `cs-repro parallel` run one stage per core", min=0)
     data: DataParams = field(default_factory=DataParams, metadata={"help": "raw data location"})
     networks: dict[str, NetworkParams] = field(default_factory=dict, metadata={"help": "training settings per network"})
     cs: CSParams = field(default_factory=CSParams, metadata={"help": "CS search"})

@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from cs_repro.checkpoints import CHECKPOINT_DIR, release
-from cs_repro.data import DATASETS, TensorBatches, class_balanced_split, load_dataset, subset
+from cs_repro.data import DATASETS, TensorBatches, class_balanced_split, subset
+from cs_repro.data.prepared import load_prepared
 from cs_repro.device import hardware_name
 from cs_repro.errors import UserError
-from cs_repro.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from cs_repro.io import atomic_write_json
 from cs_repro.models import build_model, prunable_names
 from cs_repro.params import NetworkParams, Params, check_seed
 from cs_repro.results import run_row
@@ -34,38 +35,10 @@ from cs_repro.train import DataSplits, Hooks, OptimConfig, TrainingLoop
 
 log = logging.getLogger("cs_repro")
 
-PREPARED_DIR = Path("data/prepared")
 EVAL_BATCH = 500  # larger batches are slower for convs on a 2-core CPU (measured: 23 vs 34 us/image for lenet5)
 
 
 # --- data -------------------------------------------------------------------------------------
-
-
-def prepared_path(dataset: str, root: Path = PREPARED_DIR) -> Path:
-    return Path(root) / f"{dataset}.pt"
-
-
-def prepare_dataset(params: Params, dataset: str, out: Path) -> dict[str, Any]:
-    """Read the raw files (checksums verified) into one uint8 tensor file."""
-    raw = load_dataset(dataset, params.data.root or None, params.data.verify_checksums, params.data.download)
-    atomic_torch_save(
-        {
-            "dataset": dataset,
-            "train_images": raw.train_images.contiguous(),
-            "train_labels": raw.train_labels.contiguous(),
-            "test_images": raw.test_images.contiguous(),
-            "test_labels": raw.test_labels.contiguous(),
-        },
-        out,
-    )
-    return {"dataset": dataset, "train": len(raw.train_labels), "test": len(raw.test_labels)}
-
-
-def load_prepared(dataset: str, root: Path = PREPARED_DIR) -> dict[str, torch.Tensor]:
-    path = prepared_path(dataset, root)
-    if not path.exists():
-        raise UserError(f"{path} is missing: run `dvc repro prepare@{dataset}` (or `cs-repro prepare {dataset}`) first")
-    return safe_torch_load(path, "prepared dataset")
 
 
 class _Source:

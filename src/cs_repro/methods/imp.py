@@ -13,6 +13,7 @@ retraining them separately.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cs_repro.io import atomic_write_json
+from cs_repro.io import atomic_write_json, write_skipped
 from cs_repro.masks import HardMasks, sparsity_of
 from cs_repro.methods.rounds import RewindPoint
 from cs_repro.params import Params
@@ -28,6 +29,8 @@ from cs_repro.results import run_row
 from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config
 from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import Hooks, Phase, TrainingLoop
+
+log = logging.getLogger("cs_repro")
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,12 @@ class IMPSearch(Hooks):
 def run_imp(params: Params, network: str, seed: int, out_dir: Path, device: torch.device,
             continue_search: bool = False, checkpoint_dir: Path | None = CHECKPOINT_DIR,
             timing_dir: Path | None = None) -> list[Ticket]:
-    """IMP (or IMP-C): writes tickets/level_XX.pt, metrics.json (every level's training), timing.json."""
+    """IMP (or IMP-C): writes tickets/level_XX.pt, metrics.json (every level's training), timing.json.
+    IMP-C with imp.continue_levels 0 is switched off: it writes skipped.json markers and no tickets."""
+    if continue_search and params.imp.continue_levels == 0:
+        write_skipped("imp.continue_levels is 0", out_dir, timing_dir)
+        log.info("IMP-C skipped: imp.continue_levels is 0")
+        return []
     net = params.network(network)
     levels = params.imp.continue_levels if continue_search else params.imp.levels
     method = "imp_c" if continue_search else "imp"

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from cs_repro.errors import UserError
-from cs_repro.io import atomic_write_json
+from cs_repro.io import atomic_write_json, write_skipped
 from cs_repro.masks import HardMasks, sparsity_of
 from cs_repro.methods.cs import mask_scale_for
 from cs_repro.methods.random_masks import random_generator, random_masks_like
@@ -95,6 +95,56 @@ def retrain_ticket(params: Params, ticket_path: Path, variants, out_dir: Path, d
             run_retrain(params, ticket_path, variant, Path(out_dir) / variant, device, checkpoint_dir, timing)
         ran.append(variant)
     return ran
+
+
+def chosen_variants(params: Params, variants: str) -> list[str]:
+    """The variants a `--variants` value names: a comma list of RETRAIN_VARIANTS, or 'controls' (rewind plus
+    the controls params.yaml enables) or 'control-only' (those controls alone)."""
+    controls = ["reinit"] if params.controls.reinit else []
+    if params.controls.released_scale:
+        controls.append("rewind_released_scale")
+    chosen = {"controls": ["rewind", *controls], "control-only": controls}.get(
+        variants, [v for v in variants.split(",") if v])
+    for variant in chosen:
+        if variant not in RETRAIN_VARIANTS:
+            raise UserError(f"--variants: {variant!r} is not allowed; use {', '.join(RETRAIN_VARIANTS)}, "
+                            "controls or control-only")
+    return chosen
+
+
+def retrain_tickets(params: Params, tickets: Path, variants: str, out_dir: Path, device: torch.device,
+                    checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> None:
+    """Retrain a ticket file into out/<variant>/, or every ticket of a folder into out/<ticket>/<variant>/,
+    whatever method found them. A stage with nothing to run writes skipped.json markers instead."""
+    chosen = chosen_variants(params, variants)
+    tickets, out_dir = Path(tickets), Path(out_dir)
+    if not tickets.exists() and (tickets.parent / "skipped.json").exists():
+        # the search was switched off (e.g. imp.continue_levels: 0)
+        write_skipped(f"no tickets: {tickets.parent} was skipped", out_dir, timing_dir)
+        return
+    if not tickets.exists():
+        raise UserError(f"{tickets} does not exist: run the search that writes it first")
+    files = sorted(tickets.glob("*.pt")) if tickets.is_dir() else [tickets]
+    if not files:
+        raise UserError(f"no ticket files (*.pt) in {tickets}")
+    runs = []
+    for path in files:
+        metadata = load_ticket(path).metadata
+        if tickets.is_dir() and metadata.get("remaining_weights", 0.0) >= 1.0:
+            continue  # the dense 'ticket' (IMP level 0) has nothing to control for
+        # the released scale is CS's; other tickets (IMP) have no s0
+        wanted = [v for v in chosen if not (v == "rewind_released_scale" and variants in ("controls", "control-only")
+                                            and "s0" not in metadata)]
+        if wanted:
+            runs.append((path, wanted, Path(path.stem) if tickets.is_dir() else Path()))
+    if not runs:  # a stage's outputs must exist even when there is nothing to run
+        write_skipped("no control applies (controls.reinit, controls.released_scale)", out_dir, timing_dir)
+        return
+    ran = [retrain_ticket(params, path, wanted, out_dir / relative, device, checkpoint_dir,
+                          Path(timing_dir) / relative if timing_dir else None)
+           for path, wanted, relative in runs]
+    if not any(ran):  # retrain_ticket leaves the random control out while random_control.enabled is false
+        write_skipped("no control applies (random_control.enabled is false)", out_dir, timing_dir)
 
 
 def run_random_control(params: Params, ticket_path: Path, out_dir: Path, device: torch.device,

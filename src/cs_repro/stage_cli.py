@@ -1,0 +1,103 @@
+"""What every stage entry point under `stages/` shares: its options, its error handling, its device.
+
+A stage is `python stages/<kind>.py ...` (dvc.yaml runs them). Every user-fixable problem (bad params,
+missing data, a damaged ticket) ends with one line on stderr and exit status 2, never a traceback; Ctrl-C
+and SIGTERM end with status 130 and keep every finished epoch. Light on purpose (no torch at import):
+each stage imports only the modules of the work it does.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from cs_repro.checkpoints import CHECKPOINT_DIR, stage_scope
+from cs_repro.errors import UserError
+from cs_repro.stage_process import stop_with_parent
+
+log = logging.getLogger("cs_repro")
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="params file to read (DVC's params.yaml)")]
+DeviceOption = Annotated[
+    Optional[str], typer.Option("--device", help="auto | cpu | cuda (default: $CS_REPRO_DEVICE or auto)")
+]
+TimingOption = Annotated[
+    Optional[Path], typer.Option("--timing", help="directory for timing.json (wall-clock, kept apart from the deterministic outputs; default: --out)")
+]
+CheckpointOption = Annotated[
+    Path, typer.Option("--checkpoint-dir", help="where per-epoch resume checkpoints live (outside DVC outputs)")
+]
+NetworkOption = Annotated[str, typer.Option(help="key of `networks` in params.yaml")]
+SeedOption = Annotated[int, typer.Option(help="seed: init, split, data order, augmentation, noise")]
+OutOption = Annotated[Path, typer.Option(help="output directory")]
+DEFAULT_PARAMS = Path("params.yaml")
+DEFAULT_CHECKPOINTS = CHECKPOINT_DIR
+
+
+def setup_logging(quiet: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def user_errors(command: Callable) -> Callable:
+    """Turn UserError (and Ctrl-C) into one line and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        setup_logging()
+        stop_with_parent()
+        try:
+            with stage_scope():
+                return command(*args, **kwargs)
+        except UserError as error:  # TrainingDiverged is one too
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: progress up to the last finished epoch is kept; run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def stage_app(command: Callable) -> typer.Typer:
+    """A stage's one command as an app, with --help from its signature and docstring."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(user_errors(command))
+    return app
+
+
+def run_stage(command: Callable) -> None:
+    """The `if __name__ == "__main__"` of a stage file."""
+    stage_app(command)()
+
+
+def load(path: Path):
+    from cs_repro.params import load_params
+
+    return load_params(path)
+
+
+def training_device(params, requested: str | None):
+    """The device a training stage runs on; on the CPU, with the thread count params.yaml pins (CPU sums
+    differ in their last bits across thread counts, and a stage's bytes must not depend on the machine)."""
+    import torch
+
+    from cs_repro.device import choose_device, hardware_name
+
+    device = choose_device(requested)
+    if device.type == "cpu":
+        if params.cpu_threads:
+            torch.set_num_threads(params.cpu_threads)
+        log.info("running on the CPU (%s)", hardware_name(device))
+    else:
+        log.info("running on %s", hardware_name(device))
+    return device
