@@ -336,7 +336,9 @@ def test_baseline_stages_declare_only_their_own_sections():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
     def declared(name):
-        return {p if isinstance(p, str) else next(iter(p)) for p in stages[name].get("params", [])}
+        params = {p if isinstance(p, str) else next(iter(p)) for p in stages[name].get("params", [])}
+        assert "cpu_threads" in params, name  # every training stage pins its CPU threads
+        return params - {"cpu_threads"}
 
     net = "networks.${item.network}"
     assert declared("l0_search") == {"l0", net}

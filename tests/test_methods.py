@@ -111,7 +111,7 @@ def test_ticket_file_holds_masks_rewind_state_and_metadata(workspace, tiny_param
     assert set(ticket.rewind_state) == set(build_model("lenet300_100", 10, 1, 28).state_dict())
     meta = ticket.metadata
     assert meta["method"] == "cs" and meta["seed"] == 0 and meta["s0"] == 0.0 and meta["search_epochs"] == 9
-    assert meta["params"]["cs"]["penalty_weight"] == 1e-8
+    assert meta["params"]["cs"]["lambda_"] == 1e-8
     kept = sum(int(m.sum()) for m in ticket.masks.values())
     assert meta["remaining_weights"] == pytest.approx(kept / meta["prunable_count"])
     assert set(meta["layer_remaining"]) == set(ticket.masks)

@@ -36,7 +36,7 @@ from cs_repro.kernels import fused_soft_mask_available
 
 
 class _SoftMaskedWeight(torch.autograd.Function):
-    """out = W * sigmoid(beta*s) * scale; backward adds penalty_weight * d(scale*sigmoid(beta*s))/ds.
+    """out = W * sigmoid(beta*s) * scale; backward adds lambda_ * d(scale*sigmoid(beta*s))/ds.
 
     Written for few passes over the weight-sized tensors (each pass is a full read/write of a tensor the
     size of W, which on a CPU costs about as much as the rest of a small layer's step):
@@ -54,7 +54,7 @@ class _SoftMaskedWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(weight: Tensor, logits: Tensor, beta: Tensor, scale: float, penalty_weight: float):
+    def forward(weight: Tensor, logits: Tensor, beta: Tensor, scale: float, lambda_: float):
         b = _beta_number(beta)
         gate = torch.mul(logits, -b) if b is not None else torch.mul(logits, beta).neg_()
         gate.exp_().add_(1.0).reciprocal_()  # sigmoid(beta*s), in place
@@ -62,13 +62,13 @@ class _SoftMaskedWeight(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        weight, _, beta, scale, penalty_weight = inputs
+        weight, _, beta, scale, lambda_ = inputs
         _, gate = output
         ctx.mark_non_differentiable(gate)
         ctx.save_for_backward(weight, gate, beta)
         ctx.beta = _beta_number(beta)
         ctx.scale = scale
-        ctx.penalty_weight = penalty_weight
+        ctx.lambda_ = lambda_
 
     @staticmethod
     @once_differentiable
@@ -83,9 +83,9 @@ class _SoftMaskedWeight(torch.autograd.Function):
             # adds lambda to the upstream term grad*W.
             if ctx.beta is not None:
                 bs = ctx.beta * scale
-                upstream = torch.addcmul(grad_out.new_full((), ctx.penalty_weight * bs), grad_out, weight, value=bs)
+                upstream = torch.addcmul(grad_out.new_full((), ctx.lambda_ * bs), grad_out, weight, value=bs)
             else:
-                upstream = torch.addcmul(grad_out.new_full((), ctx.penalty_weight), grad_out, weight)
+                upstream = torch.addcmul(grad_out.new_full((), ctx.lambda_), grad_out, weight)
             grad_logits = torch.ops.aten.sigmoid_backward.grad_input(upstream, gate, grad_input=upstream)
             if ctx.beta is None:
                 grad_logits.mul_(beta * scale)
@@ -93,9 +93,9 @@ class _SoftMaskedWeight(torch.autograd.Function):
 
 
 def aten_soft_masked_weight(weight: Tensor, logits: Tensor, beta: Tensor, scale: float,
-                            penalty_weight: float) -> Tensor:
+                            lambda_: float) -> Tensor:
     """W * sigmoid(beta*s) * scale through `_SoftMaskedWeight` (the path off the fused CPU kernel)."""
-    return _SoftMaskedWeight.apply(weight, logits, beta, scale, penalty_weight)[0]
+    return _SoftMaskedWeight.apply(weight, logits, beta, scale, lambda_)[0]
 
 
 def _fused_kernel_applies(weight: Tensor) -> bool:
@@ -126,14 +126,14 @@ class SoftMask(nn.Module):
         self.register_buffer("beta", torch.ones((), device=device, dtype=dtype))
         self.s0 = float(s0)
         self.scale = 1.0 / _sigmoid(s0)
-        self.penalty_weight = 0.0
+        self.lambda_ = 0.0
 
     def forward(self, weight: Tensor) -> Tensor:
         if _fused_kernel_applies(weight):
             return torch.ops.cs_repro.soft_masked_weight(
-                weight, self.logits, float(self.beta), self.scale, self.penalty_weight
+                weight, self.logits, float(self.beta), self.scale, self.lambda_
             )
-        return aten_soft_masked_weight(weight, self.logits, self.beta, self.scale, self.penalty_weight)
+        return aten_soft_masked_weight(weight, self.logits, self.beta, self.scale, self.lambda_)
 
     def gate(self) -> Tensor:
         """The soft mask sigmoid(beta*s)/sigmoid(s0), differentiable."""
@@ -216,14 +216,14 @@ class SoftMasks:
         for part in self.parts.values():
             part.beta.fill_(beta)
 
-    def fuse_penalty(self, penalty_weight: float) -> None:
-        """Add penalty_weight * d(penalty)/ds inside the mask's backward pass.
+    def fuse_penalty(self, lambda_: float) -> None:
+        """Add lambda_ * d(penalty)/ds inside the mask's backward pass.
 
         With this on, `penalty()` must NOT also be added to the loss for its gradient: use
         `penalty_value()` for logging.
         """
         for part in self.parts.values():
-            part.penalty_weight = float(penalty_weight)
+            part.lambda_ = float(lambda_)
 
     def penalty(self) -> Tensor:
         """sum over tensors of sum(sigmoid(beta*s))/sigmoid(s0): differentiable."""

@@ -19,36 +19,31 @@ from typing import Any
 import yaml
 
 from cs_repro.errors import UserError
-
-
-def _field(default: Any, help: str, **checks: Any) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **checks})
-    return field(default=default, metadata={"help": help, **checks})
+from cs_repro.param_fields import check_seed, param
 
 
 @dataclass
 class NetworkParams:
     """How one network is trained: used for CS rounds, IMP levels and ticket retraining alike."""
 
-    model: str = _field("lenet300_100", "model registry name (`cs-repro list` shows them)")
-    dataset: str = _field("fashion_mnist", "dataset registry name")
-    train_subset: int = _field(0, "train on a class-balanced subset of this many images (0 = all)", min=0)
-    test_subset: int = _field(0, "evaluate on a class-balanced subset of this many test images (0 = all; quick profile only)", min=0)
-    val_size: int = _field(5000, "class-balanced validation images held out of the training set", min=1)
-    batch_size: int = _field(128, "mini-batch size", min=1)
-    epochs: int = _field(10, "E: epochs per CS round, per IMP level and per ticket retraining", min=1)
-    lr: float = _field(0.1, "initial learning rate (SGD)", min_exclusive=0.0)
-    momentum: float = _field(0.9, "SGD momentum", min=0.0, max=1.0)
-    nesterov: bool = _field(True, "Nesterov momentum")
-    weight_decay: float = _field(1e-4, "weight decay on weights (never on mask logits)", min=0.0)
-    lr_milestones: list[int] = _field([], "epochs (within a round) at which the lr is multiplied by lr_gamma")
-    lr_gamma: float = _field(0.1, "lr multiplier at each milestone", min_exclusive=0.0)
-    rewind_epoch: int = _field(1, "k: the rewind point, in epochs of the first round / dense run", min=0)
-    augment: bool = _field(False, "pad-4 random crop + horizontal flip (CIFAR)")
-    prunable: list[str] = _field([], "glob patterns of prunable weight names; empty = the model's default")
-    max_batches: int = _field(0, "truncate every epoch to this many batches (0 = whole epoch; for tests)", min=0)
-    bf16: bool = _field(False, "bf16 autocast on CUDA (changes numerics; off for the paper protocol)")
+    model: str = param("lenet300_100", "model registry name (`cs-repro list` shows them)")
+    dataset: str = param("fashion_mnist", "dataset registry name")
+    train_subset: int = param(0, "train on a class-balanced subset of this many images (0 = all)", min=0)
+    test_subset: int = param(0, "evaluate on a class-balanced subset of this many test images (0 = all; quick profile only)", min=0)
+    val_size: int = param(5000, "class-balanced validation images held out of the training set", min=1)
+    batch_size: int = param(128, "mini-batch size", min=1)
+    epochs: int = param(10, "E: epochs per CS round, per IMP level and per ticket retraining", min=1)
+    lr: float = param(0.1, "initial learning rate (SGD)", min_exclusive=0.0)
+    momentum: float = param(0.9, "SGD momentum", min=0.0, max=1.0)
+    nesterov: bool = param(True, "Nesterov momentum")
+    weight_decay: float = param(1e-4, "weight decay on weights (never on mask logits)", min=0.0)
+    lr_milestones: list[int] = param([], "epochs (within a round) at which the lr is multiplied by lr_gamma")
+    lr_gamma: float = param(0.1, "lr multiplier at each milestone", min_exclusive=0.0)
+    rewind_epoch: int = param(1, "k: the rewind point, in epochs of the first round / dense run", min=0)
+    augment: bool = param(False, "pad-4 random crop + horizontal flip (CIFAR)")
+    prunable: list[str] = param([], "glob patterns of prunable weight names; empty = the model's default")
+    max_batches: int = param(0, "truncate every epoch to this many batches (0 = whole epoch; for tests)", min=0)
+    bf16: bool = param(False, "bf16 autocast on CUDA (changes numerics; off for the paper protocol)")
 
     def validate(self, where: str) -> None:
         if self.rewind_epoch > self.epochs:
@@ -60,56 +55,13 @@ class NetworkParams:
 
 
 @dataclass
-class CSParams:
-    """Continuous Sparsification search (the per-run s0 comes from sweep.s0)."""
-
-    rounds: int = _field(3, "number of CS rounds (weights are not rewound between rounds)", min=1)
-    beta_final: float = _field(200.0, "beta_T: temperature in the last epoch of each round", min=1.0)
-    mask_lr: float = _field(0.0, "lr of the mask logits; 0 = same as the weights' lr", min=0.0)
-    clamp_rule: str = _field("paper", "between rounds: 'paper' s <- min(beta_T*s, s0); 'released' s <- min(s, s0)",
-                             choices=("paper", "released"))
-    mask_scale: str = _field("binary", "ticket mask: 'binary' (paper) or 'released' (binary / sigmoid(s0))",
-                             choices=("binary", "released"))
-
-
-@dataclass
-class IMPParams:
-    """Iterative magnitude pruning with rewinding (global magnitude, fraction per level)."""
-
-    prune_fraction: float = _field(0.2, "p: fraction of the remaining prunable weights removed per level",
-                                   min_exclusive=0.0, max_exclusive=1.0)
-    levels: int = _field(14, "L: pruning levels after the dense run", min=1)
-    continue_levels: int = _field(0, "IMP-C levels (no rewinding during search); 0 = IMP-C not run", min=0)
-
-
-@dataclass
-class ControlParams:
-    """Controls retrained next to the tickets."""
-
-    reinit: bool = _field(True, "retrain each ticket's mask from fresh random weights")
-    released_scale: bool = _field(
-        False, "also retrain each CS ticket as the released code does, binary mask x 1/sigmoid(s0) "
-               "(results method cs_released_scale; the paper's plain binary mask stays method cs)")
-
-
-#: Seeds are used with offsets (reinit weights, random masks) and must fit torch's generators with room.
-MAX_SEED = 2**31 - 1
-
-
-def check_seed(seed: int, where: str = "seed") -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise UserError(f"{where}: {seed!r} is not a seed; use a whole number from 0 to {MAX_SEED}")
-    return seed
-
-
-@dataclass
 class SweepParams:
     """What fans out into DVC stages. Only stage names and commands read these, never a stage body."""
 
-    datasets: list[str] = _field(["fashion_mnist"], "datasets to prepare (every network's dataset must be here)")
-    networks: list[str] = _field(["lenet300_100"], "keys of `networks` to run")
-    seeds: list[int] = _field([0], "seeds; each one is its own set of stages")
-    s0: list[float] = _field([0.0], "CS mask initialisations; each one is its own CS stage")
+    datasets: list[str] = param(["fashion_mnist"], "datasets to prepare (every network's dataset must be here)")
+    networks: list[str] = param(["lenet300_100"], "keys of `networks` to run")
+    seeds: list[int] = param([0], "seeds; each one is its own set of stages")
+    s0: list[float] = param([0.0], "CS mask initialisations; each one is its own CS stage")
 
     def validate(self, where: str) -> None:
         for key in ("datasets", "networks", "seeds", "s0"):
@@ -123,37 +75,49 @@ class SweepParams:
 class DataParams:
     """Where raw datasets are found."""
 
-    root: str = _field("", "folder holding the raw files ('' = the default places: Debian's package location)")
-    download: bool = _field(False, "download with torchvision when the files are not found (needs internet)")
-    verify_checksums: bool = _field(True, "check the raw files against known digests")
+    root: str = param("", "folder holding the raw files ('' = the default places: Debian's package location)")
+    download: bool = param(False, "download with torchvision when the files are not found (needs internet)")
+    verify_checksums: bool = param(True, "check the raw files against known digests")
 
 
 @dataclass
-class Params:
-    """All of params.yaml."""
+class BaselineSweepParams:
+    """What fans out into the baseline stages. Like `sweep`, read only by stage names and commands."""
 
-    profile: str = _field("quick", "profile name (quick or paper); informational, set by conf/profile/*.yaml",
-                          choices=("quick", "paper", "test"))
-    lambda_: float = _field(1e-8, "lambda: weight of the CS mask penalty (key `lambda` in params.yaml)", min=0.0)
-    cpu_threads: int = _field(0, "CPU threads of each training stage (0: torch's default, every core); CPU sums differ "
-                              "in their last bits across thread counts, so a fixed count gives the same bytes on any "
-                              "machine, and 1 lets `cs-repro parallel` run one stage per core", min=0)
+    networks: list[str] = param(["lenet300_100"], "keys of `networks` the baselines and ablations run on")
+    seeds: list[int] = param([0], "seeds of the baseline runs")
+    sparsities: list[float] = param([0.8, 0.9, 0.95], "target sparsities of GMP and one-shot magnitude pruning")
+    l0_penalty: list[float] = param([1e-4], "L0 lambdas: each is its own L0 run (sparsity is steered by it)")
+    cs_s0: list[float] = param([0.0], "s0 of the CS ablations; must be in sweep.s0 (gmp_cs_layers reads that CS ticket)")
+
+    def __post_init__(self) -> None:
+        for key in ("networks", "seeds", "sparsities", "l0_penalty", "cs_s0"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise UserError(f"baselines.{key} must not repeat a value")
+        for value in self.sparsities:
+            if not 0.0 < value < 1.0:
+                raise UserError(f"baselines.sparsities: {value} must lie strictly between 0 and 1")
+        for value in self.l0_penalty:
+            if value < 0.0:
+                raise UserError(f"baselines.l0_penalty: {value} must be >= 0")
+
+
+@dataclass
+class CoreParams:
+    """The sections every run shares; `Params` adds each method's own (see `method_sections`)."""
+
+    profile: str = param("quick", "profile name (quick or paper); informational, set by conf/profile/*.yaml",
+                         choices=("quick", "paper", "test"))
+    lambda_: float = param(1e-8, "lambda: weight of the CS mask penalty (key `lambda` in params.yaml)", min=0.0)
+    cpu_threads: int = param(0, "CPU threads of each training stage (0: torch's default, every core); CPU sums differ "
+                             "in their last bits across thread counts, so a fixed count gives the same bytes on any "
+                             "machine, and 1 lets `cs-repro parallel` run one stage per core", min=0)
     data: DataParams = field(default_factory=DataParams, metadata={"help": "raw data location"})
     networks: dict[str, NetworkParams] = field(default_factory=dict, metadata={"help": "training settings per network"})
-    cs: CSParams = field(default_factory=CSParams, metadata={"help": "CS search"})
-    imp: IMPParams = field(default_factory=IMPParams, metadata={"help": "IMP search"})
-    controls: ControlParams = field(default_factory=ControlParams, metadata={"help": "controls"})
     sweep: SweepParams = field(default_factory=SweepParams, metadata={"help": "fan-out"})
-    # The reviewers' baselines and ablations (cs_repro.baselines); their classes are at the end of this file.
-    baselines: BaselineSweepParams = field(default_factory=lambda: BaselineSweepParams(),
+    baselines: BaselineSweepParams = field(default_factory=BaselineSweepParams,
                                            metadata={"help": "fan-out of the baselines and ablations"})
-    l0: L0Params = field(default_factory=lambda: L0Params(), metadata={"help": "L0 (hard-concrete) baseline"})
-    gmp: GMPParams = field(default_factory=lambda: GMPParams(), metadata={"help": "gradual magnitude pruning baseline"})
-    magnitude: MagnitudeParams = field(default_factory=lambda: MagnitudeParams(),
-                                       metadata={"help": "one-shot magnitude pruning with rewinding / fine-tuning"})
-    random_control: RandomControlParams = field(default_factory=lambda: RandomControlParams(),
-                                                metadata={"help": "random-mask control of baseline tickets"})
-    ablations: AblationParams = field(default_factory=lambda: AblationParams(), metadata={"help": "CS ablations"})
 
     def validate(self) -> None:
         self.sweep.validate("sweep")
@@ -180,10 +144,10 @@ class Params:
         if len(set(self.sweep.seeds)) != len(self.sweep.seeds) or len(set(self.sweep.s0)) != len(self.sweep.s0):
             raise UserError("sweep.seeds and sweep.s0 must not repeat a value")
         self._check_baselines()
-        beyond = [level for level in self.random_control.imp_levels if level > self.imp.levels]
-        if beyond:
-            raise UserError(f"random_control.imp_levels has {beyond}, beyond imp.levels={self.imp.levels}: name levels "
-                            f"that exist (e.g. random_control.imp_levels=[{self.imp.levels}]) or [] for every level")
+        for key, _ in method_sections():  # checks across sections (a section cannot see the others when parsed)
+            section = getattr(self, key)
+            if hasattr(section, "check_against"):
+                section.check_against(self)
 
     def _check_baselines(self) -> None:
         """Cross-section checks of the baseline params (a section cannot see the others when it is parsed)."""
@@ -194,8 +158,6 @@ class Params:
             net = self.networks[name]
             if net.dataset not in self.sweep.datasets:
                 raise UserError(f"networks.{name}.dataset={net.dataset!r} is not in sweep.datasets {self.sweep.datasets}: add it")
-        if self.gmp.start >= self.gmp.end:
-            raise UserError(f"gmp.start={self.gmp.start} must be less than gmp.end={self.gmp.end}")
         # gmp_cs_layers and the CS random control read the CS tickets of these (network, s0, seed).
         for key, values, searched in (("networks", b.networks, self.sweep.networks), ("cs_s0", b.cs_s0, self.sweep.s0),
                                       ("seeds", b.seeds, self.sweep.seeds)):
@@ -208,6 +170,36 @@ class Params:
         if name not in self.networks:
             raise UserError(f"unknown network {name!r}; params.yaml defines: {', '.join(self.networks)}")
         return self.networks[name]
+
+
+def method_sections() -> list[tuple[str, type]]:
+    """(params.yaml key, dataclass) of every method's own sections, in registry order: each method module
+    declares them in its `PARAMS`, and `cs_repro.methods.METHODS` names the modules."""
+    import importlib
+
+    from cs_repro.methods import METHODS
+
+    sections: dict[str, type] = {}
+    for name in METHODS:
+        module = importlib.import_module(METHODS.get(name).module)
+        for key, section in getattr(module, "PARAMS", {}).items():
+            sections.setdefault(key, section)
+    return list(sections.items())
+
+
+def _section_help(section: type) -> str:
+    return (section.__doc__ or "").strip().splitlines()[0]
+
+
+#: All of params.yaml: the shared sections and every registered method's.
+Params = dataclasses.make_dataclass(
+    "Params",
+    [(key, section, field(default_factory=section, metadata={"help": _section_help(section)}))
+     for key, section in method_sections()],
+    bases=(CoreParams,),
+)
+Params.__module__ = __name__
+Params.__doc__ = "All of params.yaml: the shared sections (CoreParams) and every registered method's own."
 
 
 # --- parsing ---------------------------------------------------------------------------------------
@@ -344,84 +336,3 @@ def describe(cls: type = Params, prefix: str = "", current: Any = None) -> list[
     return rows
 
 
-
-# --- the reviewers' baselines and ablations (cs_repro.baselines) -----------------------------------
-# Cross-section checks (baseline networks defined, ablation s0 values searched by CS) are in
-# Params.validate, so `cs-repro params --check` and the first stage that runs catch them.
-
-
-@dataclass
-class BaselineSweepParams:
-    """What fans out into the baseline stages. Like `sweep`, read only by stage names and commands."""
-
-    networks: list[str] = _field(["lenet300_100"], "keys of `networks` the baselines and ablations run on")
-    seeds: list[int] = _field([0], "seeds of the baseline runs")
-    sparsities: list[float] = _field([0.8, 0.9, 0.95], "target sparsities of GMP and one-shot magnitude pruning")
-    l0_penalty: list[float] = _field([1e-4], "L0 lambdas: each is its own L0 run (sparsity is steered by it)")
-    cs_s0: list[float] = _field([0.0], "s0 of the CS ablations; must be in sweep.s0 (gmp_cs_layers reads that CS ticket)")
-
-    def __post_init__(self) -> None:
-        for key in ("networks", "seeds", "sparsities", "l0_penalty", "cs_s0"):
-            values = getattr(self, key)
-            if len(set(values)) != len(values):
-                raise UserError(f"baselines.{key} must not repeat a value")
-        for value in self.sparsities:
-            if not 0.0 < value < 1.0:
-                raise UserError(f"baselines.sparsities: {value} must lie strictly between 0 and 1")
-        for value in self.l0_penalty:
-            if value < 0.0:
-                raise UserError(f"baselines.l0_penalty: {value} must be >= 0")
-
-
-@dataclass
-class L0Params:
-    """L0 regularisation with hard-concrete gates (Louizos et al. 2018); lambda comes from baselines.l0_penalty."""
-
-    droprate_init: float = _field(0.3, "initial drop rate p: log_alpha starts at log(1-p) - log(p)",
-                                  min_exclusive=0.0, max_exclusive=1.0)
-    rounds: int = _field(1, "phases of E epochs (lr schedule restarts, optimiser state carries over)", min=1)
-    gate_lr: float = _field(0.01, "Adam lr of the gate parameters log_alpha (on the weights' lr schedule)",
-                            min_exclusive=0.0)
-
-
-@dataclass
-class GMPParams:
-    """Gradual magnitude pruning (Zhu & Gupta 2017): cubic schedule over optimiser steps. Start and end are
-    fractions of the training so that the schedule survives a change of `networks.<net>.epochs`."""
-
-    start: float = _field(0.0, "t0 as a fraction of all training steps (E epochs): pruning starts there",
-                          min=0.0, max_exclusive=1.0)
-    end: float = _field(0.67, "t0 + n*dt as a fraction of all training steps: the target is reached there",
-                        min_exclusive=0.0, max=1.0)
-    frequency: int = _field(100, "dt: optimiser steps between pruning steps (shortened to the span if longer)", min=1)
-
-
-@dataclass
-class MagnitudeParams:
-    """One-shot global magnitude pruning of a trained dense network (Renda et al. 2020)."""
-
-    finetune_epochs: int = _field(0, "fine-tuning epochs at the final lr; 0 = the network's epochs E", min=0)
-
-
-@dataclass
-class RandomControlParams:
-    """Random masks with exactly a ticket's layer-wise counts, retrained from its rewind point."""
-
-    enabled: bool = _field(True, "retrain a random-mask control next to each baseline ticket and the IMP tickets")
-    imp_levels: list[int] = _field(
-        [], "IMP levels whose tickets get the random-mask control (stage imp_random_control); "
-            "[] = every pruned level")
-
-    def __post_init__(self) -> None:
-        if any(level < 1 for level in self.imp_levels):
-            raise UserError(f"random_control.imp_levels: {self.imp_levels} must name pruned levels (1 or more)")
-        if len(set(self.imp_levels)) != len(self.imp_levels):
-            raise UserError("random_control.imp_levels must not repeat a value")
-
-
-@dataclass
-class AblationParams:
-    """CS ablations asked for by reviewer 1."""
-
-    beta1_threshold: float = _field(0.5, "cs_beta1: keep a weight when sigmoid(s) exceeds this after training",
-                                    min_exclusive=0.0, max_exclusive=1.0)

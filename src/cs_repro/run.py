@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,10 +28,13 @@ from cs_repro.device import hardware_name
 from cs_repro.errors import UserError
 from cs_repro.io import atomic_write_json
 from cs_repro.models import build_model, prunable_names
-from cs_repro.params import NetworkParams, Params, check_seed
+from cs_repro.param_fields import check_seed
 from cs_repro.results import run_row
 from cs_repro.tickets import Ticket
 from cs_repro.train import DataSplits, Hooks, OptimConfig, TrainingLoop
+
+if TYPE_CHECKING:
+    from cs_repro.params import NetworkParams, Params
 
 log = logging.getLogger("cs_repro")
 

@@ -84,7 +84,7 @@ at::Tensor forward_kernel(const at::Tensor& weight_in, const at::Tensor& logits_
 
 std::tuple<at::Tensor, at::Tensor> backward_kernel(const at::Tensor& grad_in, const at::Tensor& weight,
                                                    const at::Tensor& logits, double beta, double scale,
-                                                   double penalty_weight, bool want_weight, bool want_logits) {
+                                                   double lambda_, bool want_weight, bool want_logits) {
   const at::Tensor grad = grad_in.contiguous();
   at::Tensor grad_weight = want_weight ? at::empty_like(weight, at::MemoryFormat::Contiguous) : at::Tensor();
   at::Tensor grad_logits = want_logits ? at::empty_like(logits, at::MemoryFormat::Contiguous) : at::Tensor();
@@ -96,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor> backward_kernel(const at::Tensor& grad_in, co
   const float b = static_cast<float>(beta);
   const float c = static_cast<float>(scale);
   const float bc = b * c;
-  const float lam = static_cast<float>(penalty_weight);
+  const float lam = static_cast<float>(lambda_);
   at::parallel_for(0, weight.numel(), kGrain, [&](int64_t begin, int64_t end) {
     if (gw && gs) {
 #pragma omp simd
@@ -122,11 +122,11 @@ std::tuple<at::Tensor, at::Tensor> backward_kernel(const at::Tensor& grad_in, co
 class SoftMaskedWeight : public torch::autograd::Function<SoftMaskedWeight> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& weight,
-                            const at::Tensor& logits, double beta, double scale, double penalty_weight) {
+                            const at::Tensor& logits, double beta, double scale, double lambda_) {
     ctx->save_for_backward({weight.contiguous(), logits.contiguous()});
     ctx->saved_data["beta"] = beta;
     ctx->saved_data["scale"] = scale;
-    ctx->saved_data["penalty_weight"] = penalty_weight;
+    ctx->saved_data["lambda_"] = lambda_;
     at::AutoDispatchBelowADInplaceOrView guard;
     return forward_kernel(weight, logits, beta, scale);
   }
@@ -136,26 +136,26 @@ class SoftMaskedWeight : public torch::autograd::Function<SoftMaskedWeight> {
     const auto saved = ctx->get_saved_variables();
     auto [grad_weight, grad_logits] = backward_kernel(
         grad_outputs[0], saved[0], saved[1], ctx->saved_data["beta"].toDouble(),
-        ctx->saved_data["scale"].toDouble(), ctx->saved_data["penalty_weight"].toDouble(),
+        ctx->saved_data["scale"].toDouble(), ctx->saved_data["lambda_"].toDouble(),
         ctx->needs_input_grad(0), ctx->needs_input_grad(1));
     return {grad_weight, grad_logits, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 at::Tensor soft_masked_weight_autograd(const at::Tensor& weight, const at::Tensor& logits, double beta,
-                                       double scale, double penalty_weight) {
-  return SoftMaskedWeight::apply(weight, logits, beta, scale, penalty_weight);
+                                       double scale, double lambda_) {
+  return SoftMaskedWeight::apply(weight, logits, beta, scale, lambda_);
 }
 
 at::Tensor soft_masked_weight_cpu(const at::Tensor& weight, const at::Tensor& logits, double beta, double scale,
-                                  double penalty_weight) {
+                                  double lambda_) {
   return forward_kernel(weight, logits, beta, scale);
 }
 
 }  // namespace
 
 TORCH_LIBRARY(cs_repro, m) {
-  m.def("soft_masked_weight(Tensor weight, Tensor logits, float beta, float scale, float penalty_weight) -> Tensor");
+  m.def("soft_masked_weight(Tensor weight, Tensor logits, float beta, float scale, float lambda_) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(cs_repro, CPU, m) { m.impl("soft_masked_weight", &soft_masked_weight_cpu); }

@@ -1,8 +1,5 @@
 """Continuous Sparsification ticket search (Savarese, Silva, Maire 2020).
 
-log = logging.getLogger("cs_repro")
-
-
 Here live the CS temperature schedule (`temperature_at`), the between-round clamp (`clamp_between_rounds`)
 and the search itself (`CSSearch`). The soft mask and its penalty are in `cs_repro.masks`.
 
@@ -18,25 +15,47 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from cs_repro.masks import HardMasks, SoftMasks, sparsity_of
 from cs_repro.methods.rounds import MaskRounds
-from cs_repro.params import Params
+from cs_repro.param_fields import param
 from cs_repro.results import run_row
 from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config
 from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import TrainingLoop, make_sgd
 
+if TYPE_CHECKING:
+    from cs_repro.params import Params
+
+
 log = logging.getLogger("cs_repro")
+
+
+@dataclass
+class CSParams:
+    """Continuous Sparsification search (the per-run s0 comes from sweep.s0)."""
+
+    rounds: int = param(3, "number of CS rounds (weights are not rewound between rounds)", min=1)
+    beta_final: float = param(200.0, "beta_T: temperature in the last epoch of each round", min=1.0)
+    mask_lr: float = param(0.0, "lr of the mask logits; 0 = same as the weights' lr", min=0.0)
+    clamp_rule: str = param("paper", "between rounds: 'paper' s <- min(beta_T*s, s0); 'released' s <- min(s, s0)",
+                            choices=("paper", "released"))
+    mask_scale: str = param("binary", "ticket mask: 'binary' (paper) or 'released' (binary / sigmoid(s0))",
+                            choices=("binary", "released"))
+
+
+#: Its sections of params.yaml (cs_repro.params collects them through the method registry).
+PARAMS = {"cs": CSParams}
 
 
 @dataclass(frozen=True)
 class CSConfig:
     s0: float
-    penalty_weight: float  # lambda
+    lambda_: float  # lambda in params.yaml: the weight of the mask penalty in the loss (see CSSearch.loss)
     beta_final: float = 200.0
     rounds: int = 3
     mask_lr: float = 0.0  # 0: the weights' lr
@@ -72,7 +91,15 @@ class CSSearch(MaskRounds):
         super().__init__(config.rounds, config.rewind_epoch)
         self.masks = masks
         self.config = config
-        masks.fuse_penalty(config.penalty_weight)
+        masks.fuse_penalty(config.lambda_)
+
+    def loss(self, loop: TrainingLoop, logits: Tensor, labels: Tensor) -> Tensor:
+        """CS's objective: cross_entropy + lambda * masks.penalty(), with penalty() = sum of
+        sigmoid(beta*s)/sigmoid(s0) over every mask entry. Only the cross-entropy is computed here: the
+        penalty's gradient, lambda * d(penalty)/ds, is added inside each soft mask's backward pass
+        (`fuse_penalty` above), which saves a second pass over every mask; adding the term here as well
+        would count it twice. Its value is logged each epoch (`mask_penalty`)."""
+        return super().loss(loop, logits, labels)
 
     def mask_parameters(self):
         return self.masks.logits()
@@ -106,7 +133,7 @@ def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: P
     """One CS search: writes ticket.pt, metrics.json (search curve + pruning-track accuracy), timing.json."""
     net = params.network(network)
     config = CSConfig(
-        s0=s0, penalty_weight=params.lambda_, beta_final=params.cs.beta_final, rounds=params.cs.rounds,
+        s0=s0, lambda_=params.lambda_, beta_final=params.cs.beta_final, rounds=params.cs.rounds,
         mask_lr=params.cs.mask_lr, clamp_rule=params.cs.clamp_rule, rewind_epoch=net.rewind_epoch,
     )
     run = RunSpec("cs", network, seed, f"s0={s0:g}", {"cs": asdict(config), "mask_scale": params.cs.mask_scale,

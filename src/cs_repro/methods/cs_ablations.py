@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,12 +19,28 @@ from cs_repro.errors import UserError
 from cs_repro.masks import HardMasks, SoftMasks
 from cs_repro.methods.cs import CSConfig, CSSearch, mask_scale_for
 from cs_repro.methods.retrain import retrain_ticket
-from cs_repro.params import Params
+from cs_repro.param_fields import param
 from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, network_config, sub_dir,
                           ticket_metadata)
 from cs_repro.tickets import Ticket, save_ticket
 
+if TYPE_CHECKING:
+    from cs_repro.params import Params
+
+
 log = logging.getLogger("cs_repro")
+
+
+@dataclass
+class AblationParams:
+    """CS ablations asked for by reviewer 1."""
+
+    beta1_threshold: float = param(0.5, "cs_beta1: keep a weight when sigmoid(s) exceeds this after training",
+                                   min_exclusive=0.0, max_exclusive=1.0)
+
+
+#: Its sections of params.yaml (cs_repro.params collects them through the method registry).
+PARAMS = {"ablations": AblationParams}
 
 CS_ABLATIONS = ("cs_beta1", "cs_released_clamp")
 
@@ -39,7 +56,7 @@ def run_cs_ablation(params: Params, name: str, network: str, s0: float, seed: in
     beta1 = name == "cs_beta1"
     threshold = params.ablations.beta1_threshold if beta1 else 0.5
     config = CSConfig(
-        s0=s0, penalty_weight=params.lambda_, beta_final=1.0 if beta1 else params.cs.beta_final, rounds=params.cs.rounds,
+        s0=s0, lambda_=params.lambda_, beta_final=1.0 if beta1 else params.cs.beta_final, rounds=params.cs.rounds,
         mask_lr=params.cs.mask_lr, clamp_rule=params.cs.clamp_rule if beta1 else "released", rewind_epoch=net.rewind_epoch,
     )
     setting = f"s0={s0:g}"

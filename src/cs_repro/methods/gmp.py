@@ -1,8 +1,5 @@
 """Gradual magnitude pruning (Zhu & Gupta 2017), the reviewers' pruning baseline.
 
-log = logging.getLogger("cs_repro")
-
-
 The network trains from initialisation for E epochs; sparsity rises on the cubic schedule
 
     s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))^3,   s_i = 0,
@@ -26,7 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -34,13 +31,37 @@ from torch import Tensor
 from cs_repro.errors import UserError
 from cs_repro.masks import HardMasks, plain_state_dict, sparsity_of
 from cs_repro.methods.imp import global_magnitude_masks
-from cs_repro.params import Params
+from cs_repro.param_fields import param
 from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, network_config, sub_dir,
                           ticket_metadata)
 from cs_repro.tickets import Ticket, load_ticket, save_ticket
 from cs_repro.train import Hooks, TrainingLoop, make_sgd
 
+if TYPE_CHECKING:
+    from cs_repro.params import Params
+
+
 log = logging.getLogger("cs_repro")
+
+
+@dataclass
+class GMPParams:
+    """Gradual magnitude pruning (Zhu & Gupta 2017): cubic schedule over optimiser steps. Start and end are
+    fractions of the training so that the schedule survives a change of `networks.<net>.epochs`."""
+
+    start: float = param(0.0, "t0 as a fraction of all training steps (E epochs): pruning starts there",
+                         min=0.0, max_exclusive=1.0)
+    end: float = param(0.67, "t0 + n*dt as a fraction of all training steps: the target is reached there",
+                       min_exclusive=0.0, max=1.0)
+    frequency: int = param(100, "dt: optimiser steps between pruning steps (shortened to the span if longer)", min=1)
+
+    def __post_init__(self) -> None:
+        if self.start >= self.end:
+            raise UserError(f"gmp.start={self.start} must be less than gmp.end={self.end}")
+
+
+#: Its sections of params.yaml (cs_repro.params collects them through the method registry).
+PARAMS = {"gmp": GMPParams}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -24,13 +24,31 @@ from torch import Tensor
 from cs_repro.io import atomic_write_json, write_skipped
 from cs_repro.masks import HardMasks, sparsity_of
 from cs_repro.methods.rounds import RewindPoint
-from cs_repro.params import Params
+from cs_repro.param_fields import param
 from cs_repro.results import run_row
 from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config
 from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import Hooks, Phase, TrainingLoop
 
+if TYPE_CHECKING:
+    from cs_repro.params import Params
+
+
 log = logging.getLogger("cs_repro")
+
+
+@dataclass
+class IMPParams:
+    """Iterative magnitude pruning with rewinding (global magnitude, fraction per level)."""
+
+    prune_fraction: float = param(0.2, "p: fraction of the remaining prunable weights removed per level",
+                                  min_exclusive=0.0, max_exclusive=1.0)
+    levels: int = param(14, "L: pruning levels after the dense run", min=1)
+    continue_levels: int = param(0, "IMP-C levels (no rewinding during search); 0 = IMP-C not run", min=0)
+
+
+#: Its sections of params.yaml (cs_repro.params collects them through the method registry).
+PARAMS = {"imp": IMPParams}
 
 
 @dataclass(frozen=True)

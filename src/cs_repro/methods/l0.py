@@ -1,8 +1,5 @@
 """L0 regularisation with hard-concrete gates (Louizos, Welling, Kingma 2018), the reviewers' baseline.
 
-log = logging.getLogger("cs_repro")
-
-
 Every prunable weight W gets a gate z of the same shape with its own location parameter log_alpha;
 the network sees W * z through `torch.nn.utils.parametrize` (like CS's soft masks in `cs_repro.masks`).
 
@@ -29,7 +26,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -37,13 +34,32 @@ from torch import Tensor, nn
 from cs_repro.errors import UserError
 from cs_repro.masks import attach_parametrizations, sparsity_of
 from cs_repro.methods.rounds import MaskRounds
-from cs_repro.params import Params
+from cs_repro.param_fields import param
 from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, network_config,
                           ticket_metadata)
 from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import TrainingLoop, epoch_seed
 
+if TYPE_CHECKING:
+    from cs_repro.params import Params
+
+
 log = logging.getLogger("cs_repro")
+
+
+@dataclass
+class L0Params:
+    """L0 regularisation with hard-concrete gates (Louizos et al. 2018); lambda comes from baselines.l0_penalty."""
+
+    droprate_init: float = param(0.3, "initial drop rate p: log_alpha starts at log(1-p) - log(p)",
+                                 min_exclusive=0.0, max_exclusive=1.0)
+    rounds: int = param(1, "phases of E epochs (lr schedule restarts, optimiser state carries over)", min=1)
+    gate_lr: float = param(0.01, "Adam lr of the gate parameters log_alpha (on the weights' lr schedule)",
+                           min_exclusive=0.0)
+
+
+#: Its sections of params.yaml (cs_repro.params collects them through the method registry).
+PARAMS = {"l0": L0Params}
 
 GAMMA = -0.1
 ZETA = 1.1

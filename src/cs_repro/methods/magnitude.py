@@ -12,8 +12,9 @@ target sparsity (`one_shot_masks`: the round((1-s)*N) largest |w| across all pru
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -24,11 +25,26 @@ from cs_repro.masks import plain_state_dict
 from cs_repro.methods.imp import global_magnitude_masks
 from cs_repro.methods.retrain import TicketRetrain, retrain_ticket
 from cs_repro.methods.rounds import RewindPoint
-from cs_repro.params import Params
+from cs_repro.param_fields import param
 from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, make_model,
                           network_config, sub_dir, ticket_digest, ticket_metadata)
 from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import Hooks, TrainingLoop
+
+if TYPE_CHECKING:
+    from cs_repro.params import Params
+
+
+@dataclass
+class MagnitudeParams:
+    """One-shot global magnitude pruning of a trained dense network (Renda et al. 2020)."""
+
+    finetune_epochs: int = param(0, "fine-tuning epochs at the final lr; 0 = the network's epochs E", min=0)
+
+
+#: Its sections of params.yaml (cs_repro.params collects them through the method registry).
+PARAMS = {"magnitude": MagnitudeParams}
+
 
 
 def kept_count(sparsity: float, total: int) -> int:

@@ -8,8 +8,9 @@ W is what SGD trains (so one step moves the effective weight c**2 times as far a
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -19,14 +20,54 @@ from cs_repro.io import atomic_write_json, write_skipped
 from cs_repro.masks import HardMasks, sparsity_of
 from cs_repro.methods.cs import mask_scale_for
 from cs_repro.methods.random_masks import random_generator, random_masks_like
-from cs_repro.params import Params
+from cs_repro.param_fields import param
 from cs_repro.results import run_row
 from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config, sub_dir, ticket_digest,
                           ticket_network)
 from cs_repro.tickets import Ticket, check_ticket_fits, load_ticket, save_ticket
 from cs_repro.train import Hooks, TrainingLoop
 
+if TYPE_CHECKING:
+    from cs_repro.params import Params
+
+
 log = logging.getLogger("cs_repro")
+
+
+@dataclass
+class ControlParams:
+    """Controls retrained next to the tickets."""
+
+    reinit: bool = param(True, "retrain each ticket's mask from fresh random weights")
+    released_scale: bool = param(
+        False, "also retrain each CS ticket as the released code does, binary mask x 1/sigmoid(s0) "
+               "(results method cs_released_scale; the paper's plain binary mask stays method cs)")
+
+
+@dataclass
+class RandomControlParams:
+    """Random masks with exactly a ticket's layer-wise counts, retrained from its rewind point."""
+
+    enabled: bool = param(True, "retrain a random-mask control next to each baseline ticket and the IMP tickets")
+    imp_levels: list[int] = param(
+        [], "IMP levels whose tickets get the random-mask control (stage imp_random_control); "
+            "[] = every pruned level")
+
+    def __post_init__(self) -> None:
+        if any(level < 1 for level in self.imp_levels):
+            raise UserError(f"random_control.imp_levels: {self.imp_levels} must name pruned levels (1 or more)")
+        if len(set(self.imp_levels)) != len(self.imp_levels):
+            raise UserError("random_control.imp_levels must not repeat a value")
+
+    def check_against(self, params: Params) -> None:
+        beyond = [level for level in self.imp_levels if level > params.imp.levels]
+        if beyond:
+            raise UserError(f"random_control.imp_levels has {beyond}, beyond imp.levels={params.imp.levels}: name levels "
+                            f"that exist (e.g. random_control.imp_levels=[{params.imp.levels}]) or [] for every level")
+
+
+#: Its sections of params.yaml (cs_repro.params collects them through the method registry).
+PARAMS = {"controls": ControlParams, "random_control": RandomControlParams}
 
 
 class TicketRetrain(Hooks):
