@@ -24,10 +24,11 @@ data:
 	  { echo "Fashion-MNIST missing: apt-get install dataset-fashion-mnist, or set data.root in params.yaml"; exit 1; }
 
 # The params check first: every rule, whatever the section, before any training (and before DVC expands
-# foreach/matrix, whose own errors name no key).
+# foreach/matrix, whose own errors name no key). Then the pipeline, several stages at a time
+# (`cs-repro parallel`: one per `cpu_threads` cores, or one per GPU; the same outputs as `dvc repro`).
 repro: setup
 	cs-repro params --check params.yaml
-	dvc repro
+	cs-repro parallel
 	cs-repro readme
 	@echo "Done. Figures and REPORT.md: figures/ ; tables: figures/tables/ ; metrics: dvc metrics show"
 
