@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
     from cs_repro.params import Params
 
 
-log = logging.getLogger("cs_repro")
 
 
 @dataclass
@@ -80,8 +78,8 @@ def run_cs_ablation(params: Params, name: str, network: str, s0: float, seed: in
                     scale=mask_scale_for("released", s0)).remove()
     pruned = training.evaluate()
     last = dataclasses.replace(history[-1], **pruned)
-    rows = [last_epoch_row(name, "pruned", "pruning", seed, setting, ticket.metadata, last, search_epochs, 0, search_dir / "ticket.pt",
-                 search_dir)]
+    rows = [last_epoch_row(name, "pruned", "pruning", seed, setting, ticket.metadata, last, search_epochs, 0,
+                           search_dir / "ticket.pt", search_dir)]
     training.finish(search_dir, final_metrics(history, remaining_weights=ticket.metadata["remaining_weights"],
                                        layer_remaining=ticket.metadata["layer_remaining"], search_epochs=search_epochs),
                     {"result_rows": rows, "pruned": pruned})

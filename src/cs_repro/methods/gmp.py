@@ -223,7 +223,7 @@ def run_gmp(params: Params, network: str, sparsity: float, seed: int, out_dir: P
         weights="final trained weights of the pruned network (not a rewind point)")).with_counts()
     save_ticket(result, out_dir / "pruned.pt")
     rows = [last_epoch_row(method, "pruned", "pruning", seed, setting, result.metadata, history[-1], net.epochs, 0,
-                 out_dir / "pruned.pt", out_dir)]
+                           out_dir / "pruned.pt", out_dir)]
     training.finish(out_dir, final_metrics(history, remaining_weights=result.metadata["remaining_weights"],
                                     layer_remaining=result.metadata["layer_remaining"]),
                     {"result_rows": rows, "pruning_steps": hooks.events})

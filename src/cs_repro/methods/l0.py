@@ -235,7 +235,7 @@ def run_l0_search(params: Params, network: str, penalty: float, seed: int, out_d
     save_ticket(ticket, out_dir / "ticket.pt")
     # The loop's last evaluation ran in eval mode, i.e. with the deterministic gates: the pruned network as is.
     rows = [last_epoch_row("l0", "pruned", "pruning", seed, setting, ticket.metadata, history[-1], search_epochs, 0,
-                 out_dir / "ticket.pt", out_dir)]
+                           out_dir / "ticket.pt", out_dir)]
     training.finish(out_dir, final_metrics(history, remaining_weights=ticket.metadata["remaining_weights"],
                                     layer_remaining=ticket.metadata["layer_remaining"], search_epochs=search_epochs),
                     {"result_rows": rows})

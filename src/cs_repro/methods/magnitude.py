@@ -139,7 +139,7 @@ def run_magnitude(params: Params, network: str, sparsity: float, seed: int, dens
     hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, dense["final_state"], label=run.method)
     history = training.train(run, hooks)
     rows = [last_epoch_row("magnitude_finetune", "finetuned", "pruning", seed, setting, ticket.metadata, history[-1], net.epochs,
-                 ft_epochs, ticket_path, Path(out_dir) / "finetune")]
+                           ft_epochs, ticket_path, Path(out_dir) / "finetune")]
     training.finish(Path(out_dir) / "finetune",
                     final_metrics(history, remaining_weights=ticket.metadata["remaining_weights"], retrain_epochs=ft_epochs),
                     {"result_rows": rows})
