@@ -245,7 +245,7 @@ def drop_checkpoint(run: RunSpec, checkpoint_dir: Path | None) -> None:
 
 
 def last_epoch_row(method: str, variant: str, track: str, seed: int, setting: str, meta: dict, last, search_epochs: float,
-         retrain_epochs: int, ticket_file: Path, run_dir: Path) -> dict[str, Any]:
+                   retrain_epochs: int, ticket_file: Path, run_dir: Path) -> dict[str, Any]:
     """`results.run_row` for a run whose accuracies are those of its loop's last evaluation (`last`)."""
     return run_row(method=method, variant=variant, track=track, seed=seed, setting=setting, ticket_metadata=meta,
                    test_accuracy=last.test_accuracy, val_accuracy=last.val_accuracy, search_epochs=search_epochs,

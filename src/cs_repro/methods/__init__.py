@@ -36,6 +36,7 @@ for _name, _entry in {
     "gmp": MethodEntry("cs_repro.methods.gmp", "GMP", "#9467bd"),
     "magnitude_rewind": MethodEntry("cs_repro.methods.magnitude", "Magnitude + rewind", "#8c564b"),
     "magnitude_finetune": MethodEntry("cs_repro.methods.magnitude", "Magnitude + fine-tune", "#e377c2"),
+    "slimming": MethodEntry("cs_repro.methods.slimming", "Network slimming", "#637939"),
     # The ablations.
     "cs_beta1": MethodEntry("cs_repro.methods.cs_ablations", "CS, beta = 1 + threshold", "#ff7f0e", ablation=True),
     "cs_released_clamp": MethodEntry("cs_repro.methods.cs_ablations", "CS, released clamp rule", "#bcbd22",

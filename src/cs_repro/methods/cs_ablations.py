@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from cs_repro.params import Params
 
 
-
-
 @dataclass
 class AblationParams:
     """CS ablations asked for by reviewer 1."""

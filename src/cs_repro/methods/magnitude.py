@@ -46,7 +46,6 @@ class MagnitudeParams:
 PARAMS = {"magnitude": MagnitudeParams}
 
 
-
 def kept_count(sparsity: float, total: int) -> int:
     """Weights kept at a target sparsity: round((1 - s) * N), at least 1."""
     return max(1, round((1.0 - sparsity) * total))
