@@ -1,4 +1,5 @@
-"""Stage `magnitude@<network>-<sparsity>-<seed>`: one-shot global magnitude pruning of a dense network."""
+"""Stages `magnitude@<network>-<sparsity>-<seed>` and `magnitude_budget@…`: one-shot magnitude pruning of a dense
+network, globally or to a layer budget (uniform, ERK)."""
 
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,7 @@ def magnitude(
     seed: SeedOption,
     dense: Annotated[Path, typer.Option(help="the magnitude_dense stage's output directory")],
     out: OutOption,
+    budget: Annotated[str, typer.Option(help="layer budget: global (one ranking), uniform or erk")] = "global",
     params: ParamsOption = DEFAULT_PARAMS,
     device: DeviceOption = None,
     checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
@@ -24,7 +26,7 @@ def magnitude(
     from cs_repro.methods.magnitude import run_magnitude
 
     p = load(params)
-    run_magnitude(p, network, sparsity, seed, dense, out, training_device(p, device), checkpoint_dir, timing)
+    run_magnitude(p, network, sparsity, seed, dense, out, training_device(p, device), checkpoint_dir, timing, budget)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from cs_repro.methods.budgets import LAYER_BUDGETS
 from cs_repro.errors import UserError
 from cs_repro.param_fields import check_seed, param
 
@@ -89,9 +90,11 @@ class BaselineSweepParams:
     sparsities: list[float] = param([0.8, 0.9, 0.95], "target sparsities of GMP and one-shot magnitude pruning")
     l0_penalty: list[float] = param([1e-4], "L0 lambdas: each is its own L0 run (sparsity is steered by it)")
     cs_s0: list[float] = param([0.0], "s0 of the CS ablations; must be in sweep.s0 (gmp_cs_layers reads that CS ticket)")
+    layer_budgets: list[str] = param(["uniform", "erk"], "per-layer budgets GMP and one-shot magnitude pruning also "
+                                     "run with, besides one global ranking: uniform, erk ([] = global only)")
 
     def __post_init__(self) -> None:
-        for key in ("networks", "seeds", "sparsities", "l0_penalty", "cs_s0"):
+        for key in ("networks", "seeds", "sparsities", "l0_penalty", "cs_s0", "layer_budgets"):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise UserError(f"baselines.{key} must not repeat a value")
@@ -101,6 +104,10 @@ class BaselineSweepParams:
         for value in self.l0_penalty:
             if value < 0.0:
                 raise UserError(f"baselines.l0_penalty: {value} must be >= 0")
+        for value in self.layer_budgets:
+            if value not in LAYER_BUDGETS:
+                raise UserError(f"baselines.layer_budgets: {value!r} is not a layer budget; choose from "
+                                f"{', '.join(LAYER_BUDGETS)} (global always runs)")
 
 
 @dataclass

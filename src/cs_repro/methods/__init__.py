@@ -45,6 +45,13 @@ for _name, _entry in {
     "cs_released_scale": MethodEntry("cs_repro.methods.retrain", "CS, released mask scale", "#843c39", ablation=True),
 }.items():
     METHODS.register(_name)(_entry)
+# The pruning baselines with a per-layer budget (cs_repro.methods.budgets) instead of one global ranking.
+for _base, _label, _colors in (("gmp", "GMP", ("#c5b0d5", "#6b3d9a")),
+                               ("magnitude_rewind", "Magnitude + rewind", ("#c49c94", "#5c3a2e")),
+                               ("magnitude_finetune", "Magnitude + fine-tune", ("#f7b6d2", "#a6476f"))):
+    for _budget, _budget_label, _color in zip(("uniform", "erk"), ("uniform layers", "ERK layers"), _colors):
+        METHODS.register(f"{_base}_{_budget}")(MethodEntry(METHODS.get(_base).module, f"{_label} ({_budget_label})",
+                                                           _color, ablation=True))
 
 #: Methods that are ablations of another (see MethodEntry.ablation).
 ABLATION_METHODS = frozenset(name for name in METHODS if METHODS.get(name).ablation)

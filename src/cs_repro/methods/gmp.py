@@ -21,6 +21,7 @@ the step count is (epoch * steps per epoch + steps done this epoch), hence deter
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,12 +29,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from cs_repro.methods.budgets import layer_kept_counts
 from cs_repro.errors import UserError
 from cs_repro.masks import HardMasks, plain_state_dict, sparsity_of
 from cs_repro.methods.imp import global_magnitude_masks
 from cs_repro.param_fields import param
-from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, network_config, sub_dir,
-                          ticket_metadata)
+from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, make_model, network_config,
+                          sub_dir, ticket_metadata)
 from cs_repro.tickets import Ticket, load_ticket, save_ticket
 from cs_repro.train import Hooks, TrainingLoop, make_sgd
 
@@ -246,3 +248,17 @@ def run_gmp_cs_layers(params: Params, cs_ticket_path: Path, out_dir: Path, devic
     run_gmp(params, out_dir=Path(out_dir) / "layerwise", timing_dir=sub_dir(timing_dir, "layerwise"),
             layer_targets=layer_targets, method="gmp_cs_layers", **common)
     run_gmp(params, out_dir=Path(out_dir) / "global", timing_dir=sub_dir(timing_dir, "global"), method="gmp", **common)
+
+
+def run_gmp_budget(params: Params, network: str, budget: str, sparsity: float, seed: int, out_dir: Path,
+                   device: torch.device, checkpoint_dir: Path | None = CHECKPOINT_DIR,
+                   timing_dir: Path | None = None) -> Ticket:
+    """GMP to `sparsity` with a per-layer budget (`cs_repro.methods.budgets`: uniform or ERK) instead of one global
+    ranking: each tensor follows its own cubic schedule to its budget's count. Method gmp_<budget>."""
+    net = params.network(network)
+    model, names = make_model(net, seed, torch.device("cpu"))
+    shapes = {name: tuple(dict(model.named_parameters())[name].shape) for name in names}
+    counts = layer_kept_counts(budget, shapes, sparsity)
+    layer_targets = {name: 1.0 - counts[name] / math.prod(shapes[name]) for name in names}
+    return run_gmp(params, network, sparsity, seed, out_dir, device, checkpoint_dir, timing_dir,
+                   layer_targets=layer_targets, method=f"gmp_{budget}")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from cs_repro.methods.budgets import layer_kept_counts
 from cs_repro.errors import UserError
 from cs_repro.io import atomic_torch_save, safe_torch_load
 from cs_repro.masks import plain_state_dict
@@ -52,10 +53,14 @@ def kept_count(sparsity: float, total: int) -> int:
 
 
 @torch.no_grad()
-def one_shot_masks(weights: dict[str, Tensor], sparsity: float) -> dict[str, Tensor]:
-    """Global magnitude pruning of dense weights to exactly kept_count(sparsity, N) weights."""
+def one_shot_masks(weights: dict[str, Tensor], sparsity: float, budget: str = "global") -> dict[str, Tensor]:
+    """Magnitude pruning of dense weights to exactly kept_count(sparsity, N) weights: ranked across all
+    tensors (budget 'global'), or within each tensor to its count under a layer budget (`cs_repro.methods.budgets`)."""
     ones = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
-    return global_magnitude_masks(weights, ones, kept_count(sparsity, sum(w.numel() for w in weights.values())))
+    if budget == "global":
+        return global_magnitude_masks(weights, ones, kept_count(sparsity, sum(w.numel() for w in weights.values())))
+    counts = layer_kept_counts(budget, {n: tuple(w.shape) for n, w in weights.items()}, sparsity)
+    return {n: global_magnitude_masks({n: w}, {n: ones[n]}, counts[n])[n] for n, w in weights.items()}
 
 
 class DenseTraining(Hooks):
@@ -108,20 +113,24 @@ def run_magnitude_dense(params: Params, network: str, seed: int, out_dir: Path, 
 
 def run_magnitude(params: Params, network: str, sparsity: float, seed: int, dense_dir: Path, out_dir: Path,
                   device: torch.device, checkpoint_dir: Path | None = CHECKPOINT_DIR,
-                  timing_dir: Path | None = None) -> Ticket:
-    """One-shot global magnitude pruning of the trained dense network to `sparsity`:
+                  timing_dir: Path | None = None, budget: str = "global") -> Ticket:
+    """One-shot magnitude pruning of the trained dense network to `sparsity`, globally or to a layer budget:
     ticket.pt (method magnitude_rewind) retrained in out/retrain/{rewind,random}; the pruned trained weights
-    fine-tuned for magnitude.finetune_epochs at the final lr in out/finetune (method magnitude_finetune)."""
+    fine-tuned for magnitude.finetune_epochs at the final lr in out/finetune (method magnitude_finetune).
+    With a layer budget (uniform, erk) the methods are magnitude_rewind_<budget>, magnitude_finetune_<budget>."""
+    suffix = "" if budget == "global" else f"_{budget}"
     net = params.network(network)
     dense = safe_torch_load(Path(dense_dir) / "dense.pt", "dense network")
     if dense.get("format") != DENSE_FORMAT or dense["metadata"].get("model") != net.model or dense["metadata"].get("seed") != seed:
         raise UserError(f"{dense_dir}/dense.pt is not the dense {net.model} of seed {seed}: rerun magnitude_dense")
     setting = f"sparsity={sparsity:g}"
     _, names = make_model(net, seed, torch.device("cpu"))
-    masks = one_shot_masks({n: dense["final_state"][n] for n in names}, sparsity)
+    masks = one_shot_masks({n: dense["final_state"][n] for n in names}, sparsity, budget)
     config = {"sparsity": sparsity, "dense": str(dense_dir), "network": network_config(params, network)}
-    ticket = Ticket(masks, dense["rewind_state"], ticket_metadata("magnitude_rewind", network, net, seed, setting, config,
-                                                                net.epochs, target_sparsity=sparsity)).with_counts()
+    if budget != "global":
+        config["layer_budget"] = budget
+    ticket = Ticket(masks, dense["rewind_state"], ticket_metadata(f"magnitude_rewind{suffix}", network, net, seed, setting,
+                                                                config, net.epochs, target_sparsity=sparsity)).with_counts()
     ticket_path = Path(out_dir) / "ticket.pt"
     save_ticket(ticket, ticket_path)
 
@@ -130,14 +139,14 @@ def run_magnitude(params: Params, network: str, sparsity: float, seed: int, dens
     final_lr = net.lr * net.lr_gamma ** len(net.lr_milestones)
     ft_net = dataclasses.replace(net, epochs=ft_epochs, lr=final_lr, lr_milestones=[], rewind_epoch=0)
     ft_params = dataclasses.replace(params, networks={**params.networks, network: ft_net})
-    run = RunSpec("magnitude_finetune", network, seed, setting, {
+    run = RunSpec(f"magnitude_finetune{suffix}", network, seed, setting, {
         "ticket": ticket_digest(ticket_path), "finetune_epochs": ft_epochs, "lr": final_lr,
         "network": network_config(params, network)})
     # The split depends only on fields fine-tuning leaves alone (dataset, subsets, batch size).
     training = TrainingRun(ft_params, network, seed, device, checkpoint_dir, sub_dir(timing_dir, "finetune"))
     hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, dense["final_state"], label=run.method)
     history = training.train(run, hooks)
-    rows = [last_epoch_row("magnitude_finetune", "finetuned", "pruning", seed, setting, ticket.metadata, history[-1], net.epochs,
+    rows = [last_epoch_row(run.method, "finetuned", "pruning", seed, setting, ticket.metadata, history[-1], net.epochs,
                            ft_epochs, ticket_path, Path(out_dir) / "finetune")]
     training.finish(Path(out_dir) / "finetune",
                     final_metrics(history, remaining_weights=ticket.metadata["remaining_weights"], retrain_epochs=ft_epochs),

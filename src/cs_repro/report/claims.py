@@ -84,6 +84,17 @@ ABLATIONS = (
              "whether CS's layer-wise sparsities, handed to GMP, are what makes CS's masks good",
              "GMP with its own global budget does better, so CS's layer budgets alone do not help GMP",
              "CS's layer budgets make GMP at least as good, so part of CS's result lies in where it keeps weights"),
+    # Layer budgets (reviewer 1): the pruning baselines with uniform or ERK per-layer counts instead of one
+    # global ranking, at the same overall sparsities (methods/budgets.py).
+    *(Ablation(f"{base}_{budget}", base, track,
+               f"whether {description} instead of one global ranking change {what}",
+               "one global ranking does better here",
+               f"{description} do at least as well here")
+      for budget, description in (("uniform", "uniform layer budgets (every layer keeps the same fraction)"),
+                                  ("erk", "ERK layer budgets (Evci et al. 2020)"))
+      for base, track, what in (("gmp", "pruning", "GMP"),
+                                ("magnitude_finetune", "pruning", "one-shot magnitude pruning with fine-tuning"),
+                                ("magnitude_rewind", "ticket", "one-shot magnitude pruning with rewinding"))),
 )
 
 
