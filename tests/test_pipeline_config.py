@@ -29,7 +29,7 @@ def test_committed_params_are_the_quick_profile(quick):
     assert yaml.safe_load((REPO / "params.yaml").read_text()) == quick
 
 
-@pytest.mark.parametrize("profile", ["quick", "paper"])
+@pytest.mark.parametrize("profile", ["quick", "paper", "sensitivity"])
 def test_every_profile_validates(profile):
     params = params_from_dict(compose_profile(profile, conf_dir=REPO / "conf"))
     assert params.profile == profile

@@ -115,7 +115,7 @@ class CoreParams:
     """The sections every run shares; `Params` adds each method's own (see `method_sections`)."""
 
     profile: str = param("quick", "profile name (quick or paper); informational, set by conf/profile/*.yaml",
-                         choices=("quick", "paper", "test"))
+                         choices=("quick", "paper", "sensitivity", "test"))
     lambda_: float = param(1e-8, "lambda: weight of the CS mask penalty (key `lambda` in params.yaml)", min=0.0)
     cpu_threads: int = param(0, "CPU threads of each training stage (0: torch's default, every core); CPU sums differ "
                              "in their last bits across thread counts, so a fixed count gives the same bytes on any "

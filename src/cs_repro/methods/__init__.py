@@ -43,6 +43,9 @@ for _name, _entry in {
                                      ablation=True),
     "gmp_cs_layers": MethodEntry("cs_repro.methods.gmp", "GMP (CS layer-wise targets)", "#393b79", ablation=True),
     "cs_released_scale": MethodEntry("cs_repro.methods.retrain", "CS, released mask scale", "#843c39", ablation=True),
+    # CS with one hyperparameter changed (its sensitivity sweep).
+    "cs_sensitivity": MethodEntry("cs_repro.methods.cs_sensitivity", "CS, one hyperparameter changed", "#e7969c",
+                                  ablation=True),
 }.items():
     METHODS.register(_name)(_entry)
 # The pruning baselines with a per-layer budget (cs_repro.methods.budgets) instead of one global ranking.

@@ -129,14 +129,16 @@ class CSSearch(MaskRounds):
 
 
 def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: Path, device: torch.device,
-                  checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> Ticket:
-    """One CS search: writes ticket.pt, metrics.json (search curve + pruning-track accuracy), timing.json."""
+                  checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None,
+                  method: str = "cs", setting: str | None = None) -> Ticket:
+    """One CS search: writes ticket.pt, metrics.json (search curve + pruning-track accuracy), timing.json.
+    `method` and `setting` name its rows (another method may run CS under its own name, e.g. cs_sensitivity)."""
     net = params.network(network)
     config = CSConfig(
         s0=s0, lambda_=params.lambda_, beta_final=params.cs.beta_final, rounds=params.cs.rounds,
         mask_lr=params.cs.mask_lr, clamp_rule=params.cs.clamp_rule, rewind_epoch=net.rewind_epoch,
     )
-    run = RunSpec("cs", network, seed, f"s0={s0:g}", {"cs": asdict(config), "mask_scale": params.cs.mask_scale,
+    run = RunSpec(method, network, seed, setting or f"s0={s0:g}", {"cs": asdict(config), "mask_scale": params.cs.mask_scale,
                                                        "network": network_config(params, network)})
     training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
     masks = SoftMasks.attach(training.model, training.prunable, s0)
@@ -145,7 +147,7 @@ def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: P
     binary = masks.binary_masks()
     mask_scale = mask_scale_for(params.cs.mask_scale, s0)
     ticket = Ticket(binary, hooks.rewind_state, {
-        "method": "cs", "network": network, "model": net.model, "dataset": net.dataset, "seed": seed,
+        "method": method, "network": network, "model": net.model, "dataset": net.dataset, "seed": seed,
         "setting": run.setting, "s0": s0, "params": run.config, "rewind_epoch": net.rewind_epoch,
         "search_epochs": config.rounds * net.epochs, "mask_scale": mask_scale,
     }).with_counts()
@@ -155,7 +157,7 @@ def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: P
     HardMasks.apply(training.model, binary, scale=mask_scale_for("released", s0)).remove()
     pruned = training.evaluate()
     save_ticket(ticket, out_dir / "ticket.pt")
-    rows = [run_row(method="cs", variant="pruned", track="pruning", seed=seed, setting=run.setting,
+    rows = [run_row(method=method, variant="pruned", track="pruning", seed=seed, setting=run.setting,
                     ticket_metadata=ticket.metadata, test_accuracy=pruned["test_accuracy"],
                     val_accuracy=pruned["val_accuracy"], search_epochs=config.rounds * net.epochs, retrain_epochs=0,
                     ticket_file=out_dir / "ticket.pt", run_dir=out_dir)]

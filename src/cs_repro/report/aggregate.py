@@ -73,6 +73,25 @@ METHOD_ORDER = ("dense", "cs", "imp", "l0", "imp_c", "gmp", "magnitude_rewind",
 #: Preferred order of variants (main result first, then controls).
 VARIANT_ORDER = ("rewind", "pruned", "finetuned", "reinit", "random")
 
+#: A `cs_sensitivity` row's setting (methods/cs_sensitivity.py): the changed value, the profile's own value
+#: and the s0 of the search, e.g. "beta_final=50 (default 200, s0=0)".
+SENSITIVITY_SETTING = re.compile(r"^(?P<knob>\w+)=(?P<value>\S+) \(default (?P<default>\S+), s0=(?P<s0>\S+)\)$")
+#: The sensitivity sweep's default point is the main CS sweep's run at the same s0: same network, seeds and
+#: every other setting.
+SENSITIVITY_DEFAULT_RULE = ("each hyperparameter's default point is the main CS run at the sweep's s0 "
+                            "(the same search with the profile's own values)")
+
+
+@dataclass(frozen=True)
+class SensitivityPoint:
+    """One value of one CS hyperparameter: its ticket (rewind retraining) and pruned network, over seeds."""
+
+    knob: str
+    value: float
+    is_default: bool
+    ticket: "Group | None"
+    pruned: "Group | None"
+
 Unit = Literal["epochs", "seconds"]
 Mode = Literal["sequential", "parallel"]
 
@@ -497,6 +516,34 @@ class Aggregates:
                 if g.setting not in best or g.test_acc_mean > best[g.setting].test_acc_mean:
                     best[g.setting] = g
         return sorted(best.values(), key=lambda g: -g.remaining_mean)
+
+    def sensitivity(self, network: str) -> dict[str, list[SensitivityPoint]]:
+        """CS's sensitivity sweep on `network`: per hyperparameter, its values in increasing order, the
+        default among them (SENSITIVITY_DEFAULT_RULE). Empty when the sweep did not run there."""
+        found: dict[tuple[str, float], dict[str, Any]] = {}
+        defaults: dict[str, tuple[float, str]] = {}
+        for g in self.groups:
+            match = SENSITIVITY_SETTING.match(g.setting) if g.network == network and g.method == "cs_sensitivity" else None
+            if match is None:
+                continue
+            knob, value = match["knob"], float(match["value"])
+            defaults[knob] = (float(match["default"]), match["s0"])
+            entry = found.setdefault((knob, value), {})
+            if (g.track, g.variant) == ("ticket", "rewind"):
+                entry["ticket"] = g
+            elif (g.track, g.variant) == ("pruning", "pruned"):
+                entry["pruned"] = g
+        points: dict[str, list[SensitivityPoint]] = {}
+        for (knob, value), entry in found.items():
+            points.setdefault(knob, []).append(SensitivityPoint(knob, value, False, entry.get("ticket"),
+                                                                entry.get("pruned")))
+        for knob, (default, s0) in defaults.items():
+            setting = f"s0={s0}"
+            ticket = next((g for g in self.groups_for(network, "cs") if g.setting == setting), None)
+            pruned = next((g for g in self.groups_for(network, "cs", "pruned", "pruning") if g.setting == setting), None)
+            if ticket is not None or pruned is not None:
+                points[knob].append(SensitivityPoint(knob, default, True, ticket, pruned))
+        return {knob: sorted(values, key=lambda p: p.value) for knob, values in sorted(points.items())}
 
     def pruning_points(self, network: str, method: str) -> list[tuple[float, float]]:
         """Pruning track: per setting, the best variant's (remaining weights, test accuracy)."""

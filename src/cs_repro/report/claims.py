@@ -331,6 +331,43 @@ def cs_vs_l0(agg: Aggregates) -> str:
                    "tuning cost like CS's s0.")
 
 
+# ---- hyperparameter sensitivity ----------------------------------------------------------------------
+def sensitivity_sentences(agg: Aggregates) -> list[str]:
+    """Per network that ran CS's sensitivity sweep: for each hyperparameter, the range of remaining weights
+    and ticket accuracy over its values; then what tuning costs in epochs."""
+    sentences = []
+    for network in agg.networks():
+        sweep = agg.sensitivity(network)
+        if not sweep:
+            continue
+        name = pretty_network(network)
+        for knob, points in sweep.items():
+            measured = [p for p in points if p.ticket is not None]
+            if not measured:
+                continue
+            default = next((p for p in measured if p.is_default), None)
+            remaining = [p.ticket.remaining_mean for p in measured]
+            accuracy = [p.ticket.test_acc_mean for p in measured]
+            seeds = min(p.ticket.n_seeds for p in measured)
+            sentences.append(
+                f"{name}, **{knob}** from {measured[0].value:g} to {measured[-1].value:g}"
+                + (f" (default {default.value:g})" if default else "")
+                + f": the ticket keeps {pct(min(remaining))} to {pct(max(remaining))} of the weights and reaches "
+                f"{acc(min(accuracy))} to {acc(max(accuracy))} after retraining (means over ≥ {seeds} seed(s))"
+                + (f"; at the default {pct(default.ticket.remaining_mean)} and {acc(default.ticket.test_acc_mean)}"
+                   if default else "") + ".")
+        runs = [p for points in sweep.values() for p in points if not p.is_default and p.ticket is not None]
+        if runs:
+            per_run = runs[0].ticket.search_epochs + runs[0].ticket.retrain_epochs
+            seeds = min(p.ticket.n_seeds for p in runs)
+            sentences.append(
+                f"{name}, **cost of tuning**: {len(runs)} values besides the defaults, each one CS search and one "
+                f"retraining ({per_run:g} epochs), so {len(runs) * per_run:g} epochs per seed "
+                f"({len(runs) * per_run * seeds:g} for the {seeds} seed(s) here), against {per_run:g} for one run "
+                "at the defaults.")
+    return sentences
+
+
 # ---- ablations -----------------------------------------------------------------------------------
 def ablation_sentences(agg: Aggregates) -> list[str]:
     """One sentence per ablation that ran: what it tests, the numbers, and what they show."""

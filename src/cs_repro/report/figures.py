@@ -345,6 +345,51 @@ def layer_sparsity(agg: Aggregates, out_dir: Path | None = None, target: float |
     return fig
 
 
+#: How each CS hyperparameter is named on an axis (the knobs of methods/cs_sensitivity.py).
+KNOB_LABELS = {"beta_final": "β_T (final temperature)", "lambda": "λ (mask penalty)",
+               "weight_decay": "weight decay (search)"}
+
+
+def sensitivity(agg: Aggregates, out_dir: Path | None = None) -> Figure | None:
+    """CS's hyperparameter sensitivity: one column per hyperparameter; top row the ticket's remaining
+    weights, bottom row its test accuracy after rewind retraining, vs the value (log scale; a value of 0 sits
+    on a linear stretch at the left). One line per network, band: mean ± std over seeds, star: the default."""
+    sweeps = {network: agg.sensitivity(network) for network in agg.networks()}
+    knobs = sorted({knob for by_knob in sweeps.values() for knob in by_knob})
+    if not knobs:
+        return None
+    fig, axes = _new_figure(len(knobs), n_rows=2)
+    for column, knob in enumerate(knobs):
+        top, bottom = axes[0][column], axes[1][column]
+        for index, (network, by_knob) in enumerate((n, b) for n, b in sweeps.items() if knob in b):
+            points = [p for p in by_knob[knob] if p.ticket is not None]
+            if not points:
+                continue
+            color = _SPARE_COLORS[index % len(_SPARE_COLORS)]
+            x = [p.value for p in points]
+            for ax, mean, std in ((top, [100 * p.ticket.remaining_mean for p in points],
+                                   [100 * p.ticket.remaining_std for p in points]),
+                                  (bottom, [100 * p.ticket.test_acc_mean for p in points],
+                                   [100 * p.ticket.test_acc_std for p in points])):
+                ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                                color=color, alpha=BAND_ALPHA, linewidth=0)
+                ax.plot(x, mean, color=color, linewidth=LINEWIDTH, marker="o", markersize=6,
+                        label=panel_title(network, agg.dataset(network)))
+                ax.plot([p.value for p in points if p.is_default],
+                        [m for m, p in zip(mean, points) if p.is_default], linestyle="none", marker="*",
+                        markersize=16, color=color, markeredgecolor="black", label="default (main CS run)")
+        positive = [p.value for by_knob in sweeps.values() for p in by_knob.get(knob, []) if p.value > 0]
+        for ax in (top, bottom):
+            if positive:
+                ax.set_xscale("symlog", linthresh=min(positive))
+        _style_axes(top, KNOB_LABELS.get(knob, knob), "Remaining weights (%)")
+        _style_axes(bottom, KNOB_LABELS.get(knob, knob), "Ticket test accuracy (%)")
+        top.set_title(KNOB_LABELS.get(knob, knob), fontsize=TITLE_PT)
+    _shared_legend(fig, [ax for row in axes for ax in row])
+    _save(fig, out_dir, "sensitivity")
+    return fig
+
+
 #: name -> caption (without provenance); the report embeds these in this order.
 FIGURE_CAPTIONS = {
     "ticket_search": (
@@ -368,6 +413,12 @@ FIGURE_CAPTIONS = {
         "relative): the sparsest CS ticket that IMP has a ticket next to; each panel's title gives both "
         "overall values, and says so where no pair is matched."
     ),
+    "sensitivity": (
+        "CS's hyperparameter sensitivity: one hyperparameter changed at a time at one s0, the ticket's "
+        "remaining weights (top) and its test accuracy after rewind retraining (bottom) vs the value "
+        "(log scale, linear near 0); lines: mean over seeds, bands: mean ± std, stars: the profile's own "
+        "value (the main CS run at that s0)."
+    ),
 }
 
 
@@ -378,9 +429,10 @@ def make_all(agg: Aggregates, out_dir: Path, show_optional: bool = False) -> dic
         "pruning": pruning(agg, out_dir, show_optional),
         "search_cost": search_cost(agg, out_dir, show_optional),
         "layer_sparsity": layer_sparsity(agg, out_dir),
+        "sensitivity": sensitivity(agg, out_dir),
     }
     return {name: fig for name, fig in figures.items() if fig is not None}
 
 
 __all__ = ["FIGURE_CAPTIONS", "closest_group", "layer_pair", "layer_sparsity", "make_all",
-           "pruning", "search_cost", "ticket_search"]
+           "pruning", "search_cost", "sensitivity", "ticket_search"]

@@ -23,6 +23,7 @@ from cs_repro.report.claims import (
     judge_claims,
     limitations,
     scope_sentence,
+    sensitivity_sentences,
 )
 from cs_repro.report.figures import FIGURE_CAPTIONS
 from cs_repro.report.rows import NOT_RECORDED, Row, normalise_meta
@@ -74,6 +75,11 @@ def write_report(rows: Iterable[Row | Mapping[str, Any]] | Aggregates,
     for i, (claim, (verdict, sentence)) in enumerate(zip(PAPER_CLAIMS, verdicts), start=1):
         lines += [f"{i}. *{claim}*", "", f"   **{verdict}**{sentence[len(verdict):]}", ""]
     lines += ["## CS vs. L0 (the reviewers' question)", "", cs_vs_l0(agg), ""]
+    sensitivity = sensitivity_sentences(agg)
+    if sensitivity:
+        lines += ["## CS's hyperparameter sensitivity (the reviewers' question)", "",
+                  "One hyperparameter changed at a time (figure *sensitivity*, table *sensitivity*):", ""]
+        lines += [f"- {sentence}" for sentence in sensitivity] + [""]
     ablations = ablation_sentences(agg)
     if ablations:
         lines += ["## Ablations", ""] + [f"- {sentence}" for sentence in ablations] + [""]

@@ -6,6 +6,7 @@ matching ticket and the search cost to reach it ("—" where no ticket of the me
 ``controls``: every ticket next to its reinit and random-mask controls.
 ``inference_cost``: parameters and FLOPs of the dense network and of each method's sparsest
 matching ticket (nonzero).
+``sensitivity``: CS's hyperparameter sweeps (when they ran), one row per value.
 
 Markdown and LaTeX show rounded numbers (accuracy and remaining weights in %); the CSV keeps full
 precision, in the same units, with empty cells where Markdown shows "—".
@@ -21,6 +22,7 @@ from typing import Any, Mapping
 from cs_repro.report.aggregate import (
     MATCHED_SPARSITY_TOLERANCE,
     MATCHING_RULE,
+    SENSITIVITY_DEFAULT_RULE,
     STD_RULE,
     Aggregates,
     Group,
@@ -196,6 +198,49 @@ def inference_cost_table(agg: Aggregates, meta: Mapping[str, Any] | None = None)
     if meta:
         caption += " " + provenance(meta)
     return Table("inference_cost", caption, headers, cells, csv_header, rows)
+
+
+def sensitivity_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table | None:
+    """CS's sensitivity sweep: per network, hyperparameter and value, the ticket's remaining weights and its
+    test accuracy after rewind retraining, the pruned network's accuracy, and the epochs one run costs."""
+    headers = ["Network", "Hyperparameter", "Value", "Remaining weights (%)", "Ticket: test acc. (%)",
+               "Pruned: test acc. (%)", "Epochs per run"]
+    csv_header = ["network", "dataset", "hyperparameter", "value", "is_default", "remaining_mean_pct",
+                  "remaining_std_pct", "ticket_test_acc_mean_pct", "ticket_test_acc_std_pct", "pruned_test_acc_mean_pct",
+                  "n_seeds", "epochs_per_run"]
+    cells: list[list[str]] = []
+    rows: list[list[Any]] = []
+    for network in agg.networks():
+        title = f"{pretty_network(network)} ({pretty_dataset(agg.dataset(network))})"
+        for knob, points in agg.sensitivity(network).items():
+            for point in points:
+                ticket, pruned = point.ticket, point.pruned
+                value = f"{point.value:g}" + (" (default)" if point.is_default else "")
+                epochs = None if ticket is None else ticket.search_epochs + ticket.retrain_epochs
+                remaining = NONE_MATCH if ticket is None else (
+                    f"{fmt_remaining(ticket.remaining_mean)} ± {fmt_remaining(ticket.remaining_std)}")
+                cells.append([title, knob, value, remaining,
+                              NONE_MATCH if ticket is None else fmt_group_acc(ticket),
+                              NONE_MATCH if pruned is None else fmt_group_acc(pruned),
+                              NONE_MATCH if epochs is None else fmt_epochs(epochs)])
+                rows.append([network, agg.dataset(network), knob, _csv_num(point.value), int(point.is_default),
+                             "" if ticket is None else _csv_num(100 * ticket.remaining_mean),
+                             "" if ticket is None else _csv_num(100 * ticket.remaining_std),
+                             "" if ticket is None else _csv_num(100 * ticket.test_acc_mean),
+                             "" if ticket is None else _csv_num(100 * ticket.test_acc_std),
+                             "" if pruned is None else _csv_num(100 * pruned.test_acc_mean),
+                             "" if ticket is None else ticket.n_seeds, _csv_num(epochs)])
+    if not cells:
+        return None
+    caption = (
+        "CS's hyperparameter sensitivity: one hyperparameter changed at a time, one CS search per value and "
+        f"seed at one s0, its ticket retrained from the rewind point with the profile's own settings; "
+        f"{SENSITIVITY_DEFAULT_RULE}. Remaining weights and accuracies: {STD_RULE}. Epochs per run: the "
+        "search's plus the retraining's; a sweep costs that once per value and seed."
+    )
+    if meta:
+        caption += " " + provenance(meta)
+    return Table("sensitivity", caption, headers, cells, csv_header, rows)
 
 
 # ---- renderers -------------------------------------------------------------------------------
@@ -378,7 +423,7 @@ def write_table(table: Table, out_dir: Path) -> list[Path]:
 
 def make_tables(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> list[Table]:
     tables = [ticket_search_table(agg, meta), pruning_table(agg, meta), inference_cost_table(agg, meta),
-              controls_table(agg, meta)]
+              controls_table(agg, meta), sensitivity_table(agg, meta)]
     return [table for table in tables if table is not None]
 
 
