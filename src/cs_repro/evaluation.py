@@ -129,13 +129,15 @@ def collapse_of(doc: dict[str, Any], num_classes: int) -> str | None:
     chance = 1.0 / num_classes
     best = 0.0
     for row in doc.get("epochs", []):
-        accuracy = float(row["val_accuracy"])
+        # without a validation set (val_size 0), the training accuracy shows the collapse
+        which = "validation" if row.get("val_accuracy") is not None else "training"
+        accuracy = float(row["val_accuracy"] if which == "validation" else row["train_accuracy"])
         loss = float(row["train_loss"])
         where = f"{row.get('phase_name') or 'phase ' + str(row['phase'] + 1)}, epoch {row['epoch'] + 1}"
         if loss != loss or loss in (float("inf"), float("-inf")):
             return f"training loss became {loss} in {where}"
         if best >= chance + LEARNED_ABOVE_CHANCE and accuracy <= chance + CHANCE_MARGIN:
-            return (f"validation accuracy fell to {100 * accuracy:.1f}% (chance: {100 * chance:.0f}%) in {where}, "
+            return (f"{which} accuracy fell to {100 * accuracy:.1f}% (chance: {100 * chance:.0f}%) in {where}, "
                     f"after {100 * best:.1f}%; training loss that epoch {loss:.3g}")
         best = max(best, accuracy)
     return None

@@ -31,7 +31,8 @@ class NetworkParams:
     dataset: str = param("fashion_mnist", "dataset registry name")
     train_subset: int = param(0, "train on a class-balanced subset of this many images (0 = all)", min=0)
     test_subset: int = param(0, "evaluate on a class-balanced subset of this many test images (0 = all; quick profile only)", min=0)
-    val_size: int = param(5000, "class-balanced validation images held out of the training set", min=1)
+    val_size: int = param(5000, "class-balanced validation images held out of the training set (0: none, train on "
+                                "all; the checks that read validation accuracy then read training accuracy)", min=0)
     batch_size: int = param(128, "mini-batch size", min=1)
     epochs: int = param(10, "E: epochs per CS round, per IMP level and per ticket retraining", min=1)
     lr: float = param(0.1, "initial learning rate (SGD)", min_exclusive=0.0)
@@ -41,10 +42,20 @@ class NetworkParams:
     lr_milestones: list[int] = param([], "epochs (within a round) at which the lr is multiplied by lr_gamma")
     lr_gamma: float = param(0.1, "lr multiplier at each milestone", min_exclusive=0.0)
     rewind_epoch: int = param(1, "k: the rewind point, in epochs of the first round / dense run", min=0)
+    rewind_iteration: int = param(0, "the rewind point in optimiser steps of the first round / dense run instead "
+                                     "(Frankle et al.); 0 = use rewind_epoch", min=0)
     augment: bool = param(False, "pad-4 random crop + horizontal flip (CIFAR)")
     prunable: list[str] = param([], "glob patterns of prunable weight names; empty = the model's default")
     max_batches: int = param(0, "truncate every epoch to this many batches (0 = whole epoch; for tests)", min=0)
     bf16: bool = param(False, "bf16 autocast on CUDA (changes numerics; off for the paper protocol)")
+    init: str = param("default", "weights at initialisation: 'default' (Xavier normal, as the released CS code) or "
+                      "'kaiming_normal' (conv and linear weights ~ N(0, 2/fan_in), biases 0, as open_lth)",
+                      choices=("default", "kaiming_normal"))
+    bn_init: str = param("default", "BatchNorm scales at initialisation: 'default' (1) or 'uniform' (~U(0, 1), as "
+                         "open_lth)", choices=("default", "uniform"))
+    normalization: str = param("dataset", "input normalisation: 'dataset' (its own per-channel mean and std) or "
+                               "'imagenet' (ImageNet's statistics, as open_lth's CIFAR-10; 3-channel datasets)",
+                               choices=("dataset", "imagenet"))
 
     def validate(self, where: str) -> None:
         if self.rewind_epoch > self.epochs:
@@ -115,7 +126,7 @@ class CoreParams:
     """The sections every run shares; `Params` adds each method's own (see `method_sections`)."""
 
     profile: str = param("quick", "profile name (quick or paper); informational, set by conf/profile/*.yaml",
-                         choices=("quick", "paper", "sensitivity", "test"))
+                         choices=("quick", "paper", "sensitivity", "frankle", "test"))
     lambda_: float = param(1e-8, "lambda: weight of the CS mask penalty (key `lambda` in params.yaml)", min=0.0)
     cpu_threads: int = param(0, "CPU threads of each training stage (0: torch's default, every core); CPU sums differ "
                              "in their last bits across thread counts, so a fixed count gives the same bytes on any "

@@ -24,7 +24,7 @@ ROW_FIELDS: dict[str, tuple[type, ...]] = {
     "remaining_weights": (int, float),
     "sparsity": (int, float),
     "test_accuracy": (int, float),
-    "val_accuracy": (int, float),
+    "val_accuracy": (int, float, type(None)),  # None: the run had no validation set (val_size 0)
     "search_epochs": (int, float),
     "search_seconds": (int, float),
     "retrain_epochs": (int,),

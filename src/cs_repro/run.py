@@ -27,7 +27,7 @@ from cs_repro.data.prepared import load_prepared
 from cs_repro.device import hardware_name
 from cs_repro.errors import UserError
 from cs_repro.io import atomic_write_json
-from cs_repro.models import build_model, prunable_names
+from cs_repro.models import apply_init, build_model, prunable_names
 from cs_repro.param_fields import check_seed
 from cs_repro.results import run_row
 from cs_repro.tickets import Ticket
@@ -62,10 +62,14 @@ class _Source:
 
 
 def make_splits(net: NetworkParams, prepared: dict, seed: int, device: torch.device) -> DataSplits:
-    """Train/val split (class-balanced, from the seed), optional training subset, test set."""
+    """Train/val split (class-balanced, from the seed; no validation set when val_size is 0), optional
+    training subset, test set."""
     spec = DATASETS.get(net.dataset)
     labels = prepared["train_labels"]
-    train_idx, val_idx = class_balanced_split(labels, net.val_size, seed)
+    if net.val_size:
+        train_idx, val_idx = class_balanced_split(labels, net.val_size, seed)
+    else:
+        train_idx, val_idx = torch.arange(len(labels)), torch.arange(0)
     if net.train_subset:
         if net.train_subset > len(train_idx):
             raise UserError(f"train_subset={net.train_subset} exceeds the {len(train_idx)} training images left after validation")
@@ -79,10 +83,11 @@ def make_splits(net: NetworkParams, prepared: dict, seed: int, device: torch.dev
         chosen = subset(test_labels, net.test_subset, 0)
         test_images, test_labels = test_images[chosen], test_labels[chosen]
     max_batches = net.max_batches or None
+    mean, std = spec.normalization(net.normalization)
 
     def batches(x, y, batch_size, train):
         return _Source(TensorBatches(
-            x, y, batch_size, spec.mean, spec.std, augment=train and net.augment,
+            x, y, batch_size, mean, std, augment=train and net.augment,
             generator=torch.Generator(device=device) if train else None,
             max_batches=max_batches, device=device,
         ))
@@ -103,6 +108,8 @@ def make_model(net: NetworkParams, seed: int, device: torch.device) -> tuple[nn.
     channels, size, _ = spec.image_shape
     torch.manual_seed(seed)
     model = build_model(net.model, spec.num_classes, channels, size)
+    if (net.init, net.bn_init) != ("default", "default"):
+        apply_init(model, net.init, net.bn_init)  # continues the seeded generator: same seed, same weights
     names = prunable_names(net.model, model, net.prunable or None)
     model = model.to(device)
     if device.type == "cuda":

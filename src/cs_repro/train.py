@@ -135,6 +135,10 @@ class Hooks:
     def loss(self, loop: "TrainingLoop", logits: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(logits, labels)
 
+    def after_step(self, loop: "TrainingLoop", phase: int, step: int) -> None:
+        """Called after every optimiser step; `step` counts the phase's steps, 1 after its first (a rewind
+        point given in iterations is taken here)."""
+
     def end_epoch(self, loop: "TrainingLoop", phase: int, epoch: int) -> dict[str, Any]:
         """Extra numbers for this epoch's metrics row (sparsity, temperature, ...)."""
         return {}
@@ -164,7 +168,7 @@ class EpochRecord:
     lr: float
     train_loss: float
     train_accuracy: float
-    val_accuracy: float
+    val_accuracy: float | None  # None: no validation set (val_size 0)
     test_accuracy: float
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -297,7 +301,7 @@ class TrainingLoop:
         self.hooks.begin_epoch(self, phase, epoch)
         generator = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, phase, epoch))
         where = f"{phases[phase].name} epoch {epoch + 1}/{phases[phase].epochs}"
-        train_loss, train_accuracy = self._train_one_epoch(generator, where)
+        train_loss, train_accuracy = self._train_one_epoch(generator, where, phase, epoch)
         self._check_loss(phase, where, train_loss)
         val_accuracy = self.evaluate(self.data.val)
         test_accuracy = self.evaluate(self.data.test)
@@ -320,10 +324,11 @@ class TrainingLoop:
         self.global_epoch += 1
         self.epoch_seconds.append(time.perf_counter() - started)
         extras = " ".join(f"{k} {_fmt(v)}" for k, v in extra.items())
+        val = "none" if val_accuracy is None else f"{100 * val_accuracy:.2f}%"
         log.info(
-            "%s | %s epoch %d/%d | loss %.4f | train %.2f%% val %.2f%% test %.2f%% | %s | %.1fs",
+            "%s | %s epoch %d/%d | loss %.4f | train %.2f%% val %s test %.2f%% | %s | %.1fs",
             self.run_label, phases[phase].name, epoch + 1, phases[phase].epochs, train_loss,
-            100 * train_accuracy, 100 * val_accuracy, 100 * test_accuracy, extras, self.epoch_seconds[-1],
+            100 * train_accuracy, val, 100 * test_accuracy, extras, self.epoch_seconds[-1],
         )
 
     # -- divergence: stop the run, with no output, rather than let a dead network become a result
@@ -347,16 +352,21 @@ class TrainingLoop:
         if not self.num_classes or not self.require_learning or not self.hooks.must_learn(phase):
             return
         chance = 1.0 / self.num_classes
-        final = self.history[-1].val_accuracy
+        last = self.history[-1]
+        # without a validation set (val_size 0) the training accuracy is what the phase is judged by
+        final, which = (last.val_accuracy, "validation") if last.val_accuracy is not None else (
+            last.train_accuracy, "training")
         if final <= chance + NOT_LEARNED_MARGIN:
-            raise self._diverged(where, f"validation accuracy ends the phase at {100 * final:.2f}% (chance "
+            raise self._diverged(where, f"{which} accuracy ends the phase at {100 * final:.2f}% (chance "
                                         f"{100 * chance:.0f}%): the network did not learn")
 
-    def _train_one_epoch(self, generator: torch.Generator, description: str) -> tuple[float, float]:
+    def _train_one_epoch(self, generator: torch.Generator, description: str, phase: int,
+                         epoch: int) -> tuple[float, float]:
         self.model.train()
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
+        step = epoch * len(self.data.train)  # the phase's steps before this epoch (each epoch has the same count)
         for inputs, labels in progress(self.data.train.batches(generator), len(self.data.train), description):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
                 logits = self.model(inputs)
@@ -366,6 +376,8 @@ class TrainingLoop:
             loss.backward()
             for optimizer in self.optimizers:
                 optimizer.step()
+            step += 1
+            self.hooks.after_step(self, phase, step)
             # Accumulate on the device: a .item() per step would stall a GPU.
             total_loss += loss.detach() * labels.numel()
             correct += (logits.detach().argmax(1) == labels).sum()
@@ -375,7 +387,8 @@ class TrainingLoop:
         return float(total_loss) / seen, int(correct) / seen
 
     @torch.no_grad()
-    def evaluate(self, source: BatchSource) -> float:
+    def evaluate(self, source: BatchSource) -> float | None:
+        """Accuracy on `source`; None for an empty one (no validation set)."""
         self.model.eval()
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
@@ -384,7 +397,7 @@ class TrainingLoop:
                 logits = self.model(inputs)
             correct += (logits.argmax(1) == labels).sum()
             seen += labels.numel()
-        return int(correct) / seen if seen else 0.0
+        return int(correct) / seen if seen else None
 
 
 def _record_from_dict(row: dict[str, Any]) -> EpochRecord:

@@ -37,6 +37,11 @@ class Checksum:
         return hashlib.new(self.algorithm, data).hexdigest()
 
 
+#: ImageNet's per-channel statistics, which open_lth normalises CIFAR-10 with (params `normalization`).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
@@ -48,6 +53,14 @@ class DatasetSpec:
     checksums: dict[str, Checksum]  # file name -> expected digest
     loader: Callable[..., "RawDataset"] = field(repr=False, compare=False)
     class_names: tuple[str, ...] = ()
+
+    def normalization(self, kind: str = "dataset") -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per channel: the dataset's own, or ImageNet's ('imagenet', 3-channel images only)."""
+        if kind == "dataset":
+            return self.mean, self.std
+        if kind == "imagenet" and self.image_shape[0] == 3:
+            return IMAGENET_MEAN, IMAGENET_STD
+        raise UserError(f"normalization {kind!r} does not apply to {self.name} ({self.image_shape[0]} channel(s))")
 
     def load(self, root: Path | str | None = None, verify_checksums: bool = True, download: bool = False) -> "RawDataset":
         """Read the whole dataset into memory (uint8 images, int64 labels)."""

@@ -61,6 +61,7 @@ class CSConfig:
     mask_lr: float = 0.0  # 0: the weights' lr
     clamp_rule: str = "paper"  # or "released"
     rewind_epoch: int = 1
+    rewind_iteration: int = 0  # > 0: the rewind point in optimiser steps instead
 
 
 def temperature_at(epoch: int, epochs: int, beta_final: float) -> float:
@@ -88,7 +89,7 @@ class CSSearch(MaskRounds):
     label = "cs"
 
     def __init__(self, masks: SoftMasks, config: CSConfig) -> None:
-        super().__init__(config.rounds, config.rewind_epoch)
+        super().__init__(config.rounds, config.rewind_epoch, config.rewind_iteration)
         self.masks = masks
         self.config = config
         masks.fuse_penalty(config.lambda_)
@@ -137,6 +138,7 @@ def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: P
     config = CSConfig(
         s0=s0, lambda_=params.lambda_, beta_final=params.cs.beta_final, rounds=params.cs.rounds,
         mask_lr=params.cs.mask_lr, clamp_rule=params.cs.clamp_rule, rewind_epoch=net.rewind_epoch,
+        rewind_iteration=net.rewind_iteration,
     )
     run = RunSpec(method, network, seed, setting or f"s0={s0:g}", {"cs": asdict(config), "mask_scale": params.cs.mask_scale,
                                                        "network": network_config(params, network)})

@@ -54,6 +54,7 @@ def run_cs_ablation(params: Params, name: str, network: str, s0: float, seed: in
     config = CSConfig(
         s0=s0, lambda_=params.lambda_, beta_final=1.0 if beta1 else params.cs.beta_final, rounds=params.cs.rounds,
         mask_lr=params.cs.mask_lr, clamp_rule=params.cs.clamp_rule if beta1 else "released", rewind_epoch=net.rewind_epoch,
+        rewind_iteration=net.rewind_iteration,
     )
     setting = f"s0={s0:g}"
     run = RunSpec(name, network, seed, setting, {"cs": asdict(config), "threshold": threshold,

@@ -58,6 +58,7 @@ class IMPConfig:
     levels: int = 14
     rewind_epoch: int = 1
     rewind_between_levels: bool = True  # False: IMP-C
+    rewind_iteration: int = 0  # > 0: the rewind point in optimiser steps instead
 
 
 def remaining_after(level: int, total: int, prune_fraction: float) -> int:
@@ -96,7 +97,7 @@ class IMPSearch(Hooks):
     def __init__(self, config: IMPConfig) -> None:
         self.config = config
         self.label = "imp" if config.rewind_between_levels else "imp_c"
-        self.rewind = RewindPoint(config.rewind_epoch)
+        self.rewind = RewindPoint(config.rewind_epoch, config.rewind_iteration)
         self.masks: dict[str, Tensor] | None = None
         self.level_masks: list[dict[str, Tensor]] = []  # the ticket of every level, 0 = dense
         self._hard: HardMasks | None = None
@@ -133,6 +134,9 @@ class IMPSearch(Hooks):
             self._hard.remove()
         self._hard = HardMasks.apply(loop.model, self.masks)
 
+    def after_step(self, loop: TrainingLoop, phase: int, step: int) -> None:
+        self.rewind.at_step(loop, phase, step)
+
     def end_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
         self.rewind.at_epoch_end(loop, phase, epoch)
         report = sparsity_of(self.masks)
@@ -167,7 +171,8 @@ def run_imp(params: Params, network: str, seed: int, out_dir: Path, device: torc
     levels = params.imp.continue_levels if continue_search else params.imp.levels
     method = "imp_c" if continue_search else "imp"
     training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
-    config = IMPConfig(tuple(training.prunable), params.imp.prune_fraction, levels, net.rewind_epoch, not continue_search)
+    config = IMPConfig(tuple(training.prunable), params.imp.prune_fraction, levels, net.rewind_epoch, not continue_search,
+                       net.rewind_iteration)
     run = RunSpec(method, network, seed, "", {"imp": asdict(config), "network": network_config(params, network)})
     hooks = IMPSearch(config)
     history = training.train(run, hooks)

@@ -75,6 +75,7 @@ class L0Config:
     rounds: int = 1
     gate_lr: float = 0.01  # Adam, as in Louizos et al.
     rewind_epoch: int = 1
+    rewind_iteration: int = 0  # > 0: the rewind point in optimiser steps instead
     gamma: float = GAMMA
     zeta: float = ZETA
     beta: float = BETA
@@ -183,7 +184,7 @@ class L0Search(MaskRounds):
     def __init__(self, gates: L0Gates, config: L0Config) -> None:
         if not 0.0 < config.droprate_init < 1.0:
             raise UserError(f"l0.droprate_init={config.droprate_init} must lie strictly between 0 and 1")
-        super().__init__(config.rounds, config.rewind_epoch)
+        super().__init__(config.rounds, config.rewind_epoch, config.rewind_iteration)
         self.gates = gates
         self.config = config
 
@@ -222,7 +223,7 @@ def run_l0_search(params: Params, network: str, penalty: float, seed: int, out_d
     result row is the trained network with its deterministic gates (track pruning)."""
     net = params.network(network)
     config = L0Config(penalty=penalty, droprate_init=params.l0.droprate_init, rounds=params.l0.rounds,
-                      gate_lr=params.l0.gate_lr, rewind_epoch=net.rewind_epoch)
+                      gate_lr=params.l0.gate_lr, rewind_epoch=net.rewind_epoch, rewind_iteration=net.rewind_iteration)
     setting = f"penalty={penalty:g}"
     run = RunSpec("l0", network, seed, setting, {"l0": asdict(config), "network": network_config(params, network)})
     training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)

@@ -68,8 +68,8 @@ class DenseTraining(Hooks):
 
     label = "dense"
 
-    def __init__(self, rewind_epoch: int) -> None:
-        self.rewind = RewindPoint(rewind_epoch)
+    def __init__(self, rewind_epoch: int, rewind_iteration: int = 0) -> None:
+        self.rewind = RewindPoint(rewind_epoch, rewind_iteration)
 
     @property
     def rewind_state(self) -> dict[str, Tensor] | None:
@@ -77,6 +77,9 @@ class DenseTraining(Hooks):
 
     def begin_phase(self, loop: TrainingLoop, phase: int) -> None:
         self.rewind.at_phase_start(loop, phase)
+
+    def after_step(self, loop: TrainingLoop, phase: int, step: int) -> None:
+        self.rewind.at_step(loop, phase, step)
 
     def end_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
         self.rewind.at_epoch_end(loop, phase, epoch)
@@ -102,7 +105,7 @@ def run_magnitude_dense(params: Params, network: str, seed: int, out_dir: Path, 
     run = RunSpec("magnitude_dense", network, seed, "", {"rewind_epoch": net.rewind_epoch,
                                                           "network": network_config(params, network)})
     training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
-    hooks = DenseTraining(net.rewind_epoch)
+    hooks = DenseTraining(net.rewind_epoch, net.rewind_iteration)
     history = training.train(run, hooks)
     atomic_torch_save({"format": DENSE_FORMAT, "final_state": plain_state_dict(training.model),
                        "rewind_state": hooks.rewind_state,

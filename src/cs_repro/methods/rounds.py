@@ -1,7 +1,8 @@
 """Pieces several methods' hooks share: the rewind point, and training in rounds with mask parameters.
 
-`RewindPoint` is the network's state after epoch k of the first phase (k = 0: the initialisation),
-i.e. what a ticket rewinds to; CS, L0, IMP and the dense run of magnitude pruning all keep one.
+`RewindPoint` is the network's state after epoch k of the first phase (k = 0: the initialisation), or
+after its first n optimiser steps, i.e. what a ticket rewinds to; CS, L0, IMP and the dense run of
+magnitude pruning all keep one.
 
 `MaskRounds` is the skeleton of a method that learns mask parameters next to the weights over R
 rounds of E epochs (CS's logits, L0's gates): R phases, the rewind point in round 0, and two
@@ -17,32 +18,42 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cs_repro.errors import UserError
 from cs_repro.masks import plain_state_dict
 from cs_repro.train import Hooks, Phase, TrainingLoop, make_sgd
 
 
 class RewindPoint:
-    """Records `plain_state_dict(model)` after epoch `epoch` of phase 0 (before training if `epoch` is 0)."""
+    """Records `plain_state_dict(model)` after epoch `epoch` of phase 0 (before training if `epoch` is 0), or,
+    with `iteration` > 0, after that many optimiser steps of phase 0 (Frankle et al.'s rewind point)."""
 
-    def __init__(self, epoch: int) -> None:
+    def __init__(self, epoch: int, iteration: int = 0) -> None:
         self.epoch = epoch
+        self.iteration = iteration
         self.state: dict[str, Tensor] | None = None
 
     def at_phase_start(self, loop: TrainingLoop, phase: int) -> None:
-        if phase == 0 and self.epoch == 0:
+        if phase == 0 and self.epoch == 0 and not self.iteration:
+            self.state = plain_state_dict(loop.model)
+
+    def at_step(self, loop: TrainingLoop, phase: int, step: int) -> None:
+        if phase == 0 and self.iteration and step == self.iteration:
             self.state = plain_state_dict(loop.model)
 
     def at_epoch_end(self, loop: TrainingLoop, phase: int, epoch: int) -> None:
-        if phase == 0 and epoch + 1 == self.epoch:
+        if phase == 0 and not self.iteration and epoch + 1 == self.epoch:
             self.state = plain_state_dict(loop.model)
+        if phase == 0 and self.iteration and epoch + 1 == loop.epochs and self.state is None:
+            raise UserError(f"rewind_iteration={self.iteration} lies beyond the first round's "
+                            f"{loop.epochs * len(loop.data.train)} optimiser steps: choose an earlier one")
 
 
 class MaskRounds(Hooks):
     """Rounds of training with mask parameters; see the module docstring."""
 
-    def __init__(self, rounds: int, rewind_epoch: int) -> None:
+    def __init__(self, rounds: int, rewind_epoch: int, rewind_iteration: int = 0) -> None:
         self.rounds = rounds
-        self.rewind = RewindPoint(rewind_epoch)
+        self.rewind = RewindPoint(rewind_epoch, rewind_iteration)
 
     # --- what a subclass provides ----------------------------------------------------------------
     def mask_parameters(self) -> list[nn.Parameter]:
@@ -76,6 +87,9 @@ class MaskRounds(Hooks):
         mask_ids = {id(p) for p in self.mask_parameters()}
         weights = [p for p in loop.model.parameters() if id(p) not in mask_ids]
         return [make_sgd(weights, loop.optim.lr, loop.optim), self.make_mask_optimizer(loop)]
+
+    def after_step(self, loop: TrainingLoop, phase: int, step: int) -> None:
+        self.rewind.at_step(loop, phase, step)
 
     def end_epoch(self, loop: TrainingLoop, phase: int, epoch: int) -> dict[str, Any]:
         self.rewind.at_epoch_end(loop, phase, epoch)

@@ -16,6 +16,7 @@ from cs_repro.errors import UserError
 from cs_repro.models.base import (
     MODELS,
     ModelSpec,
+    apply_init,
     conv_linear_weights,
     init_weights,
     register,
@@ -29,6 +30,7 @@ from cs_repro.models import vgg as _vgg  # noqa: F401,E402
 __all__ = [
     "MODELS",
     "ModelSpec",
+    "apply_init",
     "build_model",
     "conv_linear_weights",
     "init_weights",

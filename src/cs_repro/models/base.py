@@ -60,6 +60,24 @@ def init_weights(model: nn.Module) -> nn.Module:
     return model
 
 
+def apply_init(model: nn.Module, weights: str = "default", batchnorm: str = "default") -> nn.Module:
+    """Re-initialise a built model another way (params `init`, `bn_init`), from torch's global generator.
+
+    weights 'kaiming_normal': Conv2d and Linear weights ~ N(0, 2 / fan_in) (He et al.; what open_lth
+    uses), biases 0. batchnorm 'uniform': BatchNorm scales ~ U(0, 1) (open_lth), shifts 0. 'default'
+    keeps `init_weights`' choice.
+    """
+    for module in model.modules():
+        if weights == "kaiming_normal" and isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif batchnorm == "uniform" and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if module.weight is not None:
+                nn.init.uniform_(module.weight, 0.0, 1.0)
+    return model
+
+
 def conv_linear_weights(model: nn.Module) -> list[str]:
     """Names of the `.weight` of every Conv2d and Linear, in module order.
 

@@ -228,7 +228,9 @@ def _group(rows: Sequence[Row]) -> Group:
         for name, frac in row.layer_remaining.items():
             layers[name].append(frac)
     acc = mean_std(r.test_accuracy for r in rows)
-    val = mean_std(r.val_accuracy for r in rows)
+    # no validation set (val_size 0): NaN, never quoted (the report reads test accuracy)
+    val = mean_std(r.val_accuracy for r in rows) if all(r.val_accuracy is not None for r in rows) else (
+        math.nan, math.nan)
     rw = mean_std(r.remaining_weights for r in rows)
     return Group(
         network=first.network,

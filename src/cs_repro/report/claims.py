@@ -327,8 +327,31 @@ def cs_vs_l0(agg: Aggregates) -> str:
             pruning.append(f"on {pretty_network(network)}, {clause}")
     if pruning:
         text += " As pruning methods (trained weights, no rewinding): " + "; ".join(pruning) + "."
+    costs = [search_and_spread(agg, network) for network in networks]
+    text += " Search cost and run-to-run spread: " + "; ".join(costs) + "."
     return text + (" L0's gates need their own penalty sweep and optimiser settings (see README), a "
                    "tuning cost like CS's s0.")
+
+
+def search_and_spread(agg: Aggregates, network: str) -> str:
+    """What CS's and L0's searches cost on `network` (epochs of one search, the settings swept, seconds
+    per search) and how much their tickets vary from seed to seed (mean std of test accuracy and of
+    remaining weights over the settings, in points)."""
+    parts = []
+    for method in ("cs", "l0"):
+        groups = agg.groups_for(network, method)
+        if not groups:
+            continue
+        epochs = groups[0].search_epochs
+        seconds = sum(g.search_seconds for g in groups) / len(groups)
+        acc_spread = sum(100 * g.test_acc_std for g in groups) / len(groups)
+        rw_spread = sum(100 * g.remaining_std for g in groups) / len(groups)
+        seeds = min(g.n_seeds for g in groups)
+        spread = (f"std over seeds {acc_spread:.2f} points of accuracy and {rw_spread:.2f} of remaining weights"
+                  if seeds > 1 else "one seed, no spread")
+        parts.append(f"{pretty_method(method)} {epochs:g} epochs ({seconds:.0f} s) per search x "
+                     f"{len(groups)} settings, {spread}")
+    return f"on {pretty_network(network)}, " + "; ".join(parts)
 
 
 # ---- hyperparameter sensitivity ----------------------------------------------------------------------

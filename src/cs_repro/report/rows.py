@@ -54,7 +54,7 @@ class Row:
     remaining_weights: float
     sparsity: float
     test_accuracy: float
-    val_accuracy: float
+    val_accuracy: float | None  # None: no validation set (val_size 0)
     search_epochs: float
     search_seconds: float
     retrain_epochs: int
@@ -96,7 +96,7 @@ def validate_row(raw: Mapping[str, Any], index: int) -> Row:
     if abs(float(values["sparsity"]) - (1.0 - rw)) > 1e-6:
         raise _fail(index, "sparsity", f"must equal 1 - remaining_weights, got {values['sparsity']!r}")
     for name in ("test_accuracy", "val_accuracy"):
-        if not 0.0 <= float(values[name]) <= 1.0:
+        if values[name] is not None and not 0.0 <= float(values[name]) <= 1.0:
             raise _fail(index, name, f"must lie in [0, 1], got {values[name]!r}")
     for name in ("search_epochs", "search_seconds", "retrain_epochs", "params_total",
                  "params_nonzero", "flops_dense", "flops_nonzero"):
@@ -110,7 +110,8 @@ def validate_row(raw: Mapping[str, Any], index: int) -> Row:
     values["layer_remaining"] = layers
     for name in ("remaining_weights", "sparsity", "test_accuracy", "val_accuracy",
                  "search_epochs", "search_seconds"):
-        values[name] = float(values[name])
+        if values[name] is not None:
+            values[name] = float(values[name])
     return Row(**values)
 
 
