@@ -25,7 +25,7 @@ data:
 
 # The params check first: every rule, whatever the section, before any training (and before DVC expands
 # foreach/matrix, whose own errors name no key). Then the pipeline, several stages at a time
-# (`cs-repro parallel`: one per `cpu_threads` cores, or one per GPU; the same outputs as `dvc repro`).
+# (`cs-repro parallel`: one per `cpu.threads` cores, or one per GPU; the same outputs as `dvc repro`).
 repro: setup
 	cs-repro params --check params.yaml
 	cs-repro parallel

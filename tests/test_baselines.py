@@ -337,8 +337,8 @@ def test_baseline_stages_declare_only_their_own_sections():
 
     def declared(name):
         params = {p if isinstance(p, str) else next(iter(p)) for p in stages[name].get("params", [])}
-        assert "cpu_threads" in params, name  # every training stage pins its CPU threads
-        return params - {"cpu_threads"}
+        assert "cpu" in params, name  # every training stage pins its CPU threads
+        return params - {"cpu"}
 
     net = "networks.${item.network}"
     assert declared("l0_search") == {"l0", net}

@@ -64,11 +64,11 @@ def _declared(stage: dict) -> set[str]:
 
 def test_each_stage_declares_only_the_params_it_reads(stages):
     assert _declared(stages["prepare"]["do"]) == {"data"}
-    assert _declared(stages["cs_search"]) == {"cpu_threads", "lambda", "cs", "networks.${item.network}"}
-    assert _declared(stages["cs_retrain"]) == {"cpu_threads", "controls.reinit", "controls.released_scale",
+    assert _declared(stages["cs_search"]) == {"cpu", "lambda", "cs", "networks.${item.network}"}
+    assert _declared(stages["cs_retrain"]) == {"cpu", "controls.reinit", "controls.released_scale",
                                                "networks.${item.network}"}
-    assert _declared(stages["imp_search"]) == {"cpu_threads", "imp.prune_fraction", "imp.levels", "networks.${item.network}"}
-    assert _declared(stages["imp_controls"]) == {"cpu_threads", "controls.reinit", "networks.${item.network}"}
+    assert _declared(stages["imp_search"]) == {"cpu", "imp.prune_fraction", "imp.levels", "networks.${item.network}"}
+    assert _declared(stages["imp_controls"]) == {"cpu", "controls.reinit", "networks.${item.network}"}
     # lambda reaches CS work only; imp reaches IMP work only; the sweep lists reach no stage body.
     for name, stage in stages.items():
         declared = _declared(stage.get("do", stage))
@@ -239,3 +239,22 @@ def test_params_listing_shows_the_current_value_next_to_the_default(quick, tmp_p
     result = CliRunner().invoke(app, ["params"])
     assert result.output.startswith("(params.yaml not found: defaults only)")
     assert "networks.<name>.epochs" in result.output
+
+
+def test_the_cpu_section_pins_threads_and_flushes_denormals_in_a_training_stage(tiny_params):
+    import torch
+
+    from cs_repro.stage_cli import training_device
+
+    threads = torch.get_num_threads()
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a float32 denormal
+    try:
+        training_device(tiny_params({"cpu": {"threads": 1, "flush_denormals": True}}), "cpu")
+        assert torch.get_num_threads() == 1
+        assert (tiny * 1.0).item() == 0.0  # flushed (this x86 CPU supports it)
+        torch.set_flush_denormal(False)
+        training_device(tiny_params({"cpu": {"threads": 2, "flush_denormals": False}}), "cpu")
+        assert torch.get_num_threads() == 2 and (tiny * 1.0).item() > 0.0
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)

@@ -84,6 +84,19 @@ class SweepParams:
 
 
 @dataclass
+class CPUParams:
+    """How a training stage computes on the CPU. Both settings change the last bits of CPU results, so they are
+    parameters (and every training stage declares them) rather than properties of the machine."""
+
+    threads: int = param(0, "CPU threads of each training stage (0: torch's default, every core); CPU sums differ "
+                            "in their last bits across thread counts, so a fixed count gives the same bytes on any "
+                            "machine, and 1 lets `cs-repro parallel` run one stage per core", min=0)
+    flush_denormals: bool = param(False, "treat float32 values below 1.2e-38 as 0 on the CPU (torch.set_flush_denormal):"
+                                         " CS's late rounds produce such values, which x86 CPUs compute with up to "
+                                         "~100x slower; numerically negligible, but not bit-identical to leaving them")
+
+
+@dataclass
 class DataParams:
     """Where raw datasets are found."""
 
@@ -128,9 +141,7 @@ class CoreParams:
     profile: str = param("quick", "profile name (quick or paper); informational, set by conf/profile/*.yaml",
                          choices=("quick", "paper", "sensitivity", "frankle", "test"))
     lambda_: float = param(1e-8, "lambda: weight of the CS mask penalty (key `lambda` in params.yaml)", min=0.0)
-    cpu_threads: int = param(0, "CPU threads of each training stage (0: torch's default, every core); CPU sums differ "
-                             "in their last bits across thread counts, so a fixed count gives the same bytes on any "
-                             "machine, and 1 lets `cs-repro parallel` run one stage per core", min=0)
+    cpu: CPUParams = field(default_factory=CPUParams, metadata={"help": "how training stages use the CPU"})
     data: DataParams = field(default_factory=DataParams, metadata={"help": "raw data location"})
     networks: dict[str, NetworkParams] = field(default_factory=dict, metadata={"help": "training settings per network"})
     sweep: SweepParams = field(default_factory=SweepParams, metadata={"help": "fan-out"})

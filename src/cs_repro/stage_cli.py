@@ -87,16 +87,19 @@ def load(path: Path):
 
 
 def training_device(params, requested: str | None):
-    """The device a training stage runs on; on the CPU, with the thread count params.yaml pins (CPU sums
-    differ in their last bits across thread counts, and a stage's bytes must not depend on the machine)."""
+    """The device a training stage runs on; on the CPU, with the thread count and denormal handling
+    params.yaml's `cpu` section sets (both change the last bits of CPU results, and a stage's bytes must
+    not depend on the machine it runs on)."""
     import torch
 
     from cs_repro.device import choose_device, hardware_name
 
     device = choose_device(requested)
     if device.type == "cpu":
-        if params.cpu_threads:
-            torch.set_num_threads(params.cpu_threads)
+        if params.cpu.threads:
+            torch.set_num_threads(params.cpu.threads)
+        if params.cpu.flush_denormals and not torch.set_flush_denormal(True):
+            log.warning("this CPU cannot flush denormals (cpu.flush_denormals): results differ from a CPU that can")
         log.info("running on the CPU (%s)", hardware_name(device))
     else:
         log.info("running on %s", hardware_name(device))

@@ -354,9 +354,9 @@ def _run_logged(command: list[str], cwd: Path, env: dict[str, str], log: Path) -
 
 
 def pinned_threads(cwd: Path) -> int:
-    """The CPU threads params.yaml pins for each training stage (`cpu_threads`; 0 = none pinned)."""
+    """The CPU threads params.yaml pins for each training stage (`cpu.threads`; 0 = none pinned)."""
     try:
-        value = (yaml.safe_load((Path(cwd) / "params.yaml").read_text()) or {}).get("cpu_threads", 0)
+        value = ((yaml.safe_load((Path(cwd) / "params.yaml").read_text()) or {}).get("cpu") or {}).get("threads", 0)
     except (OSError, yaml.YAMLError):
         return 0  # the stages themselves report a missing or broken params.yaml, in one line
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
@@ -375,7 +375,7 @@ def run_parallel(jobs: int | None = None, gpus: list[str] | None = None, dry_run
     gpus = detect_gpus() if gpus is None else gpus
     cores = available_cores()
     pinned = pinned_threads(cwd)
-    if not jobs:  # a GPU each; on the CPU, a worker per `cpu_threads` cores (or per 2 when params pin none)
+    if not jobs:  # a GPU each; on the CPU, a worker per `cpu.threads` cores (or per 2 when params pin none)
         jobs = len(gpus) if gpus else max(1, len(cores) // (pinned or 2))
     slots = make_slots(jobs, gpus, cores, base_env(), shutil.which("taskset"), threads or pinned or None)
     dvc = dvc_executable()
@@ -452,11 +452,11 @@ def run_parallel(jobs: int | None = None, gpus: list[str] | None = None, dry_run
 
 
 def parallel_command(
-    jobs: Annotated[Optional[int], typer.Option("-j", "--jobs", help="stages at a time (default: one per GPU, else cores // cpu_threads of params.yaml, or cores // 2)")] = None,
+    jobs: Annotated[Optional[int], typer.Option("-j", "--jobs", help="stages at a time (default: one per GPU, else cores // cpu.threads of params.yaml, or cores // 2)")] = None,
     gpus: Annotated[Optional[str], typer.Option(help="GPUs to use round-robin, e.g. 0,1 (default: all visible; 'none' = CPU)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, run nothing")] = False,
     log_dir: Annotated[Optional[Path], typer.Option(help="per-stage logs (default .cache/parallel-logs)")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads per worker (default: params.yaml's cpu_threads, else its share, cores // N)")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per worker (default: params.yaml's cpu.threads, else its share, cores // N)")] = None,
 ) -> None:
     """Reproduce the pipeline with N stages at a time: head stages, then every out-of-date fan-out stage
     (`dvc --wait-for-lock repro -s`, one GPU or one share of the cores each), then evaluate/report."""
