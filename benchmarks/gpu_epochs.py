@@ -1,8 +1,10 @@
 """Seconds per epoch of the paper profile's networks, through the real run functions.
 
-Writes CIFAR-10-format files of the real size (50k training, 10k test images; random content, so the
-accuracies printed mean nothing) and times the first epochs of a dense run (IMP level 0) and of a
-CS search for ResNet-20 and VGG-16, in fp32 and with bf16 autocast. Run on a GPU:
+First prints the ops dispatched per training step (dense, fixed mask, CS, L0; benchmarks/op_counts.py),
+which is all it prints without CUDA. On a GPU it then writes CIFAR-10-format files of the real size (50k
+training, 10k test images; random content, so the accuracies printed mean nothing) and times the first
+epochs of a dense run (IMP level 0) and of a CS search for ResNet-20 and VGG-16, in fp32 and with bf16
+autocast:
 
     PYTHONPATH=src:tests python benchmarks/gpu_epochs.py --epochs 3 --out /tmp/gpu.json
 """
@@ -31,6 +33,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the measurements as JSON here")
     args = parser.parse_args()
 
+    # Ops dispatched per training step (benchmarks/op_counts.py): what a GPU step launches, countable anywhere.
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from op_counts import ops_per_step
+
+    op_lines = {}
+    for network in args.networks.split(","):
+        totals = {variant: sum(ops_per_step(network, variant).values()) for variant in ("dense", "fixed", "cs", "l0")}
+        op_lines[network] = totals
+        print(f"{network} cs/dense ops per step: {totals['cs'] / totals['dense']:.2f}  "
+              f"(dense {totals['dense']}, fixed mask {totals['fixed']}, CS {totals['cs']}, L0 {totals['l0']}; "
+              "GPU mask path)", flush=True)
+    if not torch.cuda.is_available():
+        return  # the epoch timings need a GPU
+
     from fixtures import write_cifar10
 
     from cs_repro.data.prepared import prepare_dataset, prepared_path
@@ -57,7 +73,8 @@ def main() -> None:
     os.chdir(workdir)
     prepare_dataset(params_from_dict(raw), "cifar10", prepared_path("cifar10"))
 
-    results = {"hardware": hardware_name(device), "torch": torch.__version__, "epochs": args.epochs, "runs": []}
+    results = {"hardware": hardware_name(device), "torch": torch.__version__, "epochs": args.epochs, "runs": [],
+               "ops_per_step": op_lines}
     for network in args.networks.split(","):
         for bf16 in (False, True):
             variant = copy.deepcopy(raw)

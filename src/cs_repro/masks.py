@@ -38,13 +38,16 @@ from cs_repro.kernels import fused_soft_mask_available
 class _SoftMaskedWeight(torch.autograd.Function):
     """out = W * sigmoid(beta*s) * scale; backward adds lambda_ * d(scale*sigmoid(beta*s))/ds.
 
-    Written for few passes over the weight-sized tensors (each pass is a full read/write of a tensor the
-    size of W, which on a CPU costs about as much as the rest of a small layer's step):
+    Written for few passes over the weight-sized tensors and few dispatched ops (on a GPU each op is a
+    kernel launch, and launches bound the step there):
 
-    * forward: g = 1/(1+exp(-beta*s)) in four cheap in-place passes (ATen's CPU sigmoid kernel is ~5x
-      slower than exp and runs on one thread), out = scale*W*g in one `addcmul`;
+    * forward: g = sigmoid(beta*s), out = scale*W*g in one `addcmul` on a zero held by the mask (no
+      scalar allocated per step). On the CPU g = 1/(1+exp(-beta*s)) in four cheap in-place passes
+      instead (ATen's CPU sigmoid kernel is ~5x slower than exp and runs on one thread);
     * backward: grad_W = scale*grad*g in one `addcmul`; grad_s = sigmoid_backward(bs*grad*W + lam*bs, g)
-      with bs = beta*scale, i.e. one `addcmul` and one fused `sigmoid_backward`.
+      with bs = beta*scale, i.e. one `addcmul` and one fused `sigmoid_backward` (on a GPU, where beta
+      stays a tensor, two more multiplications by beta and scale). The unused gate output gets no
+      materialised zero gradient.
 
     On the CPU beta is read as a Python number (cheap there, and it lets the constants ride along in
     the fused ops); elsewhere it stays a tensor so that no step waits on the device.
@@ -54,30 +57,37 @@ class _SoftMaskedWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(weight: Tensor, logits: Tensor, beta: Tensor, scale: float, lambda_: float):
+    def forward(weight: Tensor, logits: Tensor, beta: Tensor, scale: float, lambda_: float, zero: Tensor,
+                lambda_tensor: Tensor):
         b = _beta_number(beta)
-        gate = torch.mul(logits, -b) if b is not None else torch.mul(logits, beta).neg_()
-        gate.exp_().add_(1.0).reciprocal_()  # sigmoid(beta*s), in place
-        return torch.addcmul(weight.new_zeros(()), weight, gate, value=scale), gate
+        if b is not None:
+            gate = torch.mul(logits, -b)
+            gate.exp_().add_(1.0).reciprocal_()  # sigmoid(beta*s), in place
+        else:
+            gate = torch.sigmoid(torch.mul(logits, beta))
+        return torch.addcmul(zero, weight, gate, value=scale), gate
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        weight, _, beta, scale, lambda_ = inputs
+        weight, _, beta, scale, lambda_, zero, lambda_tensor = inputs
         _, gate = output
         ctx.mark_non_differentiable(gate)
-        ctx.save_for_backward(weight, gate, beta)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(weight, gate, beta, zero, lambda_tensor)
         ctx.beta = _beta_number(beta)
         ctx.scale = scale
         ctx.lambda_ = lambda_
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor, _grad_gate: Tensor | None):
-        weight, gate, beta = ctx.saved_tensors
+    def backward(ctx, grad_out: Tensor | None, _grad_gate: Tensor | None):
+        if grad_out is None:  # the masked weight was not used
+            return None, None, None, None, None, None, None
+        weight, gate, beta, zero, lambda_tensor = ctx.saved_tensors
         scale = ctx.scale
         grad_weight = grad_logits = None
         if ctx.needs_input_grad[0]:
-            grad_weight = torch.addcmul(grad_out.new_zeros(()), grad_out, gate, value=scale)
+            grad_weight = torch.addcmul(zero, grad_out, gate, value=scale)
         if ctx.needs_input_grad[1]:
             # d/ds [scale*sigmoid(beta*s)] = scale*beta*g*(1-g); the penalty (lambda * sum(scale*g))
             # adds lambda to the upstream term grad*W.
@@ -85,17 +95,23 @@ class _SoftMaskedWeight(torch.autograd.Function):
                 bs = ctx.beta * scale
                 upstream = torch.addcmul(grad_out.new_full((), ctx.lambda_ * bs), grad_out, weight, value=bs)
             else:
-                upstream = torch.addcmul(grad_out.new_full((), ctx.lambda_), grad_out, weight)
+                upstream = torch.addcmul(lambda_tensor, grad_out, weight)
             grad_logits = torch.ops.aten.sigmoid_backward.grad_input(upstream, gate, grad_input=upstream)
             if ctx.beta is None:
-                grad_logits.mul_(beta * scale)
-        return grad_weight, grad_logits, None, None, None
+                grad_logits.mul_(beta).mul_(scale)
+        return grad_weight, grad_logits, None, None, None, None, None
 
 
-def aten_soft_masked_weight(weight: Tensor, logits: Tensor, beta: Tensor, scale: float,
-                            lambda_: float) -> Tensor:
-    """W * sigmoid(beta*s) * scale through `_SoftMaskedWeight` (the path off the fused CPU kernel)."""
-    return _SoftMaskedWeight.apply(weight, logits, beta, scale, lambda_)[0]
+def aten_soft_masked_weight(weight: Tensor, logits: Tensor, beta: Tensor, scale: float, lambda_: float,
+                            zero: Tensor | None = None, lambda_tensor: Tensor | None = None) -> Tensor:
+    """W * sigmoid(beta*s) * scale through `_SoftMaskedWeight` (the path off the fused CPU kernel). `zero`
+    and `lambda_tensor` (0 and lambda as 0-d tensors of the weight's dtype and device) are the mask's own
+    where it has them, so that a step allocates no scalars."""
+    if zero is None:
+        zero = weight.new_zeros(())
+    if lambda_tensor is None:
+        lambda_tensor = weight.new_full((), lambda_)
+    return _SoftMaskedWeight.apply(weight, logits, beta, scale, lambda_, zero, lambda_tensor)[0]
 
 
 def _fused_kernel_applies(weight: Tensor) -> bool:
@@ -119,21 +135,45 @@ def _beta_number(beta: Tensor) -> float | None:
 class SoftMask(nn.Module):
     """A parametrization holding the mask logits of one weight tensor."""
 
-    def __init__(self, shape: torch.Size, s0: float, device=None, dtype=None) -> None:
+    def __init__(self, weight: Tensor, s0: float) -> None:
         super().__init__()
-        self.logits = nn.Parameter(torch.full(shape, float(s0), device=device, dtype=dtype))
+        # The weight's own layout (channels_last on CUDA): logits in another layout would cost a copy per op.
+        self.logits = nn.Parameter(torch.full_like(weight, float(s0), memory_format=torch.preserve_format))
         # beta is a tensor so that changing it never retraces or rebuilds anything.
-        self.register_buffer("beta", torch.ones((), device=device, dtype=dtype))
+        self.register_buffer("beta", weight.new_ones(()))
+        # 0 and lambda as tensors the ATen path reuses every step (not saved: derived)
+        self.register_buffer("zero", weight.new_zeros(()), persistent=False)
+        self.register_buffer("lambda_tensor", weight.new_zeros(()), persistent=False)
         self.s0 = float(s0)
         self.scale = 1.0 / _sigmoid(s0)
         self.lambda_ = 0.0
+        self._beta_value: float | None = None  # float(beta), read once per change instead of once per step
+
+    def set_beta(self, beta: float) -> None:
+        self.beta.fill_(beta)
+        self._beta_value = None
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # a checkpoint may bring another beta
+        self._beta_value = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def beta_value(self) -> float:
+        """beta as a Python number (the float32 value the buffer holds); reads the buffer only after a change."""
+        if self._beta_value is None:
+            self._beta_value = float(self.beta)
+        return self._beta_value
+
+    def set_lambda(self, lambda_: float) -> None:
+        self.lambda_ = float(lambda_)
+        self.lambda_tensor.fill_(self.lambda_)
 
     def forward(self, weight: Tensor) -> Tensor:
         if _fused_kernel_applies(weight):
             return torch.ops.cs_repro.soft_masked_weight(
-                weight, self.logits, float(self.beta), self.scale, self.lambda_
+                weight, self.logits, self.beta_value(), self.scale, self.lambda_
             )
-        return aten_soft_masked_weight(weight, self.logits, self.beta, self.scale, self.lambda_)
+        return aten_soft_masked_weight(weight, self.logits, self.beta, self.scale, self.lambda_, self.zero,
+                                       self.lambda_tensor)
 
     def gate(self) -> Tensor:
         """The soft mask sigmoid(beta*s)/sigmoid(s0), differentiable."""
@@ -197,7 +237,7 @@ class SoftMasks:
     @classmethod
     def attach(cls, model: nn.Module, names: list[str] | None = None, s0: float = 0.0) -> "SoftMasks":
         names, parts = attach_parametrizations(
-            model, names, lambda weight: SoftMask(weight.shape, s0, device=weight.device, dtype=weight.dtype), "mask")
+            model, names, lambda weight: SoftMask(weight, s0), "mask")
         return cls(model, names, parts)
 
     # --- what the CS method drives -------------------------------------------------------------
@@ -214,7 +254,7 @@ class SoftMasks:
 
     def set_temperature(self, beta: float) -> None:
         for part in self.parts.values():
-            part.beta.fill_(beta)
+            part.set_beta(beta)
 
     def fuse_penalty(self, lambda_: float) -> None:
         """Add lambda_ * d(penalty)/ds inside the mask's backward pass.
@@ -223,7 +263,7 @@ class SoftMasks:
         `penalty_value()` for logging.
         """
         for part in self.parts.values():
-            part.lambda_ = float(lambda_)
+            part.set_lambda(lambda_)
 
     def penalty(self) -> Tensor:
         """sum over tensors of sum(sigmoid(beta*s))/sigmoid(s0): differentiable."""
