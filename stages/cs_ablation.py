@@ -4,27 +4,18 @@ from typing import Annotated
 
 import typer
 
-from cs_repro.stage_cli import (DEFAULT_CHECKPOINTS, DEFAULT_PARAMS, CheckpointOption, DeviceOption, NetworkOption,
-                                OutOption, ParamsOption, SeedOption, TimingOption, load, run_stage, training_device)
+from cs_repro.stage_cli import NetworkOption, OutOption, SeedOption, Training, run_training_stage
 
 
-def cs_ablation(
-    name: Annotated[str, typer.Argument(help="cs_beta1 or cs_released_clamp")],
-    network: NetworkOption,
-    s0: Annotated[float, typer.Option(help="initial mask logit")],
-    seed: SeedOption,
-    out: OutOption,
-    params: ParamsOption = DEFAULT_PARAMS,
-    device: DeviceOption = None,
-    checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
-    timing: TimingOption = None,
-) -> None:
+def cs_ablation(name: Annotated[str, typer.Argument(help="cs_beta1 or cs_released_clamp")], network: NetworkOption,
+                s0: Annotated[float, typer.Option(help="initial mask logit")], seed: SeedOption, out: OutOption,
+                training: Training) -> None:
     """CS ablation search (out/search) and its ticket's rewind retraining (out/retrain/rewind)."""
     from cs_repro.methods.cs_ablations import run_cs_ablation
 
-    p = load(params)
-    run_cs_ablation(p, name, network, s0, seed, out, training_device(p, device), checkpoint_dir, timing)
+    run_cs_ablation(training.params, name, network, s0, seed, out, training.device, training.checkpoint_dir,
+                    training.timing)
 
 
 if __name__ == "__main__":
-    run_stage(cs_ablation)
+    run_training_stage(cs_ablation)

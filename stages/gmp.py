@@ -5,30 +5,22 @@ from typing import Annotated
 
 import typer
 
-from cs_repro.stage_cli import (DEFAULT_CHECKPOINTS, DEFAULT_PARAMS, CheckpointOption, DeviceOption, NetworkOption,
-                                OutOption, ParamsOption, SeedOption, TimingOption, load, run_stage, training_device)
+from cs_repro.stage_cli import NetworkOption, OutOption, SeedOption, Training, run_training_stage
 
 
-def gmp(
-    network: NetworkOption,
-    sparsity: Annotated[float, typer.Option(help="target sparsity s_f")],
-    seed: SeedOption,
-    out: OutOption,
-    budget: Annotated[str, typer.Option(help="layer budget: global (one ranking), uniform or erk (method gmp_<budget>)")] = "global",
-    params: ParamsOption = DEFAULT_PARAMS,
-    device: DeviceOption = None,
-    checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
-    timing: TimingOption = None,
-) -> None:
+def gmp(network: NetworkOption, sparsity: Annotated[float, typer.Option(help="target sparsity s_f")], seed: SeedOption,
+        out: OutOption, training: Training,
+        budget: Annotated[str, typer.Option(help="layer budget: global (one ranking), uniform or erk (method gmp_<budget>)")] = "global",
+        ) -> None:
     """Gradual magnitude pruning to one target sparsity: pruned.pt and its result row."""
     from cs_repro.methods.gmp import run_gmp, run_gmp_budget
 
-    p = load(params)
+    where = (out, training.device, training.checkpoint_dir, training.timing)
     if budget == "global":
-        run_gmp(p, network, sparsity, seed, out, training_device(p, device), checkpoint_dir, timing)
+        run_gmp(training.params, network, sparsity, seed, *where)
     else:
-        run_gmp_budget(p, network, budget, sparsity, seed, out, training_device(p, device), checkpoint_dir, timing)
+        run_gmp_budget(training.params, network, budget, sparsity, seed, *where)
 
 
 if __name__ == "__main__":
-    run_stage(gmp)
+    run_training_stage(gmp)

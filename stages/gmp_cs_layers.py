@@ -5,25 +5,17 @@ from typing import Annotated
 
 import typer
 
-from cs_repro.stage_cli import (DEFAULT_CHECKPOINTS, DEFAULT_PARAMS, CheckpointOption, DeviceOption, OutOption,
-                                ParamsOption, TimingOption, load, run_stage, training_device)
+from cs_repro.stage_cli import OutOption, Training, run_training_stage
 
 
-def gmp_cs_layers(
-    cs_ticket: Annotated[Path, typer.Option(help="a CS ticket.pt")],
-    out: OutOption,
-    params: ParamsOption = DEFAULT_PARAMS,
-    device: DeviceOption = None,
-    checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
-    timing: TimingOption = None,
-) -> None:
+def gmp_cs_layers(cs_ticket: Annotated[Path, typer.Option(help="a CS ticket.pt")], out: OutOption,
+                  training: Training) -> None:
     """Ablation: GMP to a CS ticket's layer-wise sparsities (out/layerwise) and globally to its overall one
     (out/global)."""
     from cs_repro.methods.gmp import run_gmp_cs_layers
 
-    p = load(params)
-    run_gmp_cs_layers(p, cs_ticket, out, training_device(p, device), checkpoint_dir, timing)
+    run_gmp_cs_layers(training.params, cs_ticket, out, training.device, training.checkpoint_dir, training.timing)
 
 
 if __name__ == "__main__":
-    run_stage(gmp_cs_layers)
+    run_training_stage(gmp_cs_layers)

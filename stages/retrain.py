@@ -5,27 +5,22 @@ from typing import Annotated
 
 import typer
 
-from cs_repro.stage_cli import (DEFAULT_CHECKPOINTS, DEFAULT_PARAMS, CheckpointOption, DeviceOption, ParamsOption,
-                                TimingOption, load, run_stage, training_device)
+from cs_repro.stage_cli import Training, run_training_stage
 
 
 def retrain(
     tickets: Annotated[Path, typer.Option(help="a ticket file, or a directory of ticket files (*.pt)")],
     out: Annotated[Path, typer.Option(help="output directory: <variant>/ (one ticket) or <ticket>/<variant>/")],
+    training: Training,
     variants: Annotated[str, typer.Option(help="comma list of rewind, reinit, random, rewind_released_scale; 'controls' = rewind plus the controls params.yaml enables; 'control-only' = the enabled controls alone")] = "controls",
-    params: ParamsOption = DEFAULT_PARAMS,
-    device: DeviceOption = None,
-    checkpoint_dir: CheckpointOption = DEFAULT_CHECKPOINTS,
-    timing: TimingOption = None,
 ) -> None:
     """Retrain tickets from their rewind point ('rewind'), from fresh weights ('reinit' control), as a random
     mask with the same layer-wise counts ('random' control, when random_control.enabled), or with the
     released code's mask scale ('rewind_released_scale', CS tickets)."""
     from cs_repro.methods.retrain import retrain_tickets
 
-    p = load(params)
-    retrain_tickets(p, tickets, variants, out, training_device(p, device), checkpoint_dir, timing)
+    retrain_tickets(training.params, tickets, variants, out, training.device, training.checkpoint_dir, training.timing)
 
 
 if __name__ == "__main__":
-    run_stage(retrain)
+    run_training_stage(retrain)

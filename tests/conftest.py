@@ -17,12 +17,15 @@ def stage_command(name: str):
     """The app of stages/<name>.py (its one command), for typer's CliRunner."""
     import importlib.util
 
-    from cs_repro.stage_cli import stage_app
+    import inspect
+
+    from cs_repro.stage_cli import stage_app, training_stage
 
     spec = importlib.util.spec_from_file_location(f"stages_{name}", REPO / "stages" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return stage_app(getattr(module, name))
+    command = getattr(module, name)
+    return stage_app(training_stage(command) if "training" in inspect.signature(command).parameters else command)
 
 
 @pytest.fixture(scope="session")

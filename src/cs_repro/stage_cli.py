@@ -9,10 +9,12 @@ each stage imports only the modules of the work it does.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -78,6 +80,49 @@ def stage_app(command: Callable) -> typer.Typer:
 def run_stage(command: Callable) -> None:
     """The `if __name__ == "__main__"` of a stage file."""
     stage_app(command)()
+
+
+@dataclass(frozen=True)
+class Training:
+    """What a training stage's command gets besides its own options: the loaded params, the device (its
+    CPU threads set), where resume checkpoints live and where timing.json goes."""
+
+    params: Any
+    device: Any
+    checkpoint_dir: Path
+    timing: Path | None
+
+
+_TRAINING_OPTIONS = (
+    inspect.Parameter("params", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_PARAMS, annotation=ParamsOption),
+    inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=DeviceOption),
+    inspect.Parameter("checkpoint_dir", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_CHECKPOINTS,
+                      annotation=CheckpointOption),
+    inspect.Parameter("timing", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=TimingOption),
+)
+
+
+def training_stage(command: Callable) -> Callable:
+    """A training stage's command from a function of its own options and `training: Training`: the stage
+    gets --params, --device, --checkpoint-dir and --timing, and the function the loaded params and device."""
+    own = [p for name, p in inspect.signature(command).parameters.items() if name != "training"]
+
+    @functools.wraps(command)
+    def stage(**options):
+        params, device, checkpoint_dir, timing = (options.pop(name) for name in ("params", "device", "checkpoint_dir",
+                                                                                  "timing"))
+        loaded = load(params)
+        command(**options, training=Training(loaded, training_device(loaded, device), checkpoint_dir, timing))
+
+    stage.__signature__ = inspect.Signature([*own, *_TRAINING_OPTIONS])
+    stage.__annotations__ = {p.name: p.annotation for p in stage.__signature__.parameters.values()}
+    del stage.__wrapped__  # typer reads the signature above, not the command's
+    return stage
+
+
+def run_training_stage(command: Callable) -> None:
+    """The `if __name__ == "__main__"` of a training stage file."""
+    run_stage(training_stage(command))
 
 
 def load(path: Path):
