@@ -83,6 +83,8 @@ class SensitivityParams:
             raise UserError("sensitivity.settings must not repeat a setting")
 
     def check_against(self, params: Params) -> None:
+        if not self.networks:
+            return  # no sensitivity stages: nothing to default to
         for key, values, swept in (("networks", self.networks, params.sweep.networks),
                                    ("seeds", self.seeds, params.sweep.seeds), ("s0", [self.s0], params.sweep.s0)):
             missing = [v for v in values if v not in swept]
