@@ -67,7 +67,7 @@ TINY_OVERRIDES = (
     "networks.lenet300_100.lr=0.05", "networks.lenet300_100.lr_milestones=[1]", "imp.levels=2",
     "random_control.imp_levels=[2]",
     "sweep.networks=[lenet300_100]", "sweep.seeds=[0]", "sweep.s0=[0.0,-0.05]",
-    "baselines.sparsities=[0.9]", "baselines.l0_penalty=[0.001]",
+    "baselines.sparsities=[0.9]", "baselines.l0_penalty=[0.001]", "baselines.layer_budgets=[]",
 )
 
 
@@ -189,7 +189,8 @@ def test_paper_profile_runs_every_stage_on_cifar_format_fixtures(tmp_path):
     overrides = [f"data.root={cifar}", "data.download=false", "data.verify_checksums=false",
                  "imp.levels=1", "imp.continue_levels=1", "sweep.seeds=[0]", "sweep.s0=[0.0]",
                  "baselines.sparsities=[0.9]", "baselines.l0_penalty=[0.001]",
-                 "baselines.networks=[resnet20]"]  # every baseline stage kind still runs once
+                 "baselines.networks=[resnet20]", "baselines.layer_budgets=[erk]",  # every baseline stage kind runs once
+                 "sensitivity.networks=[resnet20]", "sensitivity.settings=['lambda=1e-07']"]
     for network in ("resnet20", "vgg16"):
         overrides += [f"networks.{network}.{key}" for key in (
             "epochs=1", "lr_milestones=[]", "rewind_epoch=1", "batch_size=8", "max_batches=2", "val_size=20")]
