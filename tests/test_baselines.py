@@ -22,7 +22,8 @@ from cs_repro.methods.l0 import (BETA, GAMMA, ZETA, HardConcreteGate, L0Config, 
                                  prob_nonzero, prob_one, run_l0_search, sample_gates)
 from cs_repro.methods.magnitude import run_magnitude, run_magnitude_dense
 from cs_repro.methods.random_masks import random_generator, random_masks_like
-from cs_repro.methods.retrain import TicketRetrain, retrain_ticket, run_level_random_controls, run_retrain
+from cs_repro.methods.retrain import (TicketRetrain, retrain_ticket, retrain_tickets, run_level_random_controls,
+                                      run_retrain)
 from cs_repro.params import params_from_dict
 from cs_repro.profiles import compose_profile
 from cs_repro.report.rows import as_rows
@@ -275,8 +276,8 @@ def test_disabled_random_control_is_left_out_of_the_one_retrain(workspace, tiny_
         retrain_ticket(params, workspace / "missing.pt", ("rewind", "mixup"), workspace / "out", CPU, None)
 
 
-def test_imp_random_control_runs_the_chosen_levels_with_their_exact_counts(workspace, tiny_params):
-    params = tiny_params({"imp": {"levels": 3}, "random_control": {"imp_levels": [1, 3]}})
+def test_imp_controls_run_the_chosen_levels_random_masks_with_their_exact_counts(workspace, tiny_params):
+    params = tiny_params({"imp": {"levels": 3}, "controls": {"imp_levels": [1, 3]}})
     runs = workspace / "runs" / "lenet300_100"
     tickets = run_imp(params, "lenet300_100", 0, runs / "imp" / "search", CPU, checkpoint_dir=None)
     done = run_level_random_controls(params, runs / "imp" / "search" / "tickets", runs / "imp" / "random_control",
@@ -294,9 +295,17 @@ def test_imp_random_control_runs_the_chosen_levels_with_their_exact_counts(works
     assert sorted(random_rows) == ["level=1", "level=3"]
     assert random_rows["level=3"]["remaining_weights"] == pytest.approx(tickets[3].remaining_weights)
     assert 0.1 < random_rows["level=3"]["test_accuracy"] <= 1.0
+    # the reinit control (stage imp_controls) at the same levels; a rewind retraining (IMP-C's stage) at all
+    tickets_dir = runs / "imp" / "search" / "tickets"
+    retrain_tickets(params, tickets_dir, "control-only", runs / "imp" / "controls", CPU, checkpoint_dir=None)
+    assert sorted(p.name for p in (runs / "imp" / "controls").iterdir()) == ["level_01", "level_03"]
+    assert [p.name for p in (runs / "imp" / "controls" / "level_03").iterdir()] == ["reinit"]
+    retrain_tickets(params, tickets_dir, "controls", runs / "imp" / "all", CPU, checkpoint_dir=None)
+    assert {p.name: sorted(q.name for q in p.iterdir()) for p in (runs / "imp" / "all").iterdir()} == {
+        "level_01": ["reinit", "rewind"], "level_02": ["rewind"], "level_03": ["reinit", "rewind"]}
     # a level the search does not hold, and the switch
     with pytest.raises(UserError, match=r"imp_levels.*\[4\]"):
-        run_level_random_controls(tiny_params({"imp": {"levels": 5}, "random_control": {"imp_levels": [4]}}),
+        run_level_random_controls(tiny_params({"imp": {"levels": 5}, "controls": {"imp_levels": [4]}}),
                                      runs / "imp" / "search" / "tickets", workspace / "x", CPU, checkpoint_dir=None)
     off = tiny_params({"random_control": {"enabled": False}})
     assert run_level_random_controls(off, runs / "imp" / "search" / "tickets", workspace / "off", CPU, None) == []
@@ -304,9 +313,9 @@ def test_imp_random_control_runs_the_chosen_levels_with_their_exact_counts(works
 
 
 @pytest.mark.parametrize("levels, message", [([0], "pruned levels"), ([2, 2], "repeat"), ([9], "beyond imp.levels")])
-def test_bad_imp_levels_of_the_random_control_name_the_key(tiny_params, levels, message):
-    with pytest.raises(UserError, match=message):
-        tiny_params({"random_control": {"imp_levels": levels}})
+def test_bad_imp_levels_of_the_controls_name_the_key(tiny_params, levels, message):
+    with pytest.raises(UserError, match=f"controls.imp_levels.*{message}|{message}.*controls.imp_levels"):
+        tiny_params({"controls": {"imp_levels": levels}})
 
 
 def test_l0_search_is_deterministic_and_resumes(workspace, tiny_params, monkeypatch):

@@ -177,7 +177,7 @@ def test_data_root_reaches_the_params_as_one_string(tmp_path, data_root):
 TINY_QUICK = [
     "networks.lenet300_100.train_subset=1000", "networks.lenet300_100.test_subset=300",
     "networks.lenet300_100.val_size=200", "networks.lenet300_100.epochs=2", "networks.lenet300_100.lr=0.05",
-    "networks.lenet300_100.lr_milestones=[1]", "imp.levels=2", "random_control.imp_levels=[2]", "sweep.networks=[lenet300_100]",
+    "networks.lenet300_100.lr_milestones=[1]", "imp.levels=2", "controls.imp_levels=[2]", "sweep.networks=[lenet300_100]",
     "sweep.seeds=[0]", "sweep.s0=[0.0]", "baselines.networks=[]",  # the entrypoint is under test, not the baselines
 ]
 

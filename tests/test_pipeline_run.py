@@ -65,7 +65,7 @@ TINY_OVERRIDES = (
     "networks.lenet300_100.train_subset=1000", "networks.lenet300_100.test_subset=300",
     "networks.lenet300_100.val_size=200", "networks.lenet300_100.epochs=2",
     "networks.lenet300_100.lr=0.05", "networks.lenet300_100.lr_milestones=[1]", "imp.levels=2",
-    "random_control.imp_levels=[2]",
+    "controls.imp_levels=[2]",
     "sweep.networks=[lenet300_100]", "sweep.seeds=[0]", "sweep.s0=[0.0,-0.05]",
     "baselines.sparsities=[0.9]", "baselines.l0_penalty=[0.001]", "baselines.layer_budgets=[]",
 )

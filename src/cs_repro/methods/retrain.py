@@ -42,28 +42,33 @@ class ControlParams:
     released_scale: bool = param(
         False, "also retrain each CS ticket as the released code does, binary mask x 1/sigmoid(s0) "
                "(results method cs_released_scale; the paper's plain binary mask stays method cs)")
+    imp_levels: list[int] = param(
+        [], "IMP and IMP-C levels whose tickets get the controls (reinit, random mask; every level keeps its "
+            "rewind retraining); [] = every pruned level")
+
+    def __post_init__(self) -> None:
+        if any(level < 1 for level in self.imp_levels):
+            raise UserError(f"controls.imp_levels: {self.imp_levels} must name pruned levels (1 or more)")
+        if len(set(self.imp_levels)) != len(self.imp_levels):
+            raise UserError("controls.imp_levels must not repeat a value")
+
+    def check_against(self, params: Params) -> None:
+        beyond = [level for level in self.imp_levels if level > params.imp.levels]
+        if beyond:
+            raise UserError(f"controls.imp_levels has {beyond}, beyond imp.levels={params.imp.levels}: name levels "
+                            f"that exist (e.g. controls.imp_levels=[{params.imp.levels}]) or [] for every level")
+
+    def controls_level(self, level: int) -> bool:
+        """Whether IMP's ticket at `level` (a pruned level) gets the controls."""
+        return not self.imp_levels or level in self.imp_levels
 
 
 @dataclass
 class RandomControlParams:
     """Random masks with exactly a ticket's layer-wise counts, retrained from its rewind point."""
 
-    enabled: bool = param(True, "retrain a random-mask control next to each baseline ticket and the IMP tickets")
-    imp_levels: list[int] = param(
-        [], "IMP levels whose tickets get the random-mask control (stage imp_random_control); "
-            "[] = every pruned level")
-
-    def __post_init__(self) -> None:
-        if any(level < 1 for level in self.imp_levels):
-            raise UserError(f"random_control.imp_levels: {self.imp_levels} must name pruned levels (1 or more)")
-        if len(set(self.imp_levels)) != len(self.imp_levels):
-            raise UserError("random_control.imp_levels must not repeat a value")
-
-    def check_against(self, params: Params) -> None:
-        beyond = [level for level in self.imp_levels if level > params.imp.levels]
-        if beyond:
-            raise UserError(f"random_control.imp_levels has {beyond}, beyond imp.levels={params.imp.levels}: name levels "
-                            f"that exist (e.g. random_control.imp_levels=[{params.imp.levels}]) or [] for every level")
+    enabled: bool = param(True, "retrain a random-mask control next to each baseline ticket and the IMP tickets "
+                                "(at the levels controls.imp_levels names)")
 
 
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).
@@ -176,6 +181,9 @@ def retrain_tickets(params: Params, tickets: Path, variants: str, out_dir: Path,
         # the released scale is CS's; other tickets (IMP) have no s0
         wanted = [v for v in chosen if not (v == "rewind_released_scale" and variants in ("controls", "control-only")
                                             and "s0" not in metadata)]
+        level = metadata.get("level")
+        if isinstance(level, int) and not params.controls.controls_level(level):
+            wanted = [v for v in wanted if v == "rewind"]  # an IMP level without controls: its ticket only
         if wanted:
             runs.append((path, wanted, Path(path.stem) if tickets.is_dir() else Path()))
     if not runs:  # a stage's outputs must exist even when there is nothing to run
@@ -259,7 +267,7 @@ def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, 
 def run_level_random_controls(params: Params, tickets_dir: Path, out_dir: Path, device: torch.device,
                               checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> list[int]:
     """The random-mask control for the level tickets of one IMP search (tickets/level_XX.pt): out/level_XX/
-    for every level random_control.imp_levels names ([] = every pruned level). Returns the levels run;
+    for every level controls.imp_levels names ([] = every pruned level). Returns the levels run;
     when the control is switched off, writes the stage's outputs with a marker saying so."""
     tickets_dir, out_dir = Path(tickets_dir), Path(out_dir)
     if not params.random_control.enabled:
@@ -276,10 +284,10 @@ def run_level_random_controls(params: Params, tickets_dir: Path, out_dir: Path, 
         if not isinstance(level, int):
             raise UserError(f"ticket {path} has no IMP level in its metadata: not an IMP level ticket")
         by_level[level] = path
-    wanted = params.random_control.imp_levels or [level for level in by_level if level > 0]
+    wanted = params.controls.imp_levels or [level for level in by_level if level > 0]
     missing = [level for level in wanted if level not in by_level]
     if missing:
-        raise UserError(f"random_control.imp_levels names levels {missing}, which {tickets_dir} does not hold")
+        raise UserError(f"controls.imp_levels names levels {missing}, which {tickets_dir} does not hold")
     for level in sorted(wanted):
         name = f"level_{level:02d}"
         log.info("random-mask control for %s (%d of %d levels)", by_level[level], sorted(wanted).index(level) + 1,
