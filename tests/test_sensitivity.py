@@ -70,6 +70,11 @@ def test_a_value_changes_the_search_only_and_the_report_draws_the_sweep(workspac
     assert all(p.ticket is not None and p.pruned is not None for points in sweep.values() for p in points)
     fig = figures.sensitivity(agg, workspace / "figures")
     assert fig is not None and (workspace / "figures" / "sensitivity.png").is_file()
+    # each panel is labelled at the swept values (a log axis alone would label none of 50 and 200)
+    by_title = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert [t.get_text() for t in by_title["β_T (final temperature)"].get_xticklabels()] == ["50", "200"]
+    assert [t.get_text() for t in by_title["weight decay (search)"].get_xticklabels()] == ["0", "1e-4"]
+    assert len(by_title) == 2  # titles on the top row only; the bottom row names the value on its x axis
     table = tables.sensitivity_table(agg)
     assert len(table.cells) == 4 and any("(default)" in row[2] for row in table.cells)
     sentences = sensitivity_sentences(agg)

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
 
 from cs_repro.methods import ABLATION_METHODS, METHODS  # noqa: E402
 from cs_repro.report.aggregate import (  # noqa: E402
@@ -350,6 +350,14 @@ KNOB_LABELS = {"beta_final": "β_T (final temperature)", "lambda": "λ (mask pen
                "weight_decay": "weight decay (search)"}
 
 
+def _value_label(value: float) -> str:
+    """50, 0.5, 1e-4, 1.5e-3: small values as powers of ten, the way the settings are usually written."""
+    if value == 0 or abs(value) >= 0.01:
+        return f"{value:g}"
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def sensitivity(agg: Aggregates, out_dir: Path | None = None) -> Figure | None:
     """CS's hyperparameter sensitivity: one column per hyperparameter; top row the ticket's remaining
     weights, bottom row its test accuracy after rewind retraining, vs the value (log scale; a value of 0 sits
@@ -378,11 +386,16 @@ def sensitivity(agg: Aggregates, out_dir: Path | None = None) -> Figure | None:
                 ax.plot([p.value for p in points if p.is_default],
                         [m for m, p in zip(mean, points) if p.is_default], linestyle="none", marker="*",
                         markersize=16, color=color, markeredgecolor="black", label="default (main CS run)")
-        positive = [p.value for by_knob in sweeps.values() for p in by_knob.get(knob, []) if p.value > 0]
+        values = sorted({p.value for by_knob in sweeps.values() for p in by_knob.get(knob, [])})
+        positive = [v for v in values if v > 0]
         for ax in (top, bottom):
             if positive:
                 ax.set_xscale("symlog", linthresh=min(positive))
-        _style_axes(top, KNOB_LABELS.get(knob, knob), "Remaining weights (%)")
+            # a tick at each swept value (a log axis alone labels only the decades, e.g. none of 50..400)
+            ax.set_xticks(values, [_value_label(v) for v in values])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.xaxis.set_minor_locator(NullLocator())
+        _style_axes(top, "", "Remaining weights (%)")
         _style_axes(bottom, KNOB_LABELS.get(knob, knob), "Ticket test accuracy (%)")
         top.set_title(KNOB_LABELS.get(knob, knob), fontsize=TITLE_PT)
     _shared_legend(fig, [ax for row in axes for ax in row])
