@@ -357,7 +357,8 @@ def test_baseline_stages_declare_only_their_own_sections():
     assert declared("magnitude_dense") == {net}
     assert declared("magnitude") == {"magnitude", "random_control", net}
     assert declared("slimming_train") == {"slimming.penalty", net}
-    assert declared("slimming") == {"slimming", net}
+    # not slimming.networks, the fan-out list: adding a network must not re-run the others' stages
+    assert declared("slimming") == {"slimming.penalty", "slimming.finetune_epochs", net}
     assert declared("cs_beta1") == {"lambda", "cs", "ablations", net}
     assert declared("cs_released_clamp") == {"lambda", "cs", net}
     assert declared("cs_random_control") == {"random_control", net}

@@ -108,6 +108,7 @@ MALFORMED = [
     ("baselines.cs_s0", [0.5], "baselines.cs_s0"),
     ("baselines.networks", ["lenet7"], "baselines.networks"),
     ("baselines.sparsities", [1.5], "baselines.sparsities"),
+    ("slimming.networks", ["lenet5"], "slimming.networks"),
     ("gmp.start", 0.9, "gmp.start"),
     ("controls.imp_levels", [15], "controls.imp_levels"),
     ("controls.imp_levels", [0], "controls.imp_levels"),

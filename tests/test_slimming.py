@@ -103,7 +103,7 @@ def _resnet_params():
                            epochs=2, lr_milestones=[1], max_batches=2)
     raw["networks"] = {"resnet20": raw["networks"]["lenet300_100"]}
     raw["sweep"]["networks"] = ["resnet20"]
-    raw.update(baselines={"networks": ["resnet20"]}, slimming={"penalty": 1e-3})
+    raw.update(baselines={"networks": ["resnet20"]}, slimming={"penalty": 1e-3, "networks": ["resnet20"]})
     return params_from_dict(raw)
 
 

@@ -14,8 +14,9 @@
 Which channels can go is read from the network's graph (`channel_groups`, torch.fx): a BatchNorm whose
 output reaches only convolutions, through ReLU, pooling or dropout, and whose input is a convolution,
 both prunable. A channel that enters a residual sum, a flatten or a classifier is kept, so ResNet-20
-prunes the inner channels of each block and VGG-16 all but its last conv's; networks without
-BatchNorm (the LeNets) have nothing to slim and their stages write a skipped marker.
+prunes the inner channels of each block and VGG-16 all but its last conv's. Networks without BatchNorm
+(the LeNets) have nothing to slim: `slimming.networks` leaves them out (no stages), and a stage run on
+one anyway writes a skipped marker.
 
 Reported in the pruning track (variant `finetuned`) at the remaining weights it reaches, next to GMP
 and one-shot magnitude pruning. The target is met to within one channel's weights unless the
@@ -60,6 +61,16 @@ class SlimmingParams:
                            min=0.0)
     finetune_epochs: int = param(0, "fine-tuning epochs with the network's schedule; 0 = the network's epochs E",
                                  min=0)
+    networks: list[str] = param([], "keys of `networks` to slim, each in baselines.networks and with BatchNorm "
+                                    "channels ([] = no slimming stages; the LeNets have none)")
+
+    def check_against(self, params: Params) -> None:
+        outside = [name for name in self.networks if name not in params.baselines.networks]
+        if outside:
+            raise UserError(f"slimming.networks has {outside}, which baselines.networks "
+                            f"({', '.join(params.baselines.networks) or 'none'}) does not run")
+        if len(set(self.networks)) != len(self.networks):
+            raise UserError("slimming.networks must not repeat a network")
 
 
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).
