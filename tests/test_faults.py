@@ -95,6 +95,8 @@ MALFORMED = [
     ("cs.mask_scale", "double", "cs.mask_scale"),
     ("imp.prune_fraction", 1.0, "imp.prune_fraction"),
     ("imp.levels", 0, "imp.levels"),
+    ("imp_c.networks", ["vgg16"], "imp_c.networks"),
+    ("imp_c.levels", 0, "imp_c.levels"),
     ("controls.reinit", "maybe", "controls.reinit"),
     ("sweep.seeds", [], "sweep.seeds"),
     ("sweep.seeds", [0, 0], "sweep.seeds"),

@@ -167,8 +167,7 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
     set_param(repo, "sweep.s0", [0.0, -0.05, 0.02])
     new_cs = {f"{kind}@lenet300_100-{s0}-{seed}" for kind in ("cs_search", "cs_retrain")
               for s0, seed in [("0.0", 1), ("-0.05", 1), ("0.02", 1), ("0.02", 0)]}
-    new_imp = {f"{kind}@lenet300_100-1"
-               for kind in ("imp_search", "imp_controls", "imp_random_control", "imp_c_search", "imp_c_retrain")}
+    new_imp = {f"{kind}@lenet300_100-1" for kind in ("imp_search", "imp_controls", "imp_random_control")}
     assert reproduce(repo) == new_cs | new_imp | {"evaluate", "report"}
 
 
@@ -187,7 +186,7 @@ def test_invalid_params_stop_the_pipeline_with_one_line(tmp_path):
 def test_paper_profile_runs_every_stage_on_cifar_format_fixtures(tmp_path):
     cifar = write_cifar10(tmp_path / "cifar", n_per_batch=20, n_test=16)
     overrides = [f"data.root={cifar}", "data.download=false", "data.verify_checksums=false",
-                 "imp.levels=1", "imp.continue_levels=1", "sweep.seeds=[0]", "sweep.s0=[0.0]",
+                 "imp.levels=1", "imp_c.levels=1", "sweep.seeds=[0]", "sweep.s0=[0.0]",
                  "baselines.sparsities=[0.9]", "baselines.l0_penalty=[0.001]",
                  "baselines.networks=[resnet20]", "baselines.layer_budgets=[erk]",  # every baseline stage kind runs once
                  "sensitivity.networks=[resnet20]", "sensitivity.settings=['lambda=1e-07']"]

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from cs_repro.io import atomic_write_json, write_skipped
+from cs_repro.errors import UserError
+from cs_repro.io import atomic_write_json
 from cs_repro.masks import HardMasks, sparsity_of
 from cs_repro.methods.rounds import RewindPoint
 from cs_repro.param_fields import param
@@ -44,11 +45,26 @@ class IMPParams:
     prune_fraction: float = param(0.2, "p: fraction of the remaining prunable weights removed per level",
                                   min_exclusive=0.0, max_exclusive=1.0)
     levels: int = param(14, "L: pruning levels after the dense run", min=1)
-    continue_levels: int = param(0, "IMP-C levels (no rewinding during search); 0 = IMP-C not run", min=0)
+
+
+@dataclass
+class IMPCParams:
+    """IMP-C (our reading): IMP's schedule without rewinding between levels during the search; its
+    seeds and pruning fraction are IMP's."""
+
+    networks: list[str] = param([], "keys of `networks` IMP-C runs on, each in sweep.networks ([] = no IMP-C stages)")
+    levels: int = param(18, "pruning levels after the dense run", min=1)
+
+    def check_against(self, params: Params) -> None:
+        outside = [name for name in self.networks if name not in params.sweep.networks]
+        if outside:
+            raise UserError(f"imp_c.networks has {outside}, which sweep.networks does not run")
+        if len(set(self.networks)) != len(self.networks):
+            raise UserError("imp_c.networks must not repeat a network")
 
 
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).
-PARAMS = {"imp": IMPParams}
+PARAMS = {"imp": IMPParams, "imp_c": IMPCParams}
 
 
 @dataclass(frozen=True)
@@ -161,14 +177,9 @@ class IMPSearch(Hooks):
 def run_imp(params: Params, network: str, seed: int, out_dir: Path, device: torch.device,
             continue_search: bool = False, checkpoint_dir: Path | None = CHECKPOINT_DIR,
             timing_dir: Path | None = None) -> list[Ticket]:
-    """IMP (or IMP-C): writes tickets/level_XX.pt, metrics.json (every level's training), timing.json.
-    IMP-C with imp.continue_levels 0 is switched off: it writes skipped.json markers and no tickets."""
-    if continue_search and params.imp.continue_levels == 0:
-        write_skipped("imp.continue_levels is 0", out_dir, timing_dir)
-        log.info("IMP-C skipped: imp.continue_levels is 0")
-        return []
+    """IMP (or IMP-C): writes tickets/level_XX.pt, metrics.json (every level's training), timing.json."""
     net = params.network(network)
-    levels = params.imp.continue_levels if continue_search else params.imp.levels
+    levels = params.imp_c.levels if continue_search else params.imp.levels
     method = "imp_c" if continue_search else "imp"
     training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
     config = IMPConfig(tuple(training.prunable), params.imp.prune_fraction, levels, net.rewind_epoch, not continue_search,

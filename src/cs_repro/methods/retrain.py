@@ -164,10 +164,6 @@ def retrain_tickets(params: Params, tickets: Path, variants: str, out_dir: Path,
     whatever method found them. A stage with nothing to run writes skipped.json markers instead."""
     chosen = chosen_variants(params, variants)
     tickets, out_dir = Path(tickets), Path(out_dir)
-    if not tickets.exists() and (tickets.parent / "skipped.json").exists():
-        # the search was switched off (e.g. imp.continue_levels: 0)
-        write_skipped(f"no tickets: {tickets.parent} was skipped", out_dir, timing_dir)
-        return
     if not tickets.exists():
         raise UserError(f"{tickets} does not exist: run the search that writes it first")
     files = sorted(tickets.glob("*.pt")) if tickets.is_dir() else [tickets]
