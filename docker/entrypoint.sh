@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Entry point of the cs-repro image (docker/README.md). Runs outside Docker too: every path comes from env.
-#   paper | frankle | sensitivity | quick [ARGS...]   run the pipeline on that profile: dvc exp run -S profile=NAME [ARGS...]
+#   paper | frankle | extended | quick [ARGS...]    run the pipeline on that profile: dvc exp run -S profile=NAME [ARGS...]
 #   anything else             exec'd as given (cs-repro --help, dvc exp show, bash, ...)
 # Both run in $OUT_DIR/workspace, a git clone of the image's repository kept on the output volume, so the
 # runs, metrics, figures, dvc.lock, experiments and .cache/checkpoints outlive the container; the DVC cache
@@ -57,7 +57,7 @@ done
 command="${1:-${PROFILE:-paper}}"
 [ $# -gt 0 ] && shift
 case "$command" in
-  paper | frankle | sensitivity | quick)
+  paper | frankle | extended | quick)
     overrides=(-S "profile=$command")
     # Quoted for Hydra's override grammar, so a path with , = [ ] ' or spaces stays one string.
     if [ -n "$DATA_ROOT" ]; then

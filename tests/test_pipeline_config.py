@@ -29,7 +29,7 @@ def test_committed_params_are_the_quick_profile(quick):
     assert yaml.safe_load((REPO / "params.yaml").read_text()) == quick
 
 
-@pytest.mark.parametrize("profile", ["quick", "paper", "sensitivity", "frankle"])
+@pytest.mark.parametrize("profile", ["quick", "paper", "extended", "frankle"])
 def test_every_profile_validates(profile):
     params = params_from_dict(compose_profile(profile, conf_dir=REPO / "conf"))
     assert params.profile == profile
@@ -213,7 +213,7 @@ def test_unknown_key_is_named(quick):
 
 
 def test_unknown_profile_is_named():
-    with pytest.raises(UserError, match=r"unknown profile 'huge'; choose one of: frankle, paper, quick, sensitivity"):
+    with pytest.raises(UserError, match=r"unknown profile 'huge'; choose one of: extended, frankle, paper, quick"):
         compose_profile("huge", conf_dir=REPO / "conf")
 
 

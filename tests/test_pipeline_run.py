@@ -186,7 +186,7 @@ def test_invalid_params_stop_the_pipeline_with_one_line(tmp_path):
 def test_paper_profile_runs_every_stage_on_cifar_format_fixtures(tmp_path):
     cifar = write_cifar10(tmp_path / "cifar", n_per_batch=20, n_test=16)
     overrides = [f"data.root={cifar}", "data.download=false", "data.verify_checksums=false",
-                 "imp.levels=1", "imp_c.levels=1", "sweep.seeds=[0]", "sweep.s0=[0.0]",
+                 "imp.levels=1", "imp_c.levels=1", "imp_c.networks=[vgg16]", "sweep.seeds=[0]", "sweep.s0=[0.0]",
                  "baselines.sparsities=[0.9]", "baselines.l0_penalty=[0.001]",
                  "baselines.networks=[resnet20]", "baselines.layer_budgets=[erk]",  # every baseline stage kind runs once
                  "sensitivity.networks=[resnet20]", "sensitivity.settings=['lambda=1e-07']"]
@@ -199,6 +199,9 @@ def test_paper_profile_runs_every_stage_on_cifar_format_fixtures(tmp_path):
     results = json.loads((repo / "metrics" / "results.json").read_text())
     assert {r["network"] for r in results["rows"]} == {"resnet20", "vgg16"}
     assert {r["dataset"] for r in results["rows"]} == {"cifar10"}
+    ran = {(r["network"], r["method"]) for r in results["rows"]}
+    # the optional methods fan out over their own networks lists (imp_c.networks, slimming.networks)
+    assert {("vgg16", "imp_c"), ("resnet20", "slimming")} <= ran and ("resnet20", "imp_c") not in ran
     assert (repo / "figures" / "ticket_search.png").exists() and (repo / "figures" / "REPORT.md").exists()
     resnet_ticket = next(r for r in results["rows"] if r["network"] == "resnet20" and r["method"] == "cs")
     assert len(resnet_ticket["layer_remaining"]) == 19  # every 3x3 conv, no shortcut, no classifier

@@ -139,7 +139,7 @@ class CoreParams:
     """The sections every run shares; `Params` adds each method's own (see `method_sections`)."""
 
     profile: str = param("quick", "profile name (quick or paper); informational, set by conf/profile/*.yaml",
-                         choices=("quick", "paper", "sensitivity", "frankle", "test"))
+                         choices=("quick", "paper", "extended", "frankle", "test"))
     lambda_: float = param(1e-8, "lambda: weight of the CS mask penalty (key `lambda` in params.yaml)", min=0.0)
     cpu: CPUParams = field(default_factory=CPUParams, metadata={"help": "how training stages use the CPU"})
     data: DataParams = field(default_factory=DataParams, metadata={"help": "raw data location"})
