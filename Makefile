@@ -13,9 +13,13 @@ $(BIN)/cs-repro: pyproject.toml
 	touch $@
 
 # The fused CPU soft-mask kernel is compiled once per machine (~12 s); without a compiler soft masks
-# fall back to ATen ops, so a failed build does not stop set-up.
-setup: $(BIN)/cs-repro data
+# fall back to ATen ops, so a failed build does not stop set-up. The stamp spares a no-op `make repro`
+# the check (it imports torch: ~2 s).
+setup: $(VENV)/.kernel-checked data
+
+$(VENV)/.kernel-checked: $(BIN)/cs-repro src/cs_repro/kernels/soft_mask.cpp src/cs_repro/kernels/__init__.py
 	@$(BIN)/cs-repro build-kernel || echo "continuing without the fused kernel (soft masks use ATen ops)"
+	@touch $@
 
 # Fashion-MNIST for the quick profile comes from Debian's package (offline).
 data:
