@@ -76,7 +76,7 @@ def show_params(
 @app.command("use-profile")
 @user_errors
 def use_profile(
-    name: Annotated[str, typer.Argument(help="profile: quick or paper (conf/profile/<name>.yaml)")],
+    name: Annotated[str, typer.Argument(help="profile: quick, extended, paper or frankle (conf/profile/<name>.yaml)")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="Hydra overrides, e.g. lambda=1e-9 seeds=[0]")] = None,
     out: Annotated[Path, typer.Option(help="params file to write")] = Path("params.yaml"),
 ) -> None:
