@@ -12,7 +12,7 @@ def retrain(
     tickets: Annotated[Path, typer.Option(help="a ticket file, or a directory of ticket files (*.pt)")],
     out: Annotated[Path, typer.Option(help="output directory: <variant>/ (one ticket) or <ticket>/<variant>/")],
     training: Training,
-    variants: Annotated[str, typer.Option(help="comma list of rewind, reinit, random, rewind_released_scale; 'controls' = rewind plus the controls params.yaml enables; 'control-only' = the enabled controls alone")] = "controls",
+    variants: Annotated[str, typer.Option(help="comma list of rewind, reinit, random, rewind_released_scale and the keywords 'controls' (rewind plus the controls params.yaml enables) and 'control-only' (those controls alone), e.g. control-only,random")] = "controls",
 ) -> None:
     """Retrain tickets from their rewind point ('rewind'), from fresh weights ('reinit' control), as a random
     mask with the same layer-wise counts ('random' control, when random_control.enabled), or with the

@@ -22,8 +22,7 @@ from cs_repro.methods.l0 import (BETA, GAMMA, ZETA, HardConcreteGate, L0Config, 
                                  prob_nonzero, prob_one, run_l0_search, sample_gates)
 from cs_repro.methods.magnitude import run_magnitude, run_magnitude_dense
 from cs_repro.methods.random_masks import random_generator, random_masks_like
-from cs_repro.methods.retrain import (TicketRetrain, retrain_ticket, retrain_tickets, run_level_random_controls,
-                                      run_retrain)
+from cs_repro.methods.retrain import TicketRetrain, chosen_variants, retrain_ticket, retrain_tickets, run_retrain
 from cs_repro.params import params_from_dict
 from cs_repro.profiles import compose_profile
 from cs_repro.report.rows import as_rows
@@ -276,16 +275,16 @@ def test_disabled_random_control_is_left_out_of_the_one_retrain(workspace, tiny_
         retrain_ticket(params, workspace / "missing.pt", ("rewind", "mixup"), workspace / "out", CPU, None)
 
 
-def test_imp_controls_run_the_chosen_levels_random_masks_with_their_exact_counts(workspace, tiny_params):
+def test_imp_controls_run_at_the_chosen_levels_random_masks_with_their_exact_counts(workspace, tiny_params):
     params = tiny_params({"imp": {"levels": 3}, "controls": {"imp_levels": [1, 3]}})
     runs = workspace / "runs" / "lenet300_100"
     tickets = run_imp(params, "lenet300_100", 0, runs / "imp" / "search", CPU, checkpoint_dir=None)
-    done = run_level_random_controls(params, runs / "imp" / "search" / "tickets", runs / "imp" / "random_control",
-                                        CPU, checkpoint_dir=None)
-    assert done == [1, 3]
-    assert sorted(p.name for p in (runs / "imp" / "random_control").iterdir()) == ["level_01", "level_03"]
+    tickets_dir, controls = runs / "imp" / "search" / "tickets", runs / "imp" / "controls"
+    retrain_tickets(params, tickets_dir, "control-only,random", controls, CPU, checkpoint_dir=None)  # stage imp_controls
+    assert {p.name: sorted(q.name for q in p.iterdir()) for p in controls.iterdir()} == {
+        "level_01": ["random", "reinit"], "level_03": ["random", "reinit"]}
     for level in (1, 3):
-        control = load_ticket(runs / "imp" / "random_control" / f"level_{level:02d}" / "ticket.pt")
+        control = load_ticket(controls / f"level_{level:02d}" / "random" / "ticket.pt")
         for name, mask in tickets[level].masks.items():  # same per-layer counts, other positions
             assert int(control.masks[name].sum()) == int(mask.sum())
             assert torch.equal(control.rewind_state[name], tickets[level].rewind_state[name])
@@ -295,21 +294,25 @@ def test_imp_controls_run_the_chosen_levels_random_masks_with_their_exact_counts
     assert sorted(random_rows) == ["level=1", "level=3"]
     assert random_rows["level=3"]["remaining_weights"] == pytest.approx(tickets[3].remaining_weights)
     assert 0.1 < random_rows["level=3"]["test_accuracy"] <= 1.0
-    # the reinit control (stage imp_controls) at the same levels; a rewind retraining (IMP-C's stage) at all
-    tickets_dir = runs / "imp" / "search" / "tickets"
-    retrain_tickets(params, tickets_dir, "control-only", runs / "imp" / "controls", CPU, checkpoint_dir=None)
-    assert sorted(p.name for p in (runs / "imp" / "controls").iterdir()) == ["level_01", "level_03"]
-    assert [p.name for p in (runs / "imp" / "controls" / "level_03").iterdir()] == ["reinit"]
+    assert {r["setting"] for r in rows if r["method"] == "imp" and r["variant"] == "reinit"} == {"level=1", "level=3"}
+    # 'controls' (IMP-C's stage): the rewind retraining at every level, the controls at the chosen ones
     retrain_tickets(params, tickets_dir, "controls", runs / "imp" / "all", CPU, checkpoint_dir=None)
     assert {p.name: sorted(q.name for q in p.iterdir()) for p in (runs / "imp" / "all").iterdir()} == {
         "level_01": ["reinit", "rewind"], "level_02": ["rewind"], "level_03": ["reinit", "rewind"]}
-    # a level the search does not hold, and the switch
-    with pytest.raises(UserError, match=r"imp_levels.*\[4\]"):
-        run_level_random_controls(tiny_params({"imp": {"levels": 5}, "controls": {"imp_levels": [4]}}),
-                                     runs / "imp" / "search" / "tickets", workspace / "x", CPU, checkpoint_dir=None)
-    off = tiny_params({"random_control": {"enabled": False}})
-    assert run_level_random_controls(off, runs / "imp" / "search" / "tickets", workspace / "off", CPU, None) == []
-    assert (workspace / "off" / "skipped.json").exists()
+    # both controls switched off: the stage's outputs are markers
+    off = tiny_params({"controls": {"reinit": False}, "random_control": {"enabled": False}})
+    retrain_tickets(off, tickets_dir, "control-only,random", workspace / "off", CPU, checkpoint_dir=None)
+    assert [p.name for p in (workspace / "off").iterdir()] == ["skipped.json"]
+
+
+def test_variants_combine_names_and_keywords(tiny_params):
+    params = tiny_params({"controls": {"reinit": True, "released_scale": True}})
+    assert chosen_variants(params, "control-only,random") == (["reinit", "rewind_released_scale", "random"],
+                                                              {"reinit", "rewind_released_scale"})
+    assert chosen_variants(params, "controls")[0] == ["rewind", "reinit", "rewind_released_scale"]
+    assert chosen_variants(params, "rewind, reinit,rewind") == (["rewind", "reinit"], set())
+    with pytest.raises(UserError, match="'mixup' is not allowed"):
+        chosen_variants(params, "controls,mixup")
 
 
 @pytest.mark.parametrize("levels, message", [([0], "pruned levels"), ([2, 2], "repeat"), ([9], "beyond imp.levels")])

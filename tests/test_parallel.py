@@ -154,7 +154,7 @@ def test_parallel_two_workers_matches_sequential_repro(tmp_path):
     _run("git", "clone", "-q", str(sequential), str(parallel), cwd=tmp_path)
 
     plan = _run("cs-repro", "parallel", "-j", "2", "--threads", "1", "--dry-run", cwd=parallel).stdout
-    assert "dvc --wait-for-lock repro prepare@fashion_mnist" in plan and "7 of 7 fan-out stages" in plan
+    assert "dvc --wait-for-lock repro prepare@fashion_mnist" in plan and "6 of 6 fan-out stages" in plan
     assert re.search(r"wave 2: cs_retrain@\S+ cs_retrain@\S+ imp_controls@", plan), plan
     assert not (parallel / "dvc.lock").exists()
 
@@ -171,7 +171,7 @@ def test_parallel_two_workers_matches_sequential_repro(tmp_path):
 
     expected, got = _lock_hashes(sequential), _lock_hashes(parallel)
     deterministic = {p for p in expected if p.startswith(("runs/", "data/"))}
-    assert len([p for p in deterministic if p.startswith("runs/")]) == 7  # CS x 2 s0, IMP: search + 2 controls
+    assert len([p for p in deterministic if p.startswith("runs/")]) == 6  # CS x 2 s0 (search, retrain), IMP x 2
     assert {p: got.get(p) for p in deterministic} == {p: expected[p] for p in deterministic}
     assert set(got) == set(expected)  # dvc.lock complete, timings/, metrics/ and figures/ included
     assert _clean(parallel) and _clean(sequential)
@@ -179,7 +179,7 @@ def test_parallel_two_workers_matches_sequential_repro(tmp_path):
         assert re.search(rf"start  {re.escape(stage)}  \[worker", result.stdout)
         assert re.search(rf"done   {re.escape(stage)}  in [0-9.]+s \(ran\)", result.stdout)
         assert "Running stage" in (parallel / ".cache/parallel-logs" / log_name(stage)).read_text()
-    assert "7 fan-out stages ran" in result.stdout and "0 failed" in result.stdout
+    assert "6 fan-out stages ran" in result.stdout and "0 failed" in result.stdout
     again = _run("cs-repro", "parallel", "-j", "2", cwd=parallel).stdout
     assert "every stage is up to date (dvc status): nothing to run" in again and "fan-out" not in again
     assert _lock_hashes(parallel) == got
@@ -210,15 +210,15 @@ def test_slurm_job_body_in_clones_with_a_shared_cache_then_the_collector_trains_
     made = _run("python", str(REPO / "slurm/make_array.py"), "--shared-cache", str(shared),
                 "--sbatch=--time=02:00:00", cwd=main)
     out = main / ".cache/slurm"
-    # cs_retrain, imp_controls, imp_random_control: imp_search feeds two of them, so afterok
-    assert "wave 2: 3 tasks (afterok wave 1)" in made.stdout, made.stdout
+    # cs_retrain and imp_controls each need one search of wave 1: task i waits for task i only (aftercorr)
+    assert "wave 2: 2 tasks (aftercorr wave 1)" in made.stdout, made.stdout
     waves = sorted(out.glob("wave*.txt"))
     assert [w.name for w in waves] == ["wave0.txt", "wave1.txt", "wave2.txt"]
     assert "--gres" not in (out / "wave0.sbatch").read_text()  # prepare needs no GPU
     assert "#SBATCH --gres=gpu:1" in (out / "wave1.sbatch").read_text()
     assert "#SBATCH --time=02:00:00" in (out / "collect.sbatch").read_text()
     submit = (out / "submit.sh").read_text()
-    assert "--dependency=afterok:${w0}" in submit and "--dependency=afterok:${w1}" in submit
+    assert "--dependency=afterok:${w0}" in submit and "--dependency=aftercorr:${w1}" in submit
     assert "--dependency=afterany:${w0}:${w1}:${w2} collect.sbatch" in submit
     _run("bash", "-n", str(out / "submit.sh"), cwd=main)
     assert str(shared) in _run("dvc", "cache", "dir", cwd=main).stdout

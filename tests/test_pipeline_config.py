@@ -68,7 +68,8 @@ def test_each_stage_declares_only_the_params_it_reads(stages):
     assert _declared(stages["cs_retrain"]) == {"cpu", "controls.reinit", "controls.released_scale",
                                                "networks.${item.network}"}
     assert _declared(stages["imp_search"]) == {"cpu", "imp.prune_fraction", "imp.levels", "networks.${item.network}"}
-    assert _declared(stages["imp_controls"]) == {"cpu", "controls.reinit", "controls.imp_levels", "networks.${item.network}"}
+    assert _declared(stages["imp_controls"]) == {"cpu", "controls.reinit", "controls.imp_levels", "random_control",
+                                                 "networks.${item.network}"}
     # lambda reaches CS work only; imp reaches IMP work only; the sweep lists reach no stage body.
     for name, stage in stages.items():
         declared = _declared(stage.get("do", stage))

@@ -159,15 +159,14 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
     assert "lambda" in table.splitlines()[0] and len(table.splitlines()[0].split(",")) <= 20, table.splitlines()[0]
 
     set_param(repo, "imp.levels", 3)
-    assert reproduce(repo) == {"imp_search@lenet300_100-0", "imp_controls@lenet300_100-0",
-                               "imp_random_control@lenet300_100-0", "evaluate", "report"}
+    assert reproduce(repo) == {"imp_search@lenet300_100-0", "imp_controls@lenet300_100-0", "evaluate", "report"}
 
     # A new seed and a new s0 together: only (new seed, every s0) and (old seed, new s0) run; no old run.
     set_param(repo, "sweep.seeds", [0, 1])
     set_param(repo, "sweep.s0", [0.0, -0.05, 0.02])
     new_cs = {f"{kind}@lenet300_100-{s0}-{seed}" for kind in ("cs_search", "cs_retrain")
               for s0, seed in [("0.0", 1), ("-0.05", 1), ("0.02", 1), ("0.02", 0)]}
-    new_imp = {f"{kind}@lenet300_100-1" for kind in ("imp_search", "imp_controls", "imp_random_control")}
+    new_imp = {f"{kind}@lenet300_100-1" for kind in ("imp_search", "imp_controls")}
     assert reproduce(repo) == new_cs | new_imp | {"evaluate", "report"}
 
 

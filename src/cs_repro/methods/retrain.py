@@ -16,13 +16,13 @@ import torch
 from torch import Tensor
 
 from cs_repro.errors import UserError
-from cs_repro.io import atomic_write_json, write_skipped
+from cs_repro.io import write_skipped
 from cs_repro.masks import HardMasks, sparsity_of
 from cs_repro.methods.cs import mask_scale_for
 from cs_repro.methods.random_masks import random_generator, random_masks_like
 from cs_repro.param_fields import param
 from cs_repro.results import run_row
-from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config, sub_dir, ticket_digest,
+from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config, ticket_digest,
                           ticket_network)
 from cs_repro.tickets import Ticket, check_ticket_fits, load_ticket, save_ticket
 from cs_repro.train import Hooks, TrainingLoop
@@ -143,26 +143,34 @@ def retrain_ticket(params: Params, ticket_path: Path, variants, out_dir: Path, d
     return ran
 
 
-def chosen_variants(params: Params, variants: str) -> list[str]:
-    """The variants a `--variants` value names: a comma list of RETRAIN_VARIANTS, or 'controls' (rewind plus
-    the controls params.yaml enables) or 'control-only' (those controls alone)."""
-    controls = ["reinit"] if params.controls.reinit else []
+def chosen_variants(params: Params, variants: str) -> tuple[list[str], set[str]]:
+    """The variants a `--variants` value names, in order: a comma list of RETRAIN_VARIANTS and the keywords
+    'controls' (rewind plus the controls params.yaml enables: reinit, released scale) and 'control-only'
+    (those controls alone), e.g. 'control-only,random'. Also returns the variants a keyword brought in."""
+    enabled = ["reinit"] if params.controls.reinit else []
     if params.controls.released_scale:
-        controls.append("rewind_released_scale")
-    chosen = {"controls": ["rewind", *controls], "control-only": controls}.get(
-        variants, [v for v in variants.split(",") if v])
-    for variant in chosen:
-        if variant not in RETRAIN_VARIANTS:
-            raise UserError(f"--variants: {variant!r} is not allowed; use {', '.join(RETRAIN_VARIANTS)}, "
+        enabled.append("rewind_released_scale")
+    chosen: list[str] = []
+    from_keyword: set[str] = set()
+    for item in (text.strip() for text in variants.split(",") if text.strip()):
+        if item in ("controls", "control-only"):
+            named = (["rewind"] if item == "controls" else []) + enabled
+            from_keyword.update(enabled)
+        elif item in RETRAIN_VARIANTS:
+            named = [item]
+        else:
+            raise UserError(f"--variants: {item!r} is not allowed; use {', '.join(RETRAIN_VARIANTS)}, "
                             "controls or control-only")
-    return chosen
+        chosen += [variant for variant in named if variant not in chosen]
+    return chosen, from_keyword
 
 
 def retrain_tickets(params: Params, tickets: Path, variants: str, out_dir: Path, device: torch.device,
                     checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> None:
     """Retrain a ticket file into out/<variant>/, or every ticket of a folder into out/<ticket>/<variant>/,
-    whatever method found them. A stage with nothing to run writes skipped.json markers instead."""
-    chosen = chosen_variants(params, variants)
+    whatever method found them. A level ticket (IMP, IMP-C) gets its controls only at the levels
+    controls.imp_levels names. A stage with nothing to run writes skipped.json markers instead."""
+    chosen, from_keyword = chosen_variants(params, variants)
     tickets, out_dir = Path(tickets), Path(out_dir)
     if not tickets.exists():
         raise UserError(f"{tickets} does not exist: run the search that writes it first")
@@ -174,16 +182,16 @@ def retrain_tickets(params: Params, tickets: Path, variants: str, out_dir: Path,
         metadata = load_ticket(path).metadata
         if tickets.is_dir() and metadata.get("remaining_weights", 0.0) >= 1.0:
             continue  # the dense 'ticket' (IMP level 0) has nothing to control for
-        # the released scale is CS's; other tickets (IMP) have no s0
-        wanted = [v for v in chosen if not (v == "rewind_released_scale" and variants in ("controls", "control-only")
-                                            and "s0" not in metadata)]
+        # the released scale the controls enable is CS's; other tickets (IMP) have no s0
+        wanted = [v for v in chosen if not (v == "rewind_released_scale" and v in from_keyword and "s0" not in metadata)]
         level = metadata.get("level")
         if isinstance(level, int) and not params.controls.controls_level(level):
             wanted = [v for v in wanted if v == "rewind"]  # an IMP level without controls: its ticket only
         if wanted:
             runs.append((path, wanted, Path(path.stem) if tickets.is_dir() else Path()))
     if not runs:  # a stage's outputs must exist even when there is nothing to run
-        write_skipped("no control applies (controls.reinit, controls.released_scale)", out_dir, timing_dir)
+        write_skipped("no control applies (controls.reinit, controls.released_scale, controls.imp_levels)",
+                      out_dir, timing_dir)
         return
     ran = [retrain_ticket(params, path, wanted, out_dir / relative, device, checkpoint_dir,
                           Path(timing_dir) / relative if timing_dir else None)
@@ -259,34 +267,3 @@ def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, 
                                      "result_rows": rows})
     return final
 
-
-def run_level_random_controls(params: Params, tickets_dir: Path, out_dir: Path, device: torch.device,
-                              checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> list[int]:
-    """The random-mask control for the level tickets of one IMP search (tickets/level_XX.pt): out/level_XX/
-    for every level controls.imp_levels names ([] = every pruned level). Returns the levels run;
-    when the control is switched off, writes the stage's outputs with a marker saying so."""
-    tickets_dir, out_dir = Path(tickets_dir), Path(out_dir)
-    if not params.random_control.enabled:
-        for folder in (out_dir, timing_dir):
-            if folder is not None:
-                atomic_write_json({"skipped": "random_control.enabled is false"}, Path(folder) / "skipped.json")
-        return []
-    files = sorted(tickets_dir.glob("level_*.pt"))
-    if not files:
-        raise UserError(f"no level tickets (level_*.pt) in {tickets_dir}: run the IMP search first")
-    by_level = {}
-    for path in files:
-        level = load_ticket(path).metadata.get("level")
-        if not isinstance(level, int):
-            raise UserError(f"ticket {path} has no IMP level in its metadata: not an IMP level ticket")
-        by_level[level] = path
-    wanted = params.controls.imp_levels or [level for level in by_level if level > 0]
-    missing = [level for level in wanted if level not in by_level]
-    if missing:
-        raise UserError(f"controls.imp_levels names levels {missing}, which {tickets_dir} does not hold")
-    for level in sorted(wanted):
-        name = f"level_{level:02d}"
-        log.info("random-mask control for %s (%d of %d levels)", by_level[level], sorted(wanted).index(level) + 1,
-                 len(wanted))
-        run_random_control(params, by_level[level], out_dir / name, device, checkpoint_dir, sub_dir(timing_dir, name))
-    return sorted(wanted)
