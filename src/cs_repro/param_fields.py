@@ -24,3 +24,13 @@ def check_seed(seed: int, where: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise UserError(f"{where}: {seed!r} is not a seed; use a whole number from 0 to {MAX_SEED}")
     return seed
+
+
+def check_listed(key: str, values: list, allowed: list, allowed_key: str) -> None:
+    """A method's own fan-out list (e.g. slimming.networks): each value one that `allowed_key` runs, none twice."""
+    outside = [value for value in values if value not in allowed]
+    if outside:
+        raise UserError(f"{key} has {outside}, which {allowed_key} ({', '.join(map(str, allowed)) or 'none'}) "
+                        "does not run")
+    if len(set(values)) != len(values):
+        raise UserError(f"{key} must not repeat a value")

@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from cs_repro.errors import UserError
 from cs_repro.io import atomic_write_json
 from cs_repro.masks import HardMasks, sparsity_of
 from cs_repro.methods.rounds import RewindPoint
-from cs_repro.param_fields import param
+from cs_repro.param_fields import check_listed, param
 from cs_repro.results import run_row
 from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config
 from cs_repro.tickets import Ticket, save_ticket
@@ -56,11 +55,7 @@ class IMPCParams:
     levels: int = param(18, "pruning levels after the dense run", min=1)
 
     def check_against(self, params: Params) -> None:
-        outside = [name for name in self.networks if name not in params.sweep.networks]
-        if outside:
-            raise UserError(f"imp_c.networks has {outside}, which sweep.networks does not run")
-        if len(set(self.networks)) != len(self.networks):
-            raise UserError("imp_c.networks must not repeat a network")
+        check_listed("imp_c.networks", self.networks, params.sweep.networks, "sweep.networks")
 
 
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).

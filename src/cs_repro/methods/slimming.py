@@ -41,7 +41,7 @@ from cs_repro.masks import plain_state_dict
 from cs_repro.methods.magnitude import kept_count
 from cs_repro.models.base import check_image_input
 from cs_repro.methods.retrain import TicketRetrain
-from cs_repro.param_fields import param
+from cs_repro.param_fields import check_listed, param
 from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, make_model,
                           network_config, sub_dir, ticket_digest, ticket_metadata)
 from cs_repro.tickets import Ticket, save_ticket
@@ -65,12 +65,7 @@ class SlimmingParams:
                                     "channels ([] = no slimming stages; the LeNets have none)")
 
     def check_against(self, params: Params) -> None:
-        outside = [name for name in self.networks if name not in params.baselines.networks]
-        if outside:
-            raise UserError(f"slimming.networks has {outside}, which baselines.networks "
-                            f"({', '.join(params.baselines.networks) or 'none'}) does not run")
-        if len(set(self.networks)) != len(self.networks):
-            raise UserError("slimming.networks must not repeat a network")
+        check_listed("slimming.networks", self.networks, params.baselines.networks, "baselines.networks")
 
 
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).
