@@ -28,10 +28,14 @@ data:
 	  { echo "Fashion-MNIST missing: apt-get install dataset-fashion-mnist, or set data.root in params.yaml"; exit 1; }
 
 # The params check first: every rule, whatever the section, before any training (and before DVC expands
-# foreach/matrix, whose own errors name no key). Then the pipeline, several stages at a time
+# foreach/matrix, whose own errors name no key). It imports torch (~2 s), so a stamp skips it while
+# neither params.yaml nor the code changed. Then the pipeline, several stages at a time
 # (`cs-repro parallel`: one per `cpu.threads` cores, or one per GPU; the same outputs as `dvc repro`).
-repro: setup
+$(VENV)/.params-checked: $(BIN)/cs-repro params.yaml $(shell find src -name '*.py')
 	cs-repro params --check params.yaml
+	@touch $@
+
+repro: setup $(VENV)/.params-checked
 	cs-repro parallel
 	cs-repro readme
 	@echo "Done. Figures and REPORT.md: figures/ ; tables: figures/tables/ ; metrics: dvc metrics show"

@@ -338,8 +338,10 @@ def test_profiles_satisfy_the_baseline_checks(profile):
 
 
 def test_baseline_checks_name_the_key(tiny_params):
-    with pytest.raises(UserError, match="baselines.cs_s0"):
+    with pytest.raises(UserError, match=r"baselines.cs_s0 has \[0.5\], which sweep.s0 \(.*\) does not run; the ablations"):
         tiny_params({"baselines": {"cs_s0": [0.5]}})
+    with pytest.raises(UserError, match=r"baselines.seeds has \[9\], which sweep.seeds \(0\) does not run"):
+        tiny_params({"baselines": {"seeds": [9]}})
     with pytest.raises(UserError, match="gmp.start"):
         tiny_params({"gmp": {"start": 0.5, "end": 0.4}})
 

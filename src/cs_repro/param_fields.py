@@ -26,11 +26,12 @@ def check_seed(seed: int, where: str = "seed") -> int:
     return seed
 
 
-def check_listed(key: str, values: list, allowed: list, allowed_key: str) -> None:
-    """A method's own fan-out list (e.g. slimming.networks): each value one that `allowed_key` runs, none twice."""
+def check_listed(key: str, values: list, allowed: list, allowed_key: str, why: str = "") -> None:
+    """A fan-out list that must stay within another (e.g. slimming.networks within baselines.networks): each
+    value one that `allowed_key` runs, none twice; `why` says what needs it there."""
     outside = [value for value in values if value not in allowed]
     if outside:
         raise UserError(f"{key} has {outside}, which {allowed_key} ({', '.join(map(str, allowed)) or 'none'}) "
-                        "does not run")
+                        f"does not run{'; ' + why if why else ''}")
     if len(set(values)) != len(values):
         raise UserError(f"{key} must not repeat a value")

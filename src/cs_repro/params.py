@@ -20,7 +20,7 @@ import yaml
 
 from cs_repro.methods.budgets import LAYER_BUDGETS
 from cs_repro.errors import UserError
-from cs_repro.param_fields import check_seed, param
+from cs_repro.param_fields import check_listed, check_seed, param
 
 
 @dataclass
@@ -190,10 +190,8 @@ class CoreParams:
         # gmp_cs_layers and the CS random control read the CS tickets of these (network, s0, seed).
         for key, values, searched in (("networks", b.networks, self.sweep.networks), ("cs_s0", b.cs_s0, self.sweep.s0),
                                       ("seeds", b.seeds, self.sweep.seeds)):
-            missing = [v for v in values if v not in searched]
-            if missing:
-                raise UserError(f"baselines.{key} has {missing}, which sweep.{'s0' if key == 'cs_s0' else key} does not "
-                                "search with CS; the ablations need those CS tickets")
+            check_listed(f"baselines.{key}", values, searched, f"sweep.{'s0' if key == 'cs_s0' else key}",
+                         "the ablations need the CS tickets there")
 
     def network(self, name: str) -> NetworkParams:
         if name not in self.networks:

@@ -28,7 +28,7 @@ import torch
 from cs_repro.errors import UserError
 from cs_repro.methods.cs import run_cs_search
 from cs_repro.methods.retrain import retrain_ticket
-from cs_repro.param_fields import check_seed, param
+from cs_repro.param_fields import check_listed, check_seed, param
 from cs_repro.run import CHECKPOINT_DIR, sub_dir
 from cs_repro.tickets import Ticket
 
@@ -87,10 +87,8 @@ class SensitivityParams:
             return  # no sensitivity stages: nothing to default to
         for key, values, swept in (("networks", self.networks, params.sweep.networks),
                                    ("seeds", self.seeds, params.sweep.seeds), ("s0", [self.s0], params.sweep.s0)):
-            missing = [v for v in values if v not in swept]
-            if missing:
-                raise UserError(f"sensitivity.{key} has {missing}, which sweep.{key} does not run; the default point of "
-                                "each sweep is the main CS run")
+            check_listed(f"sensitivity.{key}", values, swept, f"sweep.{key}",
+                         "the default point of each sweep is the main CS run")
 
 
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).

@@ -23,12 +23,13 @@ def generate(results_json: Path, out_dir: Path, show_optional: bool = False) -> 
     Returns {"figures": [...png/pdf], "tables": [...md/csv/tex], "report": [REPORT.md]}.
     """
     from cs_repro.report import figures, markdown, tables
+    from cs_repro.report.captions import FIGURE_CAPTIONS
 
     rows, meta = load_results(results_json)
     agg = Aggregates(rows)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in figures.FIGURE_CAPTIONS:  # no stale figure from an earlier run
+    for name in FIGURE_CAPTIONS:  # no stale figure from an earlier run
         for ext in ("png", "pdf"):
             (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
     drawn = figures.make_all(agg, out_dir, show_optional)

@@ -404,37 +404,6 @@ def sensitivity(agg: Aggregates, out_dir: Path | None = None) -> Figure | None:
 
 
 #: name -> caption (without provenance); the report embeds these in this order.
-FIGURE_CAPTIONS = {
-    "ticket_search": (
-        "Ticket search: test accuracy of tickets retrained from the rewind point vs remaining "
-        "weights (log scale, sparser to the right). Lines: mean over seeds; shaded bands: "
-        "mean ± std over seeds; grey band: dense network (mean ± std)."
-    ),
-    "pruning": (
-        "Pruning track (no rewinding): test accuracy of the pruned network at its own trained "
-        "weights (solid) and fine-tuned (dashed) vs remaining weights, for every method that ran on the "
-        "network (the ablations are optional lines); bands: mean ± std over seeds."
-    ),
-    "search_cost": (
-        "Search cost: mean test accuracy of the best ticket found so far vs training epochs "
-        "(top row) and wall-clock seconds (bottom row) spent, retraining included. Sequential: settings "
-        "run one after another; parallel: all settings at once, so the cost is that of the "
-        "longest single run."
-    ),
-    "layer_sparsity": (
-        "Layer-wise remaining weights of a CS and an IMP ticket at matched overall sparsity (within 5%, "
-        "relative): the sparsest CS ticket that IMP has a ticket next to; each panel's title gives both "
-        "overall values, and says so where no pair is matched."
-    ),
-    "sensitivity": (
-        "CS's hyperparameter sensitivity: one hyperparameter changed at a time at one s0, the ticket's "
-        "remaining weights (top) and its test accuracy after rewind retraining (bottom) vs the value "
-        "(log scale, linear near 0); lines: mean over seeds, bands: mean ± std, stars: the profile's own "
-        "value (the main CS run at that s0)."
-    ),
-}
-
-
 def make_all(agg: Aggregates, out_dir: Path, show_optional: bool = False) -> dict[str, Figure]:
     """Draw and save every figure there is data for; returns name -> Figure."""
     figures = {
@@ -447,5 +416,5 @@ def make_all(agg: Aggregates, out_dir: Path, show_optional: bool = False) -> dic
     return {name: fig for name, fig in figures.items() if fig is not None}
 
 
-__all__ = ["FIGURE_CAPTIONS", "closest_group", "layer_pair", "layer_sparsity", "make_all",
+__all__ = ["closest_group", "layer_pair", "layer_sparsity", "make_all",
            "pruning", "search_cost", "sensitivity", "ticket_search"]

@@ -25,7 +25,7 @@ from cs_repro.report.claims import (
     scope_sentence,
     sensitivity_sentences,
 )
-from cs_repro.report.figures import FIGURE_CAPTIONS
+from cs_repro.report.captions import FIGURE_CAPTIONS
 from cs_repro.report.rows import NOT_RECORDED, Row, normalise_meta
 from cs_repro.report.tables import make_tables, provenance, to_markdown
 
