@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,7 +136,10 @@ def test_stage_code_deps_cover_everything_they_import(stages):
         stage = stage.get("do", stage)
         script = next(part for part in stage["cmd"].split() if part.startswith("stages/"))
         assert script in stage.get("deps", []), f"stage {name} runs {script} but does not list it in deps"
-        deps = [REPO / d for d in stage.get("deps", []) if d.startswith(("src/cs_repro", "stages/"))]
+        listed = stage.get("deps", [])
+        if "digests/training_code.sha256" in listed:  # stands for the training_code stage's own deps
+            listed = listed + stages["training_code"]["deps"]
+        deps = [REPO / d for d in listed if d.startswith(("src/cs_repro", "stages/"))]
         closure, todo = set(), list(deps)
         while todo:
             for module in _imported(todo.pop()):
@@ -148,10 +153,41 @@ def test_stage_code_deps_cover_everything_they_import(stages):
     assert checked >= 15  # the training, evaluation and report stages all list code
 
 
-def test_bytecode_caches_do_not_change_code_deps():
-    import subprocess
-    import sys
+def test_training_code_digest_changes_exactly_with_its_listed_code(tmp_path, stages):
+    """The training stages depend on one digest of the code listed once, in stage training_code: it must
+    change with any listed file (added, edited) and with nothing else (other code, bytecode caches)."""
+    import shutil
 
+    assert sum("digests/training_code.sha256" in s.get("deps", []) for s in stages.values()) >= 15
+    repo = tmp_path / "repo"
+    shutil.copytree(SRC, repo / "src" / "cs_repro", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+
+    def digest() -> str:
+        subprocess.run([sys.executable, str(REPO / "stages" / "code_digest.py"), "--out", "d.txt"], cwd=repo,
+                       check=True, capture_output=True)
+        return (repo / "d.txt").read_text()
+
+    first = digest()
+    assert len(first.strip()) == 64 and digest() == first  # a sha256, the same twice
+    (repo / "src/cs_repro/report/rows.py").write_text("# not training code\n")
+    (repo / "src/cs_repro/methods/__pycache__").mkdir()
+    (repo / "src/cs_repro/methods/__pycache__/cs.cpython-311.pyc").write_bytes(b"bytecode")
+    assert digest() == first
+    cs = repo / "src/cs_repro/methods/cs.py"
+    cs.write_text(cs.read_text() + "\n")
+    second = digest()
+    assert second != first
+    (repo / "src/cs_repro/models/new_net.py").write_text("")
+    assert digest() not in (first, second)
+    shutil.rmtree(repo / "src/cs_repro/models")
+    failed = subprocess.run([sys.executable, str(REPO / "stages" / "code_digest.py"), "--out", "d.txt"], cwd=repo,
+                            capture_output=True, text=True)
+    assert failed.returncode == 2 and failed.stderr.strip().splitlines()[-1].endswith(
+        "stage training_code depends on src/cs_repro/models, which does not exist")
+
+
+def test_bytecode_caches_do_not_change_code_deps():
     dvc = Path(sys.executable).with_name("dvc")
     ignored = subprocess.run([str(dvc), "check-ignore", "src/cs_repro/models/__pycache__/lenet.cpython-311.pyc"],
                              cwd=REPO, capture_output=True, text=True)

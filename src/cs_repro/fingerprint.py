@@ -29,6 +29,21 @@ def digest_of(root: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def digest_of_paths(paths: list[Path], root: Path) -> str:
+    """sha256 over every file in `paths` (files, or folders walked recursively), named relative to `root`,
+    skipping bytecode caches as .dvcignore does: it changes exactly when DVC sees one of them change."""
+    files = set()
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        candidates = path.rglob("*") if path.is_dir() else [path]
+        files.update(f for f in candidates if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc")
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 @functools.cache
 def code_fingerprint() -> str:
     """The digest of the installed package's source (computed once per process)."""

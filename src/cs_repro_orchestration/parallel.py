@@ -5,7 +5,7 @@ No scheduling beyond a worker pool: every stage still runs through `dvc repro -s
 dvc.lock and its run-cache do the bookkeeping. The stage graph comes from `dvc dag --dot` and is split in
 three parts:
 
-- head: stages with no upstream stage (`prepare@<dataset>`), brought up to date first with one `dvc repro`;
+- head: stages with no upstream stage (`prepare@<dataset>`, `training_code`), brought up to date first with one `dvc repro`;
 - fan-out: the other foreach/matrix stages (`name@item`) not downstream of an aggregation stage (cs_search,
   cs_retrain, imp_search, imp_controls, ...), run N at a time in dependency order;
 - tail: the aggregation stages (a plain stage with an upstream stage, e.g. `evaluate`) and everything after
@@ -482,7 +482,7 @@ def parallel_command(
 class Wave:
     stages: list[Optional[str]]  # array index -> stage (None: an unused index)
     dependency: str  # "afterok" on the whole previous wave, or "aftercorr" (task i waits for task i)
-    head: bool = False  # the head stages (prepare@*): no GPU needed
+    head: bool = False  # the head stages (prepare@*, training_code): no GPU needed
 
     @property
     def indices(self) -> list[int]:
