@@ -15,7 +15,7 @@ def retrain(
     variants: Annotated[str, typer.Option(help="comma list of rewind, reinit, random, rewind_released_scale and the keywords 'controls' (rewind plus the controls params.yaml enables) and 'control-only' (those controls alone), e.g. control-only,random")] = "controls",
 ) -> None:
     """Retrain tickets from their rewind point ('rewind'), from fresh weights ('reinit' control), as a random
-    mask with the same layer-wise counts ('random' control, when random_control.enabled), or with the
+    mask with the same layer-wise counts ('random' control, when controls.random), or with the
     released code's mask scale ('rewind_released_scale', CS tickets)."""
     from cs_repro.methods.retrain import retrain_tickets
 

@@ -268,7 +268,7 @@ def test_every_baseline_writes_result_rows_that_evaluation_accepts(workspace, ti
 
 
 def test_disabled_random_control_is_left_out_of_the_one_retrain(workspace, tiny_params):
-    params = tiny_params({"random_control": {"enabled": False}})
+    params = tiny_params({"controls": {"random": False}})
     # the switch is read before the ticket: nothing is loaded, nothing runs
     assert retrain_ticket(params, workspace / "missing.pt", ("random",), workspace / "out", CPU, None) == []
     with pytest.raises(UserError, match="'mixup' is not allowed"):
@@ -300,7 +300,7 @@ def test_imp_controls_run_at_the_chosen_levels_random_masks_with_their_exact_cou
     assert {p.name: sorted(q.name for q in p.iterdir()) for p in (runs / "imp" / "all").iterdir()} == {
         "level_01": ["reinit", "rewind"], "level_02": ["rewind"], "level_03": ["reinit", "rewind"]}
     # both controls switched off: the stage's outputs are markers
-    off = tiny_params({"controls": {"reinit": False}, "random_control": {"enabled": False}})
+    off = tiny_params({"controls": {"reinit": False, "random": False}})
     retrain_tickets(off, tickets_dir, "control-only,random", workspace / "off", CPU, checkpoint_dir=None)
     assert [p.name for p in (workspace / "off").iterdir()] == ["skipped.json"]
 
@@ -356,17 +356,17 @@ def test_baseline_stages_declare_only_their_own_sections():
 
     net = "networks.${item.network}"
     assert declared("l0_search") == {"l0", net}
-    assert declared("l0_retrain") == {"random_control", net}
+    assert declared("l0_retrain") == {"controls.random", net}
     assert declared("gmp") == {"gmp", net}
     assert declared("gmp_cs_layers") == {"gmp", net}
     assert declared("magnitude_dense") == {net}
-    assert declared("magnitude") == {"magnitude", "random_control", net}
+    assert declared("magnitude") == {"magnitude", "controls.random", net}
     assert declared("slimming_train") == {"slimming.penalty", net}
     # not slimming.networks, the fan-out list: adding a network must not re-run the others' stages
     assert declared("slimming") == {"slimming.penalty", "slimming.finetune_epochs", net}
     assert declared("cs_beta1") == {"lambda", "cs", "ablations", net}
     assert declared("cs_released_clamp") == {"lambda", "cs", net}
-    assert declared("cs_random_control") == {"random_control", net}
+    assert declared("cs_random_control") == {"controls.random", net}
     for stage in stages.values():  # the fan-out lists reach no stage body
         assert not any(p.startswith("baselines") for p in {p if isinstance(p, str) else next(iter(p))
                                                             for p in stage.get("params", [])})

@@ -70,7 +70,7 @@ def test_each_stage_declares_only_the_params_it_reads(stages):
     assert _declared(stages["cs_retrain"]) == {"cpu", "controls.reinit", "controls.released_scale",
                                                "networks.${item.network}"}
     assert _declared(stages["imp_search"]) == {"cpu", "imp.prune_fraction", "imp.levels", "networks.${item.network}"}
-    assert _declared(stages["imp_controls"]) == {"cpu", "controls.reinit", "controls.imp_levels", "random_control",
+    assert _declared(stages["imp_controls"]) == {"cpu", "controls.reinit", "controls.imp_levels", "controls.random",
                                                  "networks.${item.network}"}
     # lambda reaches CS work only; imp reaches IMP work only; the sweep lists reach no stage body.
     for name, stage in stages.items():
@@ -246,6 +246,15 @@ def test_unknown_key_is_named(quick):
     raw = copy.deepcopy(quick)
     raw["cs"]["temperature"] = 5
     with pytest.raises(UserError, match=r"unknown key cs.temperature; allowed keys here: beta_final"):
+        params_from_dict(raw)
+    # a params file from before a key moved says where its setting lives now
+    raw = copy.deepcopy(quick)
+    raw["random_control"] = {"enabled": False}
+    with pytest.raises(UserError, match=r"^random_control has moved: set controls.random \(was random_control.enabled\)"):
+        params_from_dict(raw)
+    raw = copy.deepcopy(quick)
+    raw["imp"]["continue_levels"] = 18
+    with pytest.raises(UserError, match=r"^imp.continue_levels has moved: set imp_c.levels"):
         params_from_dict(raw)
 
 

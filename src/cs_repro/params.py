@@ -305,13 +305,20 @@ def _check_range(value: float, where: str, meta: dict) -> None:
         raise UserError(f"{where}={value} must be < {meta['max_exclusive']}")
 
 
+#: Keys of an earlier params.yaml and where that setting lives now (a params file kept from then says so).
+MOVED_KEYS = {"random_control": "controls.random (was random_control.enabled)",
+              "imp.continue_levels": "imp_c.levels (with imp_c.networks)"}
+
+
 def _build(cls: type, raw: dict, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {_yaml_key(f.name): f for f in dataclasses.fields(cls)}
     unknown = sorted(set(map(str, raw)) - set(fields))
     if unknown:
-        prefix = f"{where}." if where else ""
-        raise UserError(f"unknown key {prefix}{unknown[0]}; allowed keys here: {', '.join(sorted(fields))}")
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        if key in MOVED_KEYS:
+            raise UserError(f"{key} has moved: set {MOVED_KEYS[key]} instead")
+        raise UserError(f"unknown key {key}; allowed keys here: {', '.join(sorted(fields))}")
     values = {}
     for key, f in fields.items():
         if key in raw:

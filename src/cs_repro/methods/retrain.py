@@ -39,6 +39,8 @@ class ControlParams:
     """Controls retrained next to the tickets."""
 
     reinit: bool = param(True, "retrain each ticket's mask from fresh random weights")
+    random: bool = param(True, "retrain a random mask with exactly a ticket's layer-wise counts from its rewind "
+                               "point, next to each baseline ticket and the IMP tickets (at controls.imp_levels)")
     released_scale: bool = param(
         False, "also retrain each CS ticket as the released code does, binary mask x 1/sigmoid(s0) "
                "(results method cs_released_scale; the paper's plain binary mask stays method cs)")
@@ -63,16 +65,8 @@ class ControlParams:
         return not self.imp_levels or level in self.imp_levels
 
 
-@dataclass
-class RandomControlParams:
-    """Random masks with exactly a ticket's layer-wise counts, retrained from its rewind point."""
-
-    enabled: bool = param(True, "retrain a random-mask control next to each baseline ticket and the IMP tickets "
-                                "(at the levels controls.imp_levels names)")
-
-
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).
-PARAMS = {"controls": ControlParams, "random_control": RandomControlParams}
+PARAMS = {"controls": ControlParams}
 
 
 class TicketRetrain(Hooks):
@@ -117,7 +111,7 @@ class TicketRetrain(Hooks):
 REINIT_SEED_OFFSET = 100_003  # the reinit control draws weights unrelated to the ticket's own init
 # The one list of ways to retrain a ticket: from the rewind point with its own mask scale; from fresh weights
 # (reinit control); a random mask with the ticket's layer-wise counts from the rewind point (random control,
-# when random_control.enabled); from the rewind point with the released code's scale binary / sigmoid(s0)
+# when controls.random); from the rewind point with the released code's scale binary / sigmoid(s0)
 # (CS tickets only).
 RETRAIN_VARIANTS = ("rewind", "reinit", "random", "rewind_released_scale")
 
@@ -125,14 +119,14 @@ RETRAIN_VARIANTS = ("rewind", "reinit", "random", "rewind_released_scale")
 def retrain_ticket(params: Params, ticket_path: Path, variants, out_dir: Path, device: torch.device,
                    checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> list[str]:
     """Retrain one ticket in each of `variants` (RETRAIN_VARIANTS), into out/<variant>/. The random control
-    is left out while random_control.enabled is false. Returns the variants that ran."""
+    is left out while controls.random is false. Returns the variants that ran."""
     unknown = [v for v in variants if v not in RETRAIN_VARIANTS]
     if unknown:
         raise UserError(f"variant {unknown[0]!r} is not allowed; choose from {', '.join(RETRAIN_VARIANTS)}")
     ran = []
     for variant in variants:
-        if variant == "random" and not params.random_control.enabled:
-            log.info("random-mask control of %s skipped: random_control.enabled is false", ticket_path)
+        if variant == "random" and not params.controls.random:
+            log.info("random-mask control of %s skipped: controls.random is false", ticket_path)
             continue
         timing = Path(timing_dir) / variant if timing_dir else None
         if variant == "random":
@@ -196,8 +190,8 @@ def retrain_tickets(params: Params, tickets: Path, variants: str, out_dir: Path,
     ran = [retrain_ticket(params, path, wanted, out_dir / relative, device, checkpoint_dir,
                           Path(timing_dir) / relative if timing_dir else None)
            for path, wanted, relative in runs]
-    if not any(ran):  # retrain_ticket leaves the random control out while random_control.enabled is false
-        write_skipped("no control applies (random_control.enabled is false)", out_dir, timing_dir)
+    if not any(ran):  # retrain_ticket leaves the random control out while controls.random is false
+        write_skipped("no control applies (controls.random is false)", out_dir, timing_dir)
 
 
 def run_random_control(params: Params, ticket_path: Path, out_dir: Path, device: torch.device,
