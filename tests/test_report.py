@@ -393,6 +393,7 @@ def test_report(generated):
     limits = text.split("## Limitations", 1)[1]
     assert "**CS cannot hit an exact sparsity.**" in limits and "s0=-0.1" in limits
     assert "**CS's hyperparameters must be searched" in limits and "4 s0 values, 160 epochs per seed" in limits
+    assert "so their sensitivity is not measured by this run (the `extended` profile sweeps them)" in limits
 
 
 def test_claim_verdicts_follow_the_numbers(agg, rows):

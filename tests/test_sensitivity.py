@@ -14,7 +14,7 @@ from cs_repro.methods.cs import run_cs_search
 from cs_repro.methods.cs_sensitivity import parse_setting, run_cs_sensitivity
 from cs_repro.report import figures, tables
 from cs_repro.report.aggregate import Aggregates
-from cs_repro.report.claims import sensitivity_sentences
+from cs_repro.report.claims import limitations, sensitivity_sentences
 
 CPU = torch.device("cpu")
 
@@ -81,3 +81,8 @@ def test_a_value_changes_the_search_only_and_the_report_draws_the_sweep(workspac
     cost = [s for s in sentences if "cost of tuning" in s]
     assert len(sentences) == 3 and cost and "2 values besides the defaults" in cost[0]
     assert "(8 epochs), so 16 epochs per seed" in cost[0]  # 3 rounds x 2 epochs + 2 retraining, twice
+    assert "(means over 1 seed)" in sentences[0] and "(16 for the 1 seed here)" in cost[0]
+    # the Limitations section knows the sweep ran (and says where), instead of calling it unmeasured
+    limits = " ".join(limitations(agg, {"seeds": [0]}, []))
+    assert "swept one at a time on LeNet-300-100 (section *CS's hyperparameter sensitivity*)" in limits
+    assert "not measured" not in limits

@@ -111,6 +111,10 @@ def acc(fraction: float) -> str:
     return f"{100 * fraction:.2f}%"
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def seeds_text(n: int) -> str:
     return f"n = {n}"
 
@@ -376,7 +380,7 @@ def sensitivity_sentences(agg: Aggregates) -> list[str]:
                 f"{name}, **{knob}** from {measured[0].value:g} to {measured[-1].value:g}"
                 + (f" (default {default.value:g})" if default else "")
                 + f": the ticket keeps {pct(min(remaining))} to {pct(max(remaining))} of the weights and reaches "
-                f"{acc(min(accuracy))} to {acc(max(accuracy))} after retraining (means over ≥ {seeds} seed(s))"
+                f"{acc(min(accuracy))} to {acc(max(accuracy))} after retraining (means over {plural(seeds, 'seed')}{'' if seeds == 1 else ' or more'})"
                 + (f"; at the default {pct(default.ticket.remaining_mean)} and {acc(default.ticket.test_acc_mean)}"
                    if default else "") + ".")
         runs = [p for points in sweep.values() for p in points if not p.is_default and p.ticket is not None]
@@ -386,7 +390,7 @@ def sensitivity_sentences(agg: Aggregates) -> list[str]:
             sentences.append(
                 f"{name}, **cost of tuning**: {len(runs)} values besides the defaults, each one CS search and one "
                 f"retraining ({per_run:g} epochs), so {len(runs) * per_run:g} epochs per seed "
-                f"({len(runs) * per_run * seeds:g} for the {seeds} seed(s) here), against {per_run:g} for one run "
+                f"({len(runs) * per_run * seeds:g} for the {plural(seeds, 'seed')} here), against {per_run:g} for one run "
                 "at the defaults.")
     return sentences
 
@@ -473,11 +477,17 @@ def limitations(agg: Aggregates, meta: Mapping[str, Any], verdicts: list[tuple[s
                          f"{curve.final_cost:.0f} epochs per seed")
     l0 = [f"{pretty_network(n)}: {len(agg.groups_for(n, 'l0'))} penalties" for n in agg.networks()
           if agg.groups_for(n, "l0")]
+    swept = [pretty_network(n) for n in agg.networks() if agg.sensitivity(n)]
+    if swept:
+        others = "λ, β_T and weight decay were swept one at a time on " + ", ".join(swept) + " (section *CS's " \
+                 "hyperparameter sensitivity*) and fixed at the profile's values everywhere else."
+    else:
+        others = ("λ, β_T and weight decay were fixed at the profile's values, not searched, so their "
+                  "sensitivity is not measured by this run (the `extended` profile sweeps them).")
     if costs:
         items.append("**CS's hyperparameters must be searched, and that costs training.** The s0 sweep "
-                     "(search and retraining) cost " + "; ".join(costs) + ". λ, β_T and weight decay "
-                     "were fixed at the paper's values, not searched, so their sensitivity is not measured "
-                     "by this run." + (" L0 needs the same kind of sweep (" + "; ".join(l0) + ")." if l0 else ""))
+                     "(search and retraining) cost " + "; ".join(costs) + ". " + others
+                     + (" L0 needs the same kind of sweep (" + "; ".join(l0) + ")." if l0 else ""))
     single = sorted({pretty_method(g.method) if g.variant in MAIN_VARIANTS[g.track]
                      else f"{pretty_method(g.method)} ({pretty_variant(g.variant)} control)"
                      for g in agg.groups if g.n_seeds < 2 and g.method != "dense"})
