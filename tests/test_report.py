@@ -639,6 +639,28 @@ def test_readme_results_block_is_the_committed_metrics():
         assert tables.fmt_acc(dense.test_acc_mean, dense.test_acc_std, dense.n_seeds) in block
 
 
+def test_readme_command_rewrites_the_block_without_torch_or_matplotlib(tmp_path):
+    """`make repro` ends with `cs-repro readme`, also on a no-op re-run: it must stay a fraction of a second,
+    so it may import neither torch nor matplotlib (each ~1-2 s here)."""
+    import subprocess
+    import sys
+
+    from cs_repro.report.markdown import README_BEGIN, README_END
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{README_BEGIN}\nstale\n{README_END}\n\ntail\n")
+    probe = ("import sys\nfrom cs_repro.cli import app\n"
+             "try:\n    app(['readme', '--results', sys.argv[1], '--readme', sys.argv[2]])\n"
+             "except SystemExit as stop:\n    assert not stop.code, stop.code\n"
+             "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe, str(repo / "metrics" / "results.json"), str(readme)],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    text = readme.read_text()
+    assert "stale" not in text and "**Scope.**" in text and text.endswith("tail\n")
+
+
 def test_results_block_marks_single_seeds_and_missing_matches(rows):
     from cs_repro.report.markdown import results_block
 

