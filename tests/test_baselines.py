@@ -204,9 +204,9 @@ def test_random_masks_keep_exactly_the_layerwise_counts():
 
 def test_every_baseline_writes_result_rows_that_evaluation_accepts(workspace, tiny_params):
     small = dict(epochs=2, lr_milestones=[1], train_subset=1000, test_subset=500, val_size=200)
-    params = tiny_params({"l0": {"gate_lr": 0.3, "droprate_init": 0.7},
+    params = tiny_params({"l0": {"gate_lr": 0.3, "droprate_init": 0.7, "penalties": [3e-3]},
                           "gmp": {"start": 0.0, "end": 1.0, "frequency": 4},
-                          "baselines": {"sparsities": [0.9], "l0_penalty": [3e-3], "cs_s0": [0.0]}}, **small)
+                          "baselines": {"sparsities": [0.9]}, "ablations": {"s0": [0.0]}}, **small)
     runs = workspace / "runs" / "lenet300_100"
     # CS (the real method) for the ablation that reads its ticket.
     run_cs_search(params, "lenet300_100", 0.0, 0, runs / "cs" / "search", CPU, checkpoint_dir=None)
@@ -338,8 +338,10 @@ def test_profiles_satisfy_the_baseline_checks(profile):
 
 
 def test_baseline_checks_name_the_key(tiny_params):
-    with pytest.raises(UserError, match=r"baselines.cs_s0 has \[0.5\], which sweep.s0 \(.*\) does not run; the ablations"):
-        tiny_params({"baselines": {"cs_s0": [0.5]}})
+    with pytest.raises(UserError, match=r"ablations.s0 has \[0.5\], which sweep.s0 \(.*\) does not run; the ablations"):
+        tiny_params({"ablations": {"s0": [0.5]}})
+    with pytest.raises(UserError, match=r"l0.penalties: \[-1.0\] must all be >= 0"):
+        tiny_params({"l0": {"penalties": [-1.0]}})
     with pytest.raises(UserError, match=r"baselines.seeds has \[9\], which sweep.seeds \(0\) does not run"):
         tiny_params({"baselines": {"seeds": [9]}})
     with pytest.raises(UserError, match="gmp.start"):
@@ -355,7 +357,7 @@ def test_baseline_stages_declare_only_their_own_sections():
         return params - {"cpu"}
 
     net = "networks.${item.network}"
-    assert declared("l0_search") == {"l0", net}
+    assert declared("l0_search") == {"l0.droprate_init", "l0.rounds", "l0.gate_lr", net}
     assert declared("l0_retrain") == {"controls.random", net}
     assert declared("gmp") == {"gmp", net}
     assert declared("gmp_cs_layers") == {"gmp", net}
@@ -364,9 +366,10 @@ def test_baseline_stages_declare_only_their_own_sections():
     assert declared("slimming_train") == {"slimming.penalty", net}
     # not slimming.networks, the fan-out list: adding a network must not re-run the others' stages
     assert declared("slimming") == {"slimming.penalty", "slimming.finetune_epochs", net}
-    assert declared("cs_beta1") == {"lambda", "cs", "ablations", net}
+    assert declared("cs_beta1") == {"lambda", "cs", "ablations.beta1_threshold", net}
     assert declared("cs_released_clamp") == {"lambda", "cs", net}
     assert declared("cs_random_control") == {"controls.random", net}
-    for stage in stages.values():  # the fan-out lists reach no stage body
-        assert not any(p.startswith("baselines") for p in {p if isinstance(p, str) else next(iter(p))
-                                                            for p in stage.get("params", [])})
+    fan_out = ("baselines", "l0.penalties", "ablations.s0", "slimming.networks")
+    for stage in stages.values():  # the fan-out lists reach no stage body (nor a whole section holding one)
+        declared_here = {p if isinstance(p, str) else next(iter(p)) for p in stage.get("params", [])}
+        assert not any(p.startswith(fan_out) or p in ("l0", "ablations", "slimming") for p in declared_here)

@@ -107,7 +107,7 @@ MALFORMED = [
     ("sweep.networks", ["vgg19"], "sweep.networks"),
     ("sweep.s0", ["abc"], "sweep.s0"),
     ("sweep.datasets", [], "sweep.datasets"),
-    ("baselines.cs_s0", [0.5], "baselines.cs_s0"),
+    ("ablations.s0", [0.5], "ablations.s0"),
     ("baselines.networks", ["lenet7"], "baselines.networks"),
     ("baselines.sparsities", [1.5], "baselines.sparsities"),
     ("slimming.networks", ["lenet5"], "slimming.networks"),
@@ -144,7 +144,7 @@ MALFORMED_OVERRIDES = [
     (["sweep.s0=[abc]"], "sweep.s0"),
     (["sweep.seeds=[-5]"], "sweep.seeds"),
     (["gmp.start=0.9", "gmp.end=0.5"], "gmp.start"),
-    (["baselines.cs_s0=[0.5]"], "baselines.cs_s0"),
+    (["ablations.s0=[0.5]"], "ablations.s0"),
     (["cs.rounds=0"], "cs.rounds"),
 ]
 
@@ -234,9 +234,10 @@ def test_a_good_ticket_loads(imp_ticket):
 
 def test_a_loss_that_blows_up_without_nan_stops_the_search_and_writes_no_ticket(workspace, tiny_params):
     # CS at s0 = 0.5 on the BN-free LeNet at lr 0.05: the kept gates grow to 1/sigmoid(0.5) per layer as the
-    # temperature rises; the loss goes 1.09 -> 21.9 in the second epoch, with no NaN.
+    # temperature rises; the loss goes 1.09 -> 21.9 (Intel Xeon) or 16.3 (AMD EPYC)
+    # in the second epoch, with no NaN.
     params = tiny_params()
-    with pytest.raises(UserError, match=r"diverged in round 1/3 epoch 2/3: the training loss 2\d\.\d+ is over 4x"):
+    with pytest.raises(UserError, match=r"diverged in round 1/3 epoch 2/3: the training loss [12]\d\.\d+ is over 4x"):
         run_cs_search(params, "lenet300_100", 0.5, 0, workspace / "cs", CPU, checkpoint_dir=workspace / "ck")
     assert not (workspace / "cs" / "ticket.pt").exists() and not (workspace / "cs" / "metrics.json").exists()
     assert not list((workspace / "ck").glob("*.pt"))  # no checkpoint to resume into the same divergence

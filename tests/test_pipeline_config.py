@@ -253,6 +253,10 @@ def test_unknown_key_is_named(quick):
     with pytest.raises(UserError, match=r"^random_control has moved: set controls.random \(was random_control.enabled\)"):
         params_from_dict(raw)
     raw = copy.deepcopy(quick)
+    raw["baselines"]["l0_penalty"] = [1e-4]
+    with pytest.raises(UserError, match=r"^baselines.l0_penalty has moved: set l0.penalties instead$"):
+        params_from_dict(raw)
+    raw = copy.deepcopy(quick)
     raw["imp"]["continue_levels"] = 18
     with pytest.raises(UserError, match=r"^imp.continue_levels has moved: set imp_c.levels"):
         params_from_dict(raw)

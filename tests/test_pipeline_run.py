@@ -67,7 +67,7 @@ TINY_OVERRIDES = (
     "networks.lenet300_100.lr=0.05", "networks.lenet300_100.lr_milestones=[1]", "imp.levels=2",
     "controls.imp_levels=[2]",
     "sweep.networks=[lenet300_100]", "sweep.seeds=[0]", "sweep.s0=[0.0,-0.05]",
-    "baselines.sparsities=[0.9]", "baselines.l0_penalty=[0.001]", "baselines.layer_budgets=[]",
+    "baselines.sparsities=[0.9]", "l0.penalties=[0.001]", "baselines.layer_budgets=[]",
 )
 
 
@@ -186,7 +186,7 @@ def test_paper_profile_runs_every_stage_on_cifar_format_fixtures(tmp_path):
     cifar = write_cifar10(tmp_path / "cifar", n_per_batch=20, n_test=16)
     overrides = [f"data.root={cifar}", "data.download=false", "data.verify_checksums=false",
                  "imp.levels=1", "imp_c.levels=1", "imp_c.networks=[vgg16]", "sweep.seeds=[0]", "sweep.s0=[0.0]",
-                 "baselines.sparsities=[0.9]", "baselines.l0_penalty=[0.001]",
+                 "baselines.sparsities=[0.9]", "l0.penalties=[0.001]",
                  "baselines.networks=[resnet20]", "baselines.layer_budgets=[erk]",  # every baseline stage kind runs once
                  "sensitivity.networks=[resnet20]", "sensitivity.settings=['lambda=1e-07']"]
     for network in ("resnet20", "vgg16"):

@@ -113,6 +113,8 @@ def test_slimming_trains_prunes_and_fine_tunes_a_batchnorm_network_on_real_data(
     assert run_slimming_train(params, "resnet20", 0, runs / "slimming" / "trained", CPU, checkpoint_dir=None)
     trained = json.loads((runs / "slimming" / "trained" / "metrics.json").read_text())
     assert all("mean_abs_gamma" in epoch for epoch in trained["epochs"])
+    # the recorded settings leave out the fan-out list: slimming one more network changes no other run's config
+    assert trained["config"]["slimming"] == {"penalty": 1e-3, "finetune_epochs": 0}
     ticket = run_slimming(params, "resnet20", 0.5, 0, runs / "slimming" / "trained", runs / "slimming" / "s",
                           CPU, checkpoint_dir=None)
     assert abs(ticket.metadata["remaining_weights"] - 0.5) < 0.05 and ticket.metadata["params"]["channels_removed"] > 0

@@ -112,22 +112,17 @@ class BaselineSweepParams:
     networks: list[str] = param(["lenet300_100"], "keys of `networks` the baselines and ablations run on")
     seeds: list[int] = param([0], "seeds of the baseline runs")
     sparsities: list[float] = param([0.8, 0.9, 0.95], "target sparsities of GMP and one-shot magnitude pruning")
-    l0_penalty: list[float] = param([1e-4], "L0 lambdas: each is its own L0 run (sparsity is steered by it)")
-    cs_s0: list[float] = param([0.0], "s0 of the CS ablations; must be in sweep.s0 (gmp_cs_layers reads that CS ticket)")
     layer_budgets: list[str] = param(["uniform", "erk"], "per-layer budgets GMP and one-shot magnitude pruning also "
                                      "run with, besides one global ranking: uniform, erk ([] = global only)")
 
     def __post_init__(self) -> None:
-        for key in ("networks", "seeds", "sparsities", "l0_penalty", "cs_s0", "layer_budgets"):
+        for key in ("networks", "seeds", "sparsities", "layer_budgets"):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise UserError(f"baselines.{key} must not repeat a value")
         for value in self.sparsities:
             if not 0.0 < value < 1.0:
                 raise UserError(f"baselines.sparsities: {value} must lie strictly between 0 and 1")
-        for value in self.l0_penalty:
-            if value < 0.0:
-                raise UserError(f"baselines.l0_penalty: {value} must be >= 0")
         for value in self.layer_budgets:
             if value not in LAYER_BUDGETS:
                 raise UserError(f"baselines.layer_budgets: {value!r} is not a layer budget; choose from "
@@ -187,11 +182,9 @@ class CoreParams:
             net = self.networks[name]
             if net.dataset not in self.sweep.datasets:
                 raise UserError(f"networks.{name}.dataset={net.dataset!r} is not in sweep.datasets {self.sweep.datasets}: add it")
-        # gmp_cs_layers and the CS random control read the CS tickets of these (network, s0, seed).
-        for key, values, searched in (("networks", b.networks, self.sweep.networks), ("cs_s0", b.cs_s0, self.sweep.s0),
-                                      ("seeds", b.seeds, self.sweep.seeds)):
-            check_listed(f"baselines.{key}", values, searched, f"sweep.{'s0' if key == 'cs_s0' else key}",
-                         "the ablations need the CS tickets there")
+        # the ablations and CS's random control read the CS tickets of these (network, s0, seed)
+        for key, values, searched in (("networks", b.networks, self.sweep.networks), ("seeds", b.seeds, self.sweep.seeds)):
+            check_listed(f"baselines.{key}", values, searched, f"sweep.{key}", "the ablations need the CS tickets there")
 
     def network(self, name: str) -> NetworkParams:
         if name not in self.networks:
@@ -307,7 +300,8 @@ def _check_range(value: float, where: str, meta: dict) -> None:
 
 #: Keys of an earlier params.yaml and where that setting lives now (a params file kept from then says so).
 MOVED_KEYS = {"random_control": "controls.random (was random_control.enabled)",
-              "imp.continue_levels": "imp_c.levels (with imp_c.networks)"}
+              "imp.continue_levels": "imp_c.levels (with imp_c.networks)",
+    "baselines.l0_penalty": "l0.penalties", "baselines.cs_s0": "ablations.s0"}
 
 
 def _build(cls: type, raw: dict, where: str) -> Any:

@@ -18,7 +18,7 @@ from cs_repro.errors import UserError
 from cs_repro.masks import HardMasks, SoftMasks
 from cs_repro.methods.cs import CSConfig, CSSearch, mask_scale_for
 from cs_repro.methods.retrain import retrain_ticket
-from cs_repro.param_fields import param
+from cs_repro.param_fields import check_listed, param
 from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, network_config, sub_dir,
                           ticket_metadata)
 from cs_repro.tickets import Ticket, save_ticket
@@ -31,8 +31,14 @@ if TYPE_CHECKING:
 class AblationParams:
     """CS ablations asked for by reviewer 1."""
 
+    s0: list[float] = param([0.0], "s0 of the CS tickets the ablations run at or start from (cs_beta1, "
+                                   "cs_released_clamp, gmp_cs_layers, cs_random_control), on baselines.networks x "
+                                   "baselines.seeds; each in sweep.s0")
     beta1_threshold: float = param(0.5, "cs_beta1: keep a weight when sigmoid(s) exceeds this after training",
                                    min_exclusive=0.0, max_exclusive=1.0)
+
+    def check_against(self, params: Params) -> None:
+        check_listed("ablations.s0", self.s0, params.sweep.s0, "sweep.s0", "the ablations need the CS tickets there")
 
 
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).

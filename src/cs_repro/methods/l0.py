@@ -8,7 +8,7 @@ the network sees W * z through `torch.nn.utils.parametrize` (like CS's soft mask
   s = sigmoid((log u - log(1-u) + log_alpha) / beta), s_bar = s * (zeta - gamma) + gamma, z = clamp(s_bar, 0, 1).
 * Test time (eval mode): z = clamp(sigmoid(log_alpha) * (zeta - gamma) + gamma, 0, 1).
 * Penalty (expected number of non-zero gates): sum sigmoid(log_alpha - beta * log(-gamma / zeta)),
-  weighted by the L0 lambda (`--penalty`, swept over `baselines.l0_penalty`).
+  weighted by the L0 lambda (`--penalty`, swept over `l0.penalties`).
 * Binary mask: the deterministic gate is non-zero, i.e. log_alpha > log(-gamma / zeta).
 
 Constants as in the paper: gamma = -0.1, zeta = 1.1, beta = 2/3. The weights keep the network's SGD
@@ -49,13 +49,21 @@ log = logging.getLogger("cs_repro")
 
 @dataclass
 class L0Params:
-    """L0 regularisation with hard-concrete gates (Louizos et al. 2018); lambda comes from baselines.l0_penalty."""
+    """L0 regularisation with hard-concrete gates (Louizos et al. 2018), one run per lambda."""
 
+    penalties: list[float] = param([1e-4], "L0 lambdas, each its own run on baselines.networks x baselines.seeds "
+                                           "(its sparsity follows from it)")
     droprate_init: float = param(0.3, "initial drop rate p: log_alpha starts at log(1-p) - log(p)",
                                  min_exclusive=0.0, max_exclusive=1.0)
     rounds: int = param(1, "phases of E epochs (lr schedule restarts, optimiser state carries over)", min=1)
     gate_lr: float = param(0.01, "Adam lr of the gate parameters log_alpha (on the weights' lr schedule)",
                            min_exclusive=0.0)
+
+    def __post_init__(self) -> None:
+        if any(value < 0.0 for value in self.penalties):
+            raise UserError(f"l0.penalties: {self.penalties} must all be >= 0")
+        if len(set(self.penalties)) != len(self.penalties):
+            raise UserError("l0.penalties must not repeat a value")
 
 
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).

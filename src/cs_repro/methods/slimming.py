@@ -186,6 +186,12 @@ class SlimmingTraining(Hooks):
 # --- network slimming as its stages run it ---------------------------------------------------------
 
 
+def slimming_settings(params: Params) -> dict[str, Any]:
+    """What shapes a slimming run (recorded in its config, keying its checkpoints): the section without its
+    fan-out list, so that slimming one more network changes nothing for the others."""
+    return {key: value for key, value in dataclasses.asdict(params.slimming).items() if key != "networks"}
+
+
 def run_slimming_train(params: Params, network: str, seed: int, out_dir: Path, device: torch.device,
                        checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> bool:
     """Step 1: train with the L1 penalty on the prunable channels' BatchNorm scales; trained.pt holds the
@@ -199,7 +205,7 @@ def run_slimming_train(params: Params, network: str, seed: int, out_dir: Path, d
         write_skipped(reason, out_dir, timing_dir)
         log.info("network slimming skipped: %s", reason)
         return False
-    run = RunSpec("slimming_train", network, seed, "", {"slimming": dataclasses.asdict(params.slimming),
+    run = RunSpec("slimming_train", network, seed, "", {"slimming": slimming_settings(params),
                                                         "network": network_config(params, network)})
     training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
     history = training.train(run, SlimmingTraining(groups, params.slimming.penalty))
@@ -236,7 +242,7 @@ def run_slimming(params: Params, network: str, sparsity: float, seed: int, train
     ft_epochs = params.slimming.finetune_epochs or net.epochs
     # "dense": the network it pruned, whose training is its search cost (as for one-shot magnitude pruning)
     config = {"sparsity": sparsity, "dense": str(trained_dir), "channels_removed": channels,
-              "slimming": dataclasses.asdict(params.slimming), "network": network_config(params, network)}
+              "slimming": slimming_settings(params), "network": network_config(params, network)}
     ticket = Ticket(masks, state, ticket_metadata(
         "slimming", network, net, seed, setting, config, net.epochs, target_sparsity=sparsity,
         weights="trained weights before fine-tuning (not a rewind point)")).with_counts()
