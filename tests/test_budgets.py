@@ -11,9 +11,11 @@ import torch
 from cs_repro.errors import UserError
 from cs_repro.evaluation import collect_rows
 from cs_repro.methods.budgets import erk_densities, layer_kept_counts
-from cs_repro.methods.gmp import run_gmp_budget
+from cs_repro.methods.gmp import run_gmp, run_gmp_budget
 from cs_repro.methods.magnitude import run_magnitude, run_magnitude_dense
+from cs_repro.report.aggregate import Aggregates
 from cs_repro.report.rows import as_rows
+from cs_repro.report.tables import fmt_group_acc, layer_budgets_table
 from cs_repro.tickets import load_ticket
 
 CPU = torch.device("cpu")
@@ -86,3 +88,21 @@ def test_gmp_and_magnitude_meet_the_erk_counts_exactly_on_real_data(workspace, t
     assert {(r.method, r.variant) for r in rows} >= {
         ("gmp_erk", "pruned"), ("magnitude_finetune_erk", "finetuned"), ("magnitude_rewind_erk", "rewind"),
         ("magnitude_rewind_erk", "random")}
+    # the report puts the budgets side by side: global next to ERK at the same target (uniform did not run)
+    agg = Aggregates(collect_rows(params, workspace / "runs")[0])
+    assert layer_budgets_table(agg) is None  # nothing to set ERK beside until the global runs exist
+    run_gmp(params, "lenet300_100", 0.9, 0, runs / "gmp", CPU, checkpoint_dir=None)
+    run_magnitude(params, "lenet300_100", 0.9, 0, runs / "magnitude" / "dense", runs / "magnitude" / "global",
+                  CPU, checkpoint_dir=None)
+    agg = Aggregates(collect_rows(params, workspace / "runs")[0])
+    table = layer_budgets_table(agg)
+    by_method = {cells[1]: cells for cells in table.cells}
+    assert set(by_method) == {"GMP", "Magnitude + fine-tune", "Magnitude + rewind"}
+    for method, (name, variant, track) in {"GMP": ("gmp", "pruned", "pruning"),
+                                           "Magnitude + fine-tune": ("magnitude_finetune", "finetuned", "pruning"),
+                                           "Magnitude + rewind": ("magnitude_rewind", "rewind", "ticket")}.items():
+        cells = by_method[method]
+        assert cells[2:4] == ["sparsity=0.9", "10.00"] and cells[5] == "" and cells[7] == ""
+        for column, method_name in ((4, name), (6, f"{name}_erk")):
+            (group,) = agg.groups_for("lenet300_100", method_name, variant, track)
+            assert cells[column] == fmt_group_acc(group)

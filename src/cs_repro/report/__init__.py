@@ -3,7 +3,7 @@
     generate(Path("metrics/results.json"), Path("figures"))
 
 writes ``figures/{ticket_search,pruning,search_cost,layer_sparsity}.{png,pdf}`` (those with data),
-``figures/tables/{ticket_search,pruning,inference_cost,controls}.{md,csv,tex}`` and ``figures/REPORT.md``.
+``figures/tables/{ticket_search,pruning,layer_budgets,inference_cost,controls,sensitivity}.{md,csv,tex}`` (those with data) and ``figures/REPORT.md``.
 """
 
 from __future__ import annotations

@@ -353,6 +353,63 @@ def pruning_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Tab
     return Table("pruning", caption, headers, cells, csv_header, rows)
 
 
+#: The methods that run under several layer budgets, and which of their results the budgets are compared on.
+BUDGETED_METHODS = (("gmp", "pruning", "pruned"), ("magnitude_finetune", "pruning", "finetuned"),
+                    ("magnitude_rewind", "ticket", "rewind"))
+#: GMP at a CS ticket's overall sparsity (setting "cs s0=..."), and GMP given that ticket's per-layer budget.
+CS_BUDGET_METHOD = "gmp_cs_layers"
+
+
+def layer_budgets_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table | None:
+    """The layer budgets side by side (reviewer 1): for GMP and one-shot magnitude pruning, at each target
+    sparsity, the accuracy with one global ranking, a uniform and an ERK budget; and GMP at a CS ticket's
+    sparsity, global vs. that ticket's own per-layer budget. Only where a budget other than global ran."""
+    budgets = ("uniform", "erk")
+    headers = ["Network", "Method", "Setting", "Remaining weights (%)", "Global (%)", "Uniform layers (%)",
+               "ERK layers (%)", "A CS ticket's layers (%)"]
+    csv_header = ["network", "dataset", "method", "setting", "remaining_pct"]
+    for budget in ("global", *budgets, "cs_ticket"):
+        csv_header += [f"{budget}_test_acc_mean_pct", f"{budget}_test_acc_std_pct", f"{budget}_n_seeds"]
+    cells: list[list[str]] = []
+    rows: list[list[Any]] = []
+
+    def add(network: str, method: str, setting: str, found: list[Group | None]) -> None:
+        remaining = next(g for g in found if g is not None).remaining_mean
+        cells.append([f"{pretty_network(network)} ({pretty_dataset(agg.dataset(network))})", pretty_method(method),
+                      setting, fmt_remaining(remaining)] + ["" if g is None else fmt_group_acc(g) for g in found])
+        row = [network, agg.dataset(network), method, setting, _csv_num(100 * remaining)]
+        for g in found:
+            row += ["", "", ""] if g is None else [_csv_num(100 * g.test_acc_mean), _csv_num(100 * g.test_acc_std),
+                                                   g.n_seeds]
+        rows.append(row)
+
+    for network in agg.networks():
+        for method, track, variant in BUDGETED_METHODS:
+            per_budget = {budget: {g.setting: g for g in agg.groups_for(network, f"{method}_{budget}", variant, track)}
+                          for budget in budgets}
+            if not any(per_budget.values()):
+                continue
+            for base in agg.groups_for(network, method, variant, track):
+                if base.setting.startswith("sparsity="):
+                    add(network, method, base.setting,
+                        [base, *(per_budget[b].get(base.setting) for b in budgets), None])
+        gmp_at_cs = {g.setting: g for g in agg.groups_for(network, "gmp", "pruned", "pruning")}
+        for cs_layers in agg.groups_for(network, CS_BUDGET_METHOD, "pruned", "pruning"):
+            add(network, "gmp", cs_layers.setting, [gmp_at_cs.get(cs_layers.setting), None, None, cs_layers])
+    if not any(cell[5] or cell[6] for cell in cells):
+        return None  # global (and a CS ticket's) only: the pruning table says it all
+    caption = (
+        "Layer budgets side by side: GMP (pruned network), one-shot magnitude pruning with fine-tuning, and "
+        "its ticket retrained from the rewind point, each at the same overall sparsity with one global "
+        "magnitude ranking, a uniform budget (every layer keeps the same fraction) and an ERK budget (Evci et "
+        "al. 2020); and GMP at a CS ticket's overall sparsity with a global ranking vs. that ticket's own "
+        f"per-layer counts. Test accuracies: {STD_RULE}; n = seeds."
+    )
+    if meta:
+        caption += " " + provenance(meta)
+    return Table("layer_budgets", caption, headers, cells, csv_header, rows)
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -422,8 +479,8 @@ def write_table(table: Table, out_dir: Path) -> list[Path]:
 
 
 def make_tables(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> list[Table]:
-    tables = [ticket_search_table(agg, meta), pruning_table(agg, meta), inference_cost_table(agg, meta),
-              controls_table(agg, meta), sensitivity_table(agg, meta)]
+    tables = [ticket_search_table(agg, meta), pruning_table(agg, meta), layer_budgets_table(agg, meta),
+              inference_cost_table(agg, meta), controls_table(agg, meta), sensitivity_table(agg, meta)]
     return [table for table in tables if table is not None]
 
 
