@@ -301,7 +301,8 @@ def _check_range(value: float, where: str, meta: dict) -> None:
 #: Keys of an earlier params.yaml and where that setting lives now (a params file kept from then says so).
 MOVED_KEYS = {"random_control": "controls.random (was random_control.enabled)",
               "imp.continue_levels": "imp_c.levels (with imp_c.networks)",
-    "baselines.l0_penalty": "l0.penalties", "baselines.cs_s0": "ablations.s0"}
+              "baselines.l0_penalty": "l0.penalties",
+              "baselines.cs_s0": "ablations.s0"}
 
 
 def _build(cls: type, raw: dict, where: str) -> Any:
