@@ -21,12 +21,17 @@ def source_files(root: Path = PACKAGE_DIR) -> list[Path]:
                   if path.suffix in SOURCE_SUFFIXES and "__pycache__" not in path.parts and path.is_file())
 
 
-def digest_of(root: Path) -> str:
+def _digest_files(files: list[Path], root: Path) -> str:
+    """sha256 over each file's path relative to `root` and its bytes, in the order given."""
     digest = hashlib.sha256()
-    for path in source_files(root):
+    for path in files:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def digest_of(root: Path) -> str:
+    return _digest_files(source_files(root), root)[:16]
 
 
 def digest_of_paths(paths: list[Path], root: Path) -> str:
@@ -38,10 +43,7 @@ def digest_of_paths(paths: list[Path], root: Path) -> str:
             raise FileNotFoundError(f"{path} does not exist")
         candidates = path.rglob("*") if path.is_dir() else [path]
         files.update(f for f in candidates if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc")
-    digest = hashlib.sha256()
-    for file in sorted(files):
-        digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return _digest_files(sorted(files), root)
 
 
 @functools.cache

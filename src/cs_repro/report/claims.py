@@ -445,7 +445,7 @@ def scope_sentence(agg: Aggregates, meta: Mapping[str, Any]) -> str:
         epochs = f", {dense[0].search_epochs:.0f} training epochs per run" if dense else ""
         parts.append(f"{pretty_network(network)} on {pretty_dataset(agg.dataset(network))}{epochs}")
     seeds = meta.get("seeds")
-    seed_text = (f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
+    seed_text = (f"{plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))})"
                  if isinstance(seeds, list) else "seeds not recorded")
     text = (f"**Scope.** These verdicts come from the {meta.get('profile', 'unnamed')} profile: "
             f"{'; '.join(parts)}; {seed_text}. The paper's claims are made on {PAPER_SETTING}.")
@@ -494,7 +494,7 @@ def limitations(agg: Aggregates, meta: Mapping[str, Any], verdicts: list[tuple[s
     seeds = meta.get("seeds")
     n_seeds = len(seeds) if isinstance(seeds, list) else None
     text = ("**What this run can say.** "
-            + (f"With {n_seeds} seed{'s' if n_seeds > 1 else ''}, " if n_seeds else "")
+            + (f"With {plural(n_seeds, 'seed')}, " if n_seeds else "")
             + "a difference smaller than the spread over seeds is not a result, and the matching rule "
             "depends on the dense network's spread over the same seeds.")
     if single:

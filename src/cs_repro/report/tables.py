@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from cs_repro.methods.budgets import LAYER_BUDGETS
 from cs_repro.report.aggregate import (
     MATCHED_SPARSITY_TOLERANCE,
     MATCHING_RULE,
@@ -358,15 +359,17 @@ BUDGETED_METHODS = (("gmp", "pruning", "pruned"), ("magnitude_finetune", "prunin
                     ("magnitude_rewind", "ticket", "rewind"))
 #: GMP at a CS ticket's overall sparsity (setting "cs s0=..."), and GMP given that ticket's per-layer budget.
 CS_BUDGET_METHOD = "gmp_cs_layers"
+#: Column headings of the per-layer budgets (methods.budgets.LAYER_BUDGETS; its methods are `<method>_<budget>`).
+BUDGET_HEADINGS = {"uniform": "Uniform layers (%)", "erk": "ERK layers (%)"}
 
 
 def layer_budgets_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table | None:
     """The layer budgets side by side (reviewer 1): for GMP and one-shot magnitude pruning, at each target
     sparsity, the accuracy with one global ranking, a uniform and an ERK budget; and GMP at a CS ticket's
     sparsity, global vs. that ticket's own per-layer budget. Only where a budget other than global ran."""
-    budgets = ("uniform", "erk")
-    headers = ["Network", "Method", "Setting", "Remaining weights (%)", "Global (%)", "Uniform layers (%)",
-               "ERK layers (%)", "A CS ticket's layers (%)"]
+    budgets = LAYER_BUDGETS
+    headers = ["Network", "Method", "Setting", "Remaining weights (%)", "Global (%)",
+               *(BUDGET_HEADINGS[b] for b in budgets), "A CS ticket's layers (%)"]
     csv_header = ["network", "dataset", "method", "setting", "remaining_pct"]
     for budget in ("global", *budgets, "cs_ticket"):
         csv_header += [f"{budget}_test_acc_mean_pct", f"{budget}_test_acc_std_pct", f"{budget}_n_seeds"]
@@ -395,8 +398,9 @@ def layer_budgets_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) 
                         [base, *(per_budget[b].get(base.setting) for b in budgets), None])
         gmp_at_cs = {g.setting: g for g in agg.groups_for(network, "gmp", "pruned", "pruning")}
         for cs_layers in agg.groups_for(network, CS_BUDGET_METHOD, "pruned", "pruning"):
-            add(network, "gmp", cs_layers.setting, [gmp_at_cs.get(cs_layers.setting), None, None, cs_layers])
-    if not any(cell[5] or cell[6] for cell in cells):
+            add(network, "gmp", cs_layers.setting, [gmp_at_cs.get(cs_layers.setting), *(None for _ in budgets),
+                                                    cs_layers])
+    if not any(any(cell[5:5 + len(budgets)]) for cell in cells):
         return None  # global (and a CS ticket's) only: the pruning table says it all
     caption = (
         "Layer budgets side by side: GMP (pruned network), one-shot magnitude pruning with fine-tuning, and "
