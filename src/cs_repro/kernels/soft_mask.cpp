@@ -12,7 +12,9 @@
 // depend on the thread count, so every element must get the same bits whether the compiler puts it
 // in a vector body or a scalar tail. The sigmoid below therefore uses only correctly rounded IEEE
 // operations (explicit fmaf, +, *, /, comparisons, bit moves) and the file is compiled with
-// -ffp-contract=off and without -ffast-math, so the vector and scalar versions agree to the bit.
+// -ffp-contract=off and without -ffast-math, so the vector and scalar versions agree to the bit. It is
+// also compiled with -fno-trapping-math: the loops only vectorise on AVX2 if the clamps' branches may
+// become selects, which computes both sides (changing only FP exception flags, never a value).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cs_repro.methods.budgets import LAYER_BUDGETS
 from cs_repro.registry import Registry
 
 
@@ -52,7 +53,7 @@ for _name, _entry in {
 for _base, _label, _colors in (("gmp", "GMP", ("#c5b0d5", "#6b3d9a")),
                                ("magnitude_rewind", "Magnitude + rewind", ("#c49c94", "#5c3a2e")),
                                ("magnitude_finetune", "Magnitude + fine-tune", ("#f7b6d2", "#a6476f"))):
-    for _budget, _budget_label, _color in zip(("uniform", "erk"), ("uniform layers", "ERK layers"), _colors):
+    for (_budget, _budget_label), _color in zip(LAYER_BUDGETS.items(), _colors, strict=True):
         METHODS.register(f"{_base}_{_budget}")(MethodEntry(METHODS.get(_base).module, f"{_label} ({_budget_label})",
                                                            _color, ablation=True))
 

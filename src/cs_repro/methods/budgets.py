@@ -18,8 +18,9 @@ from typing import Sequence
 
 from cs_repro.errors import UserError
 
-#: The per-layer budgets a pruning baseline can be given besides `global` (reviewer 1 asked for ERK).
-LAYER_BUDGETS = ("uniform", "erk")
+#: The per-layer budgets a pruning baseline can be given besides `global` (reviewer 1 asked for ERK), each with
+#: the words the report names it by (method labels, table headings).
+LAYER_BUDGETS = {"uniform": "uniform layers", "erk": "ERK layers"}
 
 
 def _kept_total(sparsity: float, total: int) -> int:

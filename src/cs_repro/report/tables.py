@@ -359,8 +359,6 @@ BUDGETED_METHODS = (("gmp", "pruning", "pruned"), ("magnitude_finetune", "prunin
                     ("magnitude_rewind", "ticket", "rewind"))
 #: GMP at a CS ticket's overall sparsity (setting "cs s0=..."), and GMP given that ticket's per-layer budget.
 CS_BUDGET_METHOD = "gmp_cs_layers"
-#: Column headings of the per-layer budgets (methods.budgets.LAYER_BUDGETS; its methods are `<method>_<budget>`).
-BUDGET_HEADINGS = {"uniform": "Uniform layers (%)", "erk": "ERK layers (%)"}
 
 
 def layer_budgets_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table | None:
@@ -369,7 +367,7 @@ def layer_budgets_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) 
     sparsity, global vs. that ticket's own per-layer budget. Only where a budget other than global ran."""
     budgets = LAYER_BUDGETS
     headers = ["Network", "Method", "Setting", "Remaining weights (%)", "Global (%)",
-               *(BUDGET_HEADINGS[b] for b in budgets), "A CS ticket's layers (%)"]
+               *(f"{label[0].upper()}{label[1:]} (%)" for label in budgets.values()), "A CS ticket's layers (%)"]
     csv_header = ["network", "dataset", "method", "setting", "remaining_pct"]
     for budget in ("global", *budgets, "cs_ticket"):
         csv_header += [f"{budget}_test_acc_mean_pct", f"{budget}_test_acc_std_pct", f"{budget}_n_seeds"]
