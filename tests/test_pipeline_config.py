@@ -72,7 +72,9 @@ def test_each_stage_declares_only_the_params_it_reads(stages):
     assert _declared(stages["imp_search"]) == {"cpu", "imp.prune_fraction", "imp.levels", "networks.${item.network}"}
     assert _declared(stages["imp_controls"]) == {"cpu", "controls.reinit", "controls.imp_levels", "controls.random",
                                                  "networks.${item.network}"}
-    # lambda reaches CS work only; imp reaches IMP work only; the sweep lists reach no stage body.
+    # evaluate depends on every param: the runs it reads are those the fan-out lists declare now.
+    assert stages["evaluate"]["params"] == [{"params.yaml": None}]
+    # lambda reaches CS work only; imp reaches IMP work only; the sweep lists reach no training stage.
     for name, stage in stages.items():
         declared = _declared(stage.get("do", stage))
         if "lambda" in declared or "cs" in declared:

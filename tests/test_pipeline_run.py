@@ -169,6 +169,19 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
     new_imp = {f"{kind}@lenet300_100-1" for kind in ("imp_search", "imp_controls")}
     assert reproduce(repo) == new_cs | new_imp | {"evaluate", "report"}
 
+    # Taking an s0 value out again: its runs stay in the workspace, but the results no longer read them.
+    def cs_settings() -> set[str]:
+        rows = json.loads((repo / "metrics" / "results.json").read_text())["rows"]
+        return {r["setting"] for r in rows if r["method"] == "cs"}
+
+    before = cs_settings()  # (s0 = -0.05 may keep no weights: such a ticket has no row)
+    assert {"s0=0", "s0=0.02"} <= before
+    set_param(repo, "sweep.s0", [0.0, -0.05])
+    assert reproduce(repo) == {"evaluate", "report"}
+    assert (repo / "runs" / "lenet300_100" / "cs" / "s0=0.02" / "seed=0" / "search" / "metrics.json").exists()
+    assert cs_settings() == before - {"s0=0.02"}
+    assert "s0=0.02" not in (repo / "figures" / "tables" / "ticket_search.md").read_text()
+
 
 def test_invalid_params_stop_the_pipeline_with_one_line(tmp_path):
     params = tiny_quick_params()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from cs_repro.flops import CONVENTION, count_cost
 from cs_repro.io import atomic_write_json, read_json
@@ -81,9 +81,22 @@ class _CostCounter:
                 "flops_dense": cost.flops_dense, "flops_nonzero": cost.flops_nonzero}
 
 
-def read_runs(runs: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """(path, content) of every metrics.json under `runs`, in a stable order."""
-    return [(path, read_json(path, "run metrics")) for path in sorted(Path(runs).rglob("metrics.json"))]
+def read_runs(runs: Path, folders: Iterable[Path] | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """(path, content) of every metrics.json under `runs`, in a stable order; with `folders` (the run folders
+    the pipeline's stages write), only those within one of them. A folder no stage writes any more (an s0
+    value or a network taken out of params.yaml) keeps its files in the workspace, and reading them would
+    make the results depend on what ran there before."""
+    paths = sorted(Path(runs).rglob("metrics.json"))
+    if folders is not None:
+        declared = {Path(folder).resolve() for folder in folders}
+        kept = [path for path in paths if not declared.isdisjoint(path.resolve().parents)]
+        left = sorted({str(path.parent.relative_to(runs)) for path in paths} -
+                      {str(path.parent.relative_to(runs)) for path in kept})
+        if left:
+            log.info("%d run folder(s) under %s belong to no stage of the pipeline (left by an earlier configuration)"
+                     " and are not read, e.g. %s", len(left), runs, left[0])
+        paths = kept
+    return [(path, read_json(path, "run metrics")) for path in paths]
 
 
 def collect_rows(params: Params, runs: Path, timings: Path | None = None,
@@ -170,10 +183,13 @@ def git_commit() -> str:
         return "unknown"
 
 
-def evaluate_runs(params: Params, runs: Path, out: Path, timings: Path | None = None) -> dict[str, Any]:
+def evaluate_runs(params: Params, runs: Path, out: Path, timings: Path | None = None,
+                  folders: Iterable[Path] | None = None) -> dict[str, Any]:
+    """Result rows, metrics and plot data from the runs under `runs` (only those within `folders`, if given:
+    see `read_runs`)."""
     from cs_repro.report.aggregate import MATCHING_RULE, Aggregates
 
-    documents = read_runs(runs)  # read once: rows and the collapse check both walk every run
+    documents = read_runs(runs, folders)  # read once: rows and the collapse check both walk every run
     rows, total_seconds, hardware = collect_rows(params, runs, timings, documents)
     # A ticket that keeps no weight at all (s0 too low) predicts one class; it has no place on a log axis.
     empty = [r for r in rows if r["remaining_weights"] <= 0.0]
