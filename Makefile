@@ -6,6 +6,11 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup data repro readme test test-fast bench lint clean-runs
 
+# Python writes its bytecode caches under make: the venv is installed without them (below), and with
+# PYTHONDONTWRITEBYTECODE set (Docker images often set it) every stage process compiled torch's modules
+# again, ~4 s each.
+unexport PYTHONDONTWRITEBYTECODE
+
 # --no-compile: byte-compiling every module of torch's CUDA build (5.5 GB) took ~35 of the install's ~95 s on
 # the 2-core AMD EPYC; Python compiles the few hundred a run imports on first use instead (~7 s, once).
 $(BIN)/cs-repro: pyproject.toml

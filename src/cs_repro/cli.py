@@ -56,8 +56,8 @@ def show_params(
 
     if check is not None:
         p = load(check)
-        typer.echo(f"{check}: valid ({p.profile} profile, {len(p.sweep.networks)} networks, "
-                   f"{len(p.sweep.seeds)} seeds, {len(p.sweep.s0)} s0 values)")
+        typer.echo(f"{check}: valid ({p.profile} profile; networks: {len(p.sweep.networks)}, "
+                   f"seeds: {len(p.sweep.seeds)}, s0 values: {len(p.sweep.s0)})")
         return
     current = load(params) if params.is_file() else None
     rows = describe(current=current)
