@@ -310,3 +310,16 @@ def test_the_cpu_section_pins_threads_and_flushes_denormals_in_a_training_stage(
     finally:
         torch.set_flush_denormal(False)
         torch.set_num_threads(threads)
+
+
+def test_evaluate_names_a_pipeline_dvc_cannot_read_in_one_line(tmp_path):
+    """evaluate reads only the runs a pipeline declares; where DVC cannot read that pipeline (a dvc.yaml
+    outside a DVC project, a folder that does not exist) it stops with one line, not a traceback."""
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    (tmp_path / "runs").mkdir()
+    for extra, named in (([], "."), (["--pipeline", str(tmp_path / "missing")], str(tmp_path / "missing"))):
+        result = subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"), "--params",
+                                 str(REPO / "params.yaml"), *extra], cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot read the stages of {named}: ")
+        assert "Traceback" not in result.stderr
