@@ -15,7 +15,7 @@ precision, in the same units, with empty cells where Markdown shows "—".
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -96,7 +96,7 @@ def provenance(meta: Mapping[str, Any] | None) -> str:
 
 
 # ---- the two tables --------------------------------------------------------------------------
-def ticket_search_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table:
+def ticket_search_table(agg: Aggregates) -> Table:
     headers = ["Network", "Method", "Best ticket: test acc. (%)",
                "Best ticket: remaining weights (%)", "Best ticket: setting",
                "Sparsest matching: remaining weights (%)", "Sparsest matching: sparsity (%)",
@@ -150,8 +150,6 @@ def ticket_search_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) 
         "\"incl. retraining\" adds the retraining that measures the ticket's accuracy. "
         "For CS this is one s0 run, i.e. the wall-clock cost when the s0 sweep runs in parallel."
     )
-    if meta:
-        caption += " " + provenance(meta)
     return Table("ticket_search", caption, headers, cells, csv_header, rows)
 
 
@@ -196,12 +194,10 @@ def inference_cost_table(agg: Aggregates, meta: Mapping[str, Any] | None = None)
         f"and the reduction relative to the dense network. FLOP convention: {convention}. "
         f"Matching rule: {MATCHING_RULE} \"{NONE_MATCH}\": no ticket of the method matches."
     )
-    if meta:
-        caption += " " + provenance(meta)
     return Table("inference_cost", caption, headers, cells, csv_header, rows)
 
 
-def sensitivity_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table | None:
+def sensitivity_table(agg: Aggregates) -> Table | None:
     """CS's sensitivity sweep: per network, hyperparameter and value, the ticket's remaining weights and its
     test accuracy after rewind retraining, the pruned network's accuracy, and the epochs one run costs."""
     headers = ["Network", "Hyperparameter", "Value", "Remaining weights (%)", "Ticket: test acc. (%)",
@@ -239,8 +235,6 @@ def sensitivity_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) ->
         f"{SENSITIVITY_DEFAULT_RULE}. Remaining weights and accuracies: {STD_RULE}. Epochs per run: the "
         "search's plus the retraining's; a sweep costs that once per value and seed."
     )
-    if meta:
-        caption += " " + provenance(meta)
     return Table("sensitivity", caption, headers, cells, csv_header, rows)
 
 
@@ -250,7 +244,7 @@ def sensitivity_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) ->
 CONTROL_VARIANTS = ("reinit", "random")
 
 
-def controls_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table | None:
+def controls_table(agg: Aggregates) -> Table | None:
     """Every ticket that has a control next to it: its accuracy against the controls' (None: no controls)."""
     headers = ["Network", "Method", "Setting", "Remaining weights (%)", "Ticket: test acc. (%)",
                "Reinit control (%)", "Random-mask control (%)"]
@@ -292,8 +286,6 @@ def controls_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Ta
         "exactly the ticket's layer-wise counts retrained from the same rewind point (random). "
         f"Accuracies: {STD_RULE}; n = seeds. An empty cell: that control was not run for this setting."
     )
-    if meta:
-        caption += " " + provenance(meta)
     return Table("controls", caption, headers, cells, csv_header, rows)
 
 
@@ -301,7 +293,7 @@ def controls_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Ta
 PRUNING_VARIANTS = ("pruned", "finetuned")
 
 
-def pruning_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table | None:
+def pruning_table(agg: Aggregates) -> Table | None:
     """The pruning track (no rewinding) with the prominence of the ticket search: every method at its own
     settings, pruned and fine-tuned, next to CS's accuracy at the same remaining weights."""
     headers = ["Network", "Method", "Setting", "Remaining weights (%)", "Pruned: test acc. (%)",
@@ -349,8 +341,6 @@ def pruning_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Tab
         "interpolated in log(remaining weights) between CS's two nearest networks and marked \"≈ … "
         f"(interpolated)\"; empty outside CS's range. Accuracies: {STD_RULE}; n = seeds."
     )
-    if meta:
-        caption += " " + provenance(meta)
     return Table("pruning", caption, headers, cells, csv_header, rows)
 
 
@@ -361,7 +351,7 @@ BUDGETED_METHODS = (("gmp", "pruning", "pruned"), ("magnitude_finetune", "prunin
 CS_BUDGET_METHOD = "gmp_cs_layers"
 
 
-def layer_budgets_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> Table | None:
+def layer_budgets_table(agg: Aggregates) -> Table | None:
     """The layer budgets side by side (reviewer 1): for GMP and one-shot magnitude pruning, at each target
     sparsity, the accuracy with one global ranking, a uniform and an ERK budget; and GMP at a CS ticket's
     sparsity, global vs. that ticket's own per-layer budget. Only where a budget other than global ran."""
@@ -407,8 +397,6 @@ def layer_budgets_table(agg: Aggregates, meta: Mapping[str, Any] | None = None) 
         "al. 2020); and GMP at a CS ticket's overall sparsity with a global ranking vs. that ticket's own "
         f"per-layer counts. Test accuracies: {STD_RULE}; n = seeds."
     )
-    if meta:
-        caption += " " + provenance(meta)
     return Table("layer_budgets", caption, headers, cells, csv_header, rows)
 
 
@@ -481,9 +469,11 @@ def write_table(table: Table, out_dir: Path) -> list[Path]:
 
 
 def make_tables(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> list[Table]:
-    tables = [ticket_search_table(agg, meta), pruning_table(agg, meta), layer_budgets_table(agg, meta),
-              inference_cost_table(agg, meta), controls_table(agg, meta), sensitivity_table(agg, meta)]
-    return [table for table in tables if table is not None]
+    """Every table with data; with `meta`, each caption ends with the run's provenance."""
+    tables = [ticket_search_table(agg), pruning_table(agg), layer_budgets_table(agg), inference_cost_table(agg, meta),
+              controls_table(agg), sensitivity_table(agg)]
+    stamp = f" {provenance(meta)}" if meta else ""
+    return [replace(table, caption=table.caption + stamp) for table in tables if table is not None]
 
 
 def write_tables(agg: Aggregates, out_dir: Path,
