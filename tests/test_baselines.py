@@ -342,8 +342,9 @@ def test_baseline_checks_name_the_key(tiny_params):
         tiny_params({"ablations": {"s0": [0.5]}})
     with pytest.raises(UserError, match=r"l0.penalties: \[-1.0\] must all be >= 0"):
         tiny_params({"l0": {"penalties": [-1.0]}})
-    with pytest.raises(UserError, match=r"baselines.seeds has \[9\], which sweep.seeds \(0\) does not run"):
-        tiny_params({"baselines": {"seeds": [9]}})
+    # one list of seeds for every method: a params file from before says where the setting went
+    with pytest.raises(UserError, match=r"^baselines.seeds has moved: set sweep.seeds \(every method runs on every seed\) instead$"):
+        tiny_params({"baselines": {"seeds": [0]}})
     with pytest.raises(UserError, match="gmp.start"):
         tiny_params({"gmp": {"start": 0.5, "end": 0.4}})
 

@@ -32,8 +32,10 @@ def test_settings_parse_and_bad_ones_are_one_clear_line():
 def test_sensitivity_params_are_checked_against_the_main_sweep(tiny_params):
     with pytest.raises(UserError, match=r"sensitivity.s0 has \[0.5\], which sweep.s0 \(0.0\) does not run; the default point"):
         tiny_params({"sensitivity": {"networks": ["lenet300_100"], "s0": 0.5, "settings": ["lambda=1e-7"]}})
-    # switched off (no networks), its seeds and s0 need not be the sweep's (a shrunk sweep stays valid)
-    tiny_params({"sensitivity": {"networks": [], "s0": 0.5, "seeds": [7]}})
+    # switched off (no networks), its s0 need not be the sweep's (a shrunk sweep stays valid)
+    tiny_params({"sensitivity": {"networks": [], "s0": 0.5}})
+    with pytest.raises(UserError, match=r"^sensitivity.seeds has moved: set sweep.seeds"):
+        tiny_params({"sensitivity": {"networks": ["lenet300_100"], "seeds": [0]}})
     with pytest.raises(UserError, match="sensitivity.settings must not repeat"):
         tiny_params({"sensitivity": {"settings": ["lambda=1e-7", "lambda=1e-07"]}})
     with pytest.raises(UserError, match="sensitivity.settings: 'gamma=2'"):
@@ -45,7 +47,7 @@ def _config(folder):
 
 
 def test_a_value_changes_the_search_only_and_the_report_draws_the_sweep(workspace, tiny_params):
-    params = tiny_params({"sensitivity": {"networks": ["lenet300_100"], "seeds": [0], "s0": 0.0}},
+    params = tiny_params({"sensitivity": {"networks": ["lenet300_100"], "s0": 0.0}},
                          epochs=2, lr_milestones=[1], train_subset=1000, test_subset=500, val_size=200)
     runs = workspace / "runs" / "lenet300_100"
     run_cs_search(params, "lenet300_100", 0.0, 0, runs / "cs" / "search", CPU, checkpoint_dir=None)

@@ -68,11 +68,12 @@ class NetworkParams:
 
 @dataclass
 class SweepParams:
-    """What fans out into DVC stages. Only stage names and commands read these, never a stage body."""
+    """The fan-out: every method's stages run on these networks x seeds x the method's own settings (a method
+    may name fewer networks in its section). Only stage names and commands read these, never a stage body."""
 
     datasets: list[str] = param(["fashion_mnist"], "datasets to prepare (every network's dataset must be here)")
     networks: list[str] = param(["lenet300_100"], "keys of `networks` to run")
-    seeds: list[int] = param([0], "seeds; each one is its own set of stages")
+    seeds: list[int] = param([0], "seeds of every method; each one is its own set of stages")
     s0: list[float] = param([0.0], "CS mask initialisations; each one is its own CS stage")
 
     def validate(self, where: str) -> None:
@@ -107,16 +108,17 @@ class DataParams:
 
 @dataclass
 class BaselineSweepParams:
-    """What fans out into the baseline stages. Like `sweep`, read only by stage names and commands."""
+    """The pruning baselines' and CS ablations' settings (on sweep.seeds). Like `sweep`, read only by stage names
+    and commands."""
 
-    networks: list[str] = param(["lenet300_100"], "keys of `networks` the baselines and ablations run on")
-    seeds: list[int] = param([0], "seeds of the baseline runs")
+    networks: list[str] = param(["lenet300_100"], "keys of `networks` the baselines and ablations run on; each in "
+                                                  "sweep.networks")
     sparsities: list[float] = param([0.8, 0.9, 0.95], "target sparsities of GMP and one-shot magnitude pruning")
     layer_budgets: list[str] = param(["uniform", "erk"], "per-layer budgets GMP and one-shot magnitude pruning also "
                                      "run with, besides one global ranking: uniform, erk ([] = global only)")
 
     def __post_init__(self) -> None:
-        for key in ("networks", "seeds", "sparsities", "layer_budgets"):
+        for key in ("networks", "sparsities", "layer_budgets"):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise UserError(f"baselines.{key} must not repeat a value")
@@ -183,8 +185,8 @@ class CoreParams:
             if net.dataset not in self.sweep.datasets:
                 raise UserError(f"networks.{name}.dataset={net.dataset!r} is not in sweep.datasets {self.sweep.datasets}: add it")
         # the ablations and CS's random control read the CS tickets of these (network, s0, seed)
-        for key, values, searched in (("networks", b.networks, self.sweep.networks), ("seeds", b.seeds, self.sweep.seeds)):
-            check_listed(f"baselines.{key}", values, searched, f"sweep.{key}", "the ablations need the CS tickets there")
+        check_listed("baselines.networks", b.networks, self.sweep.networks, "sweep.networks",
+                     "the ablations need the CS tickets there")
 
     def network(self, name: str) -> NetworkParams:
         if name not in self.networks:
@@ -302,7 +304,9 @@ def _check_range(value: float, where: str, meta: dict) -> None:
 MOVED_KEYS = {"random_control": "controls.random (was random_control.enabled)",
               "imp.continue_levels": "imp_c.levels (with imp_c.networks)",
               "baselines.l0_penalty": "l0.penalties",
-              "baselines.cs_s0": "ablations.s0"}
+              "baselines.cs_s0": "ablations.s0",
+              "baselines.seeds": "sweep.seeds (every method runs on every seed)",
+              "sensitivity.seeds": "sweep.seeds (every method runs on every seed)"}
 
 
 def _build(cls: type, raw: dict, where: str) -> Any:

@@ -33,7 +33,7 @@ class AblationParams:
 
     s0: list[float] = param([0.0], "s0 of the CS tickets the ablations run at or start from (cs_beta1, "
                                    "cs_released_clamp, gmp_cs_layers, cs_random_control), on baselines.networks x "
-                                   "baselines.seeds; each in sweep.s0")
+                                   "sweep.seeds; each in sweep.s0")
     beta1_threshold: float = param(0.5, "cs_beta1: keep a weight when sigmoid(s) exceeds this after training",
                                    min_exclusive=0.0, max_exclusive=1.0)
 

@@ -28,7 +28,7 @@ import torch
 from cs_repro.errors import UserError
 from cs_repro.methods.cs import run_cs_search
 from cs_repro.methods.retrain import retrain_ticket
-from cs_repro.param_fields import check_listed, check_seed, param
+from cs_repro.param_fields import check_listed, param
 from cs_repro.run import CHECKPOINT_DIR, sub_dir
 from cs_repro.tickets import Ticket
 
@@ -67,17 +67,15 @@ def profile_value(params: Params, network: str, name: str) -> float:
 
 @dataclass
 class SensitivityParams:
-    """CS hyperparameter sensitivity: what fans out into the cs_sensitivity stages (read by stage commands)."""
+    """CS hyperparameter sensitivity: what fans out into the cs_sensitivity stages, on sweep.seeds (read by stage
+    commands)."""
 
     networks: list[str] = param([], "keys of `networks` to sweep ([] = no sensitivity stages); each in sweep.networks")
-    seeds: list[int] = param([0], "seeds of the sweeps; each in sweep.seeds (the default point is the main sweep's)")
     s0: float = param(0.0, "s0 of every sensitivity search; must be in sweep.s0")
     settings: list[str] = param([], "one CS search + rewind retraining per 'name=value', name: beta_final, lambda, "
                                     "weight_decay (the value acts on the search only)")
 
     def __post_init__(self) -> None:
-        for seed in self.seeds:
-            check_seed(seed, "sensitivity.seeds")
         parsed = [parse_setting(text) for text in self.settings]
         if len(set(parsed)) != len(parsed):
             raise UserError("sensitivity.settings must not repeat a setting")
@@ -85,8 +83,7 @@ class SensitivityParams:
     def check_against(self, params: Params) -> None:
         if not self.networks:
             return  # no sensitivity stages: nothing to default to
-        for key, values, swept in (("networks", self.networks, params.sweep.networks),
-                                   ("seeds", self.seeds, params.sweep.seeds), ("s0", [self.s0], params.sweep.s0)):
+        for key, values, swept in (("networks", self.networks, params.sweep.networks), ("s0", [self.s0], params.sweep.s0)):
             check_listed(f"sensitivity.{key}", values, swept, f"sweep.{key}",
                          "the default point of each sweep is the main CS run")
 

@@ -51,7 +51,7 @@ log = logging.getLogger("cs_repro")
 class L0Params:
     """L0 regularisation with hard-concrete gates (Louizos et al. 2018), one run per lambda."""
 
-    penalties: list[float] = param([1e-4], "L0 lambdas, each its own run on baselines.networks x baselines.seeds "
+    penalties: list[float] = param([1e-4], "L0 lambdas, each its own run on baselines.networks x sweep.seeds "
                                            "(its sparsity follows from it)")
     droprate_init: float = param(0.3, "initial drop rate p: log_alpha starts at log(1-p) - log(p)",
                                  min_exclusive=0.0, max_exclusive=1.0)
