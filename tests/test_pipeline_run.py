@@ -96,7 +96,7 @@ def set_param(repo: Path, path: str, value) -> None:
 def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_path):
     repo = make_pipeline_repo(tmp_path / "quick", tiny_quick_params())
     started = time.perf_counter()
-    run("dvc", "repro", cwd=repo)
+    run("cs-repro", "parallel", cwd=repo)  # as `make repro` runs it: a stage per core (cpu.threads = 1)
     first = time.perf_counter() - started
 
     summary = json.loads((repo / "metrics" / "summary.json").read_text())
@@ -162,12 +162,17 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
     assert reproduce(repo) == {"imp_search@lenet300_100-0", "imp_controls@lenet300_100-0", "evaluate", "report"}
 
     # A new seed and a new s0 together: only (new seed, every s0) and (old seed, new s0) run; no old run.
+    # Every method runs on every seed: the baselines are switched off here (no networks), which runs none of
+    # their stages and takes their rows out of the results.
+    set_param(repo, "baselines.networks", [])
     set_param(repo, "sweep.seeds", [0, 1])
     set_param(repo, "sweep.s0", [0.0, -0.05, 0.02])
     new_cs = {f"{kind}@lenet300_100-{s0}-{seed}" for kind in ("cs_search", "cs_retrain")
               for s0, seed in [("0.0", 1), ("-0.05", 1), ("0.02", 1), ("0.02", 0)]}
     new_imp = {f"{kind}@lenet300_100-1" for kind in ("imp_search", "imp_controls")}
     assert reproduce(repo) == new_cs | new_imp | {"evaluate", "report"}
+    rows = json.loads((repo / "metrics" / "results.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {"dense", "cs", "imp"}
 
     # Taking an s0 value out again: its runs stay in the workspace, but the results no longer read them.
     def cs_settings() -> set[str]:
@@ -207,7 +212,8 @@ def test_paper_profile_runs_every_stage_on_cifar_format_fixtures(tmp_path):
             "epochs=1", "lr_milestones=[]", "rewind_epoch=1", "batch_size=8", "max_batches=2", "val_size=20")]
     params = compose_profile("paper", overrides, conf_dir=REPO / "conf")
     repo = make_pipeline_repo(tmp_path / "paper", params)
-    run("dvc", "repro", cwd=repo)
+    run("cs-repro", "parallel", "-j", "2", "--threads", "1", cwd=repo)  # two stages at a time, as on two GPUs
+    assert "Data and pipelines are up to date" in run("dvc", "status", cwd=repo).stdout
     results = json.loads((repo / "metrics" / "results.json").read_text())
     assert {r["network"] for r in results["rows"]} == {"resnet20", "vgg16"}
     assert {r["dataset"] for r in results["rows"]} == {"cifar10"}
