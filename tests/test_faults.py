@@ -326,6 +326,41 @@ def test_the_same_code_resumes(workspace, tiny_params, monkeypatch):
     assert epochs["n"] == 9 - 3  # three finished epochs came from the checkpoint
 
 
+def test_dear_checkpoints_are_spaced_out_and_a_resume_from_an_older_one_gives_the_same_bytes(
+        workspace, tiny_params, monkeypatch, caplog):
+    """A checkpoint write that costs more than CHECKPOINT_BUDGET of the training waits for enough training
+    (a VGG-16 CS state on a fast GPU); a kill then loses more epochs, never the result."""
+    from cs_repro import train
+    from cs_repro.methods.cs import CSSearch
+
+    params = tiny_params()
+    run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "clean", CPU, checkpoint_dir=None)
+    written, real_save = [], train.atomic_torch_save
+
+    def dear_save(state, path):  # a write of ~0.5 s: more than 2% of this tiny run's 9 epochs together
+        time.sleep(0.5)
+        written.append((state["position"]["phase"], state["position"]["next_epoch"]))
+        real_save(state, path)
+
+    monkeypatch.setattr(train, "atomic_torch_save", dear_save)
+    with caplog.at_level("INFO", logger="cs_repro"):
+        run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "spaced", CPU, checkpoint_dir=workspace / "ck1")
+    assert written == [(0, 1), (3, 0)]  # after the first epoch (cost unknown yet), and the finished run's
+    assert "a checkpoint takes 0.5" in caplog.text and "writing one every 2" in caplog.text  # ~25 s of training
+    assert (workspace / "clean" / "metrics.json").read_bytes() == (workspace / "spaced" / "metrics.json").read_bytes()
+
+    written.clear()
+    restore = _interrupt_on_call(monkeypatch, CSSearch, 5)  # Ctrl-C in the second round: last checkpoint epoch 1
+    with pytest.raises(KeyboardInterrupt):
+        run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck2")
+    restore()
+    assert written == [(0, 1)]
+    epochs = _count_epochs(monkeypatch)
+    run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck2")
+    assert epochs["n"] == 9 - 1  # only the first epoch came from the checkpoint
+    assert (workspace / "clean" / "metrics.json").read_bytes() == (workspace / "run" / "metrics.json").read_bytes()
+
+
 def test_a_killed_multi_variant_retrain_resumes_each_variant_on_its_own(workspace, tiny_params, monkeypatch):
     from conftest import tiny_params_dict
 

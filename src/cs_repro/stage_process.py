@@ -2,7 +2,8 @@
 
 * SIGTERM (`kill`, `docker stop`, SLURM's time limit, the watchdog below) raises KeyboardInterrupt in the
   main thread, so a stage stops the way Ctrl-C stops it: the epoch in progress is dropped, every finished
-  epoch is in the checkpoint, atomic writes remove their temporary file, exit status 130.
+  epoch is in the checkpoint (unless writes are spaced out: train.CHECKPOINT_BUDGET), atomic writes remove
+  their temporary file, exit status 130.
 * Under DVC (the DVC_STAGE variable is set) a daemon thread watches the `dvc` process. DVC starts a stage
   through a shell, which may or may not exec the command (bash does, dash does not), so the watched
   process is the nearest ancestor that is not a shell. If it disappears (SIGTERM or kill -9 to `dvc`
