@@ -4,9 +4,13 @@ First prints the ops dispatched per training step (dense, fixed mask, CS, L0; be
 which is all it prints without CUDA. On a GPU it then writes CIFAR-10-format files of the real size (50k
 training, 10k test images; random content, so the accuracies printed mean nothing) and times the first
 epochs of a dense run (IMP level 0) and of a CS search for ResNet-20 and VGG-16, in fp32 and with bf16
-autocast:
+autocast. Each run writes its resume checkpoints as a stage does, and the time of every write is recorded
+next to the epoch times (they include it), so the checkpoint's share of an epoch can be read off:
 
     PYTHONPATH=src:tests python benchmarks/gpu_epochs.py --epochs 3 --out /tmp/gpu.json
+
+`--smoke` runs the same code on tiny files and two batches per epoch, on the CPU as well: a check that the
+script works before GPU time is spent on it (its numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per timed run (first one is warm-up)")
     parser.add_argument("--networks", default="resnet20,vgg16")
     parser.add_argument("--out", type=Path, default=None, help="write the measurements as JSON here")
+    parser.add_argument("--smoke", action="store_true", help="tiny files, 2 batches per epoch, CPU allowed")
     args = parser.parse_args()
 
     # Ops dispatched per training step (benchmarks/op_counts.py): what a GPU step launches, countable anywhere.
@@ -44,7 +49,7 @@ def main() -> None:
         print(f"{network} cs/dense ops per step: {totals['cs'] / totals['dense']:.2f}  "
               f"(dense {totals['dense']}, fixed mask {totals['fixed']}, CS {totals['cs']}, L0 {totals['l0']}; "
               "GPU mask path)", flush=True)
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not args.smoke:
         return  # the epoch timings need a GPU
 
     from fixtures import write_cifar10
@@ -55,11 +60,22 @@ def main() -> None:
     from cs_repro.device import choose_device, hardware_name
     from cs_repro.params import params_from_dict
     from cs_repro.profiles import load_profile
+    from cs_repro.train import TrainingLoop
+
+    write_seconds: list[float] = []  # every checkpoint write of the current run
+    real_save = TrainingLoop._save
+
+    def timed_save(loop, *position):
+        started = time.perf_counter()
+        real_save(loop, *position)
+        write_seconds.append(time.perf_counter() - started)
+
+    TrainingLoop._save = timed_save
 
     device = choose_device()
     workdir = Path(tempfile.mkdtemp())
     started = time.perf_counter()
-    root = write_cifar10(workdir / "cifar", n_per_batch=10_000, n_test=10_000)
+    root = write_cifar10(workdir / "cifar", n_per_batch=20 if args.smoke else 10_000, n_test=20 if args.smoke else 10_000)
     print(f"wrote CIFAR-format files in {time.perf_counter() - started:.1f}s", flush=True)
 
     raw = load_profile("paper", REPO / "conf")
@@ -68,6 +84,8 @@ def main() -> None:
     raw["imp"]["levels"] = 1
     for net in raw["networks"].values():
         net.update(epochs=args.epochs, lr_milestones=[], rewind_epoch=1)
+        if args.smoke:
+            net.update(batch_size=8, max_batches=2, val_size=20)
     import os
 
     os.chdir(workdir)
@@ -82,18 +100,23 @@ def main() -> None:
             params = params_from_dict(variant)
             for method in ("dense", "cs"):
                 out = workdir / f"{network}-{method}-{bf16}"
+                checkpoints = workdir / "checkpoints" / out.name
+                write_seconds.clear()
                 if method == "cs":
-                    run_cs_search(params, network, 0.0, 0, out, device, checkpoint_dir=None)
+                    run_cs_search(params, network, 0.0, 0, out, device, checkpoint_dir=checkpoints)
                     seconds = json.loads((out / "timing.json").read_text())["epoch_seconds"]
                 else:
-                    run_imp(params, network, 0, out, device, checkpoint_dir=None)
+                    run_imp(params, network, 0, out, device, checkpoint_dir=checkpoints)
                     seconds = json.loads((out / "timing.json").read_text())["epoch_seconds"][: args.epochs]
                 steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+                write = statistics.median(write_seconds) if write_seconds else 0.0
                 row = {"network": network, "method": method, "bf16": bf16, "epoch_seconds": seconds,
-                       "steady_epoch_seconds": steady, "epochs_per_second": 1.0 / steady}
+                       "steady_epoch_seconds": steady, "epochs_per_second": 1.0 / steady,
+                       "checkpoint_write_seconds": list(write_seconds), "checkpoint_share_of_epoch": write / steady}
                 results["runs"].append(row)
                 print(f"{network:9s} {method:5s} {'bf16' if bf16 else 'fp32'}: {steady:.2f} s/epoch "
-                      f"({1 / steady:.2f} epochs/s) epochs: {[round(s, 2) for s in seconds]}", flush=True)
+                      f"({1 / steady:.2f} epochs/s), checkpoint write {write:.2f} s ({100 * write / steady:.1f}% of an "
+                      f"epoch), epochs: {[round(s, 2) for s in seconds]}", flush=True)
     print(f"hardware: {results['hardware']}, torch {results['torch']}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
