@@ -4,8 +4,8 @@ First prints the ops dispatched per training step (dense, fixed mask, CS, L0; be
 which is all it prints without CUDA. On a GPU it then writes CIFAR-10-format files of the real size (50k
 training, 10k test images; random content, so the accuracies printed mean nothing) and times the first
 epochs of a dense run (IMP level 0) and of a CS search for ResNet-20 and VGG-16, in fp32 and with bf16
-autocast. Each run writes its resume checkpoints as a stage does, and the time of every write is recorded
-next to the epoch times (they include it), so the checkpoint's share of an epoch can be read off:
+autocast. Each run writes its resume checkpoints as a stage does; timing.json records every write next to
+the epoch times (which include them), so the checkpoint's share of an epoch can be read off:
 
     PYTHONPATH=src:tests python benchmarks/gpu_epochs.py --epochs 3 --out /tmp/gpu.json
 
@@ -60,17 +60,6 @@ def main() -> None:
     from cs_repro.device import choose_device, hardware_name
     from cs_repro.params import params_from_dict
     from cs_repro.profiles import load_profile
-    from cs_repro.train import TrainingLoop
-
-    write_seconds: list[float] = []  # every checkpoint write of the current run
-    real_save = TrainingLoop._save
-
-    def timed_save(loop, *position):
-        started = time.perf_counter()
-        real_save(loop, *position)
-        write_seconds.append(time.perf_counter() - started)
-
-    TrainingLoop._save = timed_save
 
     device = choose_device()
     workdir = Path(tempfile.mkdtemp())
@@ -101,13 +90,13 @@ def main() -> None:
             for method in ("dense", "cs"):
                 out = workdir / f"{network}-{method}-{bf16}"
                 checkpoints = workdir / "checkpoints" / out.name
-                write_seconds.clear()
                 if method == "cs":
                     run_cs_search(params, network, 0.0, 0, out, device, checkpoint_dir=checkpoints)
-                    seconds = json.loads((out / "timing.json").read_text())["epoch_seconds"]
                 else:
                     run_imp(params, network, 0, out, device, checkpoint_dir=checkpoints)
-                    seconds = json.loads((out / "timing.json").read_text())["epoch_seconds"][: args.epochs]
+                timing = json.loads((out / "timing.json").read_text())
+                seconds = timing["epoch_seconds"][: args.epochs]  # IMP: its dense level 0
+                write_seconds = timing["checkpoint_seconds"]
                 steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
                 write = statistics.median(write_seconds) if write_seconds else 0.0
                 row = {"network": network, "method": method, "bf16": bf16, "epoch_seconds": seconds,

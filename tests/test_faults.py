@@ -7,6 +7,7 @@ Runs on its own: `pytest tests/test_faults.py` (the end-to-end kills are marked 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -346,6 +347,8 @@ def test_dear_checkpoints_are_spaced_out_and_a_resume_from_an_older_one_gives_th
     with caplog.at_level("INFO", logger="cs_repro"):
         run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "spaced", CPU, checkpoint_dir=workspace / "ck1")
     assert written == [(0, 1), (3, 0)]  # after the first epoch (cost unknown yet), and the finished run's
+    write_seconds = json.loads((workspace / "spaced" / "timing.json").read_text())["checkpoint_seconds"]
+    assert len(write_seconds) == 2 and min(write_seconds) >= 0.5  # timing.json records each write
     assert "a checkpoint takes 0.5" in caplog.text and "writing one every 2" in caplog.text  # ~25 s of training
     assert (workspace / "clean" / "metrics.json").read_bytes() == (workspace / "spaced" / "metrics.json").read_bytes()
 

@@ -165,8 +165,8 @@ def final_metrics(history, **extra) -> dict[str, Any]:
     return {"test_accuracy": last.test_accuracy, "val_accuracy": last.val_accuracy, "train_loss": last.train_loss, **extra}
 
 
-def _write_run(out_dir: Path, run: RunSpec, history, final: dict, seconds: float, epoch_seconds, device, extra=None,
-               timing_dir: Path | None = None) -> None:
+def _write_run(out_dir: Path, run: RunSpec, history, final: dict, seconds: float, loop: TrainingLoop, device,
+               extra=None, timing_dir: Path | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json({
         "format": "cs-repro-run/1",
@@ -177,7 +177,9 @@ def _write_run(out_dir: Path, run: RunSpec, history, final: dict, seconds: float
         **(extra or {}),
     }, out_dir / "metrics.json")
     atomic_write_json({
-        "seconds": seconds, "epoch_seconds": list(epoch_seconds), "device": str(device),
+        # checkpoint writes: this process's only (a resumed run's earlier ones went with the process)
+        "seconds": seconds, "epoch_seconds": list(loop.epoch_seconds), "checkpoint_seconds": list(loop.checkpoint_seconds),
+        "device": str(device),
         "hardware": hardware_name(device), "threads": torch.get_num_threads(),
     }, (timing_dir or out_dir) / "timing.json")
 
@@ -227,7 +229,7 @@ class TrainingRun:
 
     def finish(self, out_dir: Path, final: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
         _write_run(Path(out_dir), self.spec, self.history, final, time.perf_counter() - self.started,
-                   self.loop.epoch_seconds, self.device, extra, self.timing_dir)
+                   self.loop, self.device, extra, self.timing_dir)
         drop_checkpoint(self.spec, self.checkpoint_dir)
 
 

@@ -237,20 +237,20 @@ class TrainingLoop:
         self.history: list[EpochRecord] = []
         self.epoch_seconds: list[float] = []
         self.global_epoch = 0
-        self._save_seconds = 0.0  # what the last checkpoint write took
-        self._trained_since_save = 0.0  # training seconds since then
+        self.checkpoint_seconds: list[float] = []  # every checkpoint write of this process (timing.json has them)
+        self._trained_since_save = 0.0  # training seconds since the last write
         self._spacing_logged = False
 
     # -- checkpointing
     def _checkpoint_due(self) -> bool:
         """Whether a checkpoint now keeps writes within CHECKPOINT_BUDGET of the training time (see there)."""
-        if self._save_seconds <= max(CHECKPOINT_ALWAYS_SECONDS, CHECKPOINT_BUDGET * self._trained_since_save):
+        cost = self.checkpoint_seconds[-1] if self.checkpoint_seconds else 0.0
+        if cost <= max(CHECKPOINT_ALWAYS_SECONDS, CHECKPOINT_BUDGET * self._trained_since_save):
             return True
         if not self._spacing_logged:
             self._spacing_logged = True
             log.info("%s: a checkpoint takes %.2f s (%.0f%% of the last epoch): writing one every %.0f s of training",
-                     self.run_label, self._save_seconds, 100 * self._save_seconds / self.epoch_seconds[-1],
-                     self._save_seconds / CHECKPOINT_BUDGET)
+                     self.run_label, cost, 100 * cost / self.epoch_seconds[-1], cost / CHECKPOINT_BUDGET)
         return False
 
     def _save(self, phase: int, next_epoch: int, begun: bool) -> None:
@@ -272,7 +272,7 @@ class TrainingLoop:
             },
             self.checkpoint_path,
         )
-        self._save_seconds = time.perf_counter() - started
+        self.checkpoint_seconds.append(time.perf_counter() - started)
         self._trained_since_save = 0.0
 
     def _restore(self) -> tuple[int, int, bool]:
