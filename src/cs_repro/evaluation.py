@@ -89,11 +89,13 @@ def read_runs(runs: Path, folders: Iterable[Path] | None = None) -> list[tuple[P
     paths = sorted(Path(runs).rglob("metrics.json"))
     if folders is not None:
         declared = {Path(folder).resolve() for folder in folders}
-        left = [path for path in paths if declared.isdisjoint(path.resolve().parents)]
+        kept, left = [], []
+        for path in paths:
+            (left if declared.isdisjoint(path.resolve().parents) else kept).append(path)
         if left:
             log.info("%d run folder(s) under %s belong to no stage of the pipeline (left by an earlier configuration)"
                      " and are not read, e.g. %s", len(left), runs, left[0].parent.relative_to(runs))
-            paths = [path for path in paths if path not in left]
+        paths = kept
     return [(path, read_json(path, "run metrics")) for path in paths]
 
 
