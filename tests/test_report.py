@@ -385,7 +385,7 @@ def test_report(generated):
     verdicts = [line for line in section.splitlines() if line.strip().startswith("**") and ":" in line
                 and not line.startswith("**Scope")]
     assert len(verdicts) == 3
-    words = (claims.SUPPORTED, claims.NOT_SUPPORTED, claims.CANNOT_JUDGE)
+    words = (claims.SUPPORTED, claims.NOT_SUPPORTED, claims.CANNOT_JUDGE, claims.COVERAGE_VERDICT)
     assert all(any(f"**{w}**" in v for w in words) for v in verdicts)
     # the scope comes before the claims, and the Limitations section closes the judgement
     assert section.lstrip().startswith("**Scope.** These verdicts come from the smoke profile: LeNet-300-100 on "
@@ -397,10 +397,17 @@ def test_report(generated):
 
 
 def test_claim_verdicts_follow_the_numbers(agg, rows):
-    # claim 1: CS sparsest matching 5% < IMP 51.2%; IMP never goes below 40.96%, the sparsest
-    # level both reach, where CS (interpolated between 50% and 20%) beats IMP's 89.5%
+    # claim 1: CS sparsest matching 5% < IMP 51.2%; IMP never goes below 40.96%, the sparsest level both
+    # reach, where CS would be read between 50% and 20%: a 2.5x gap, so that part cannot be judged...
     verdict, sentence = claims.judge_claim1(agg)
-    assert verdict == claims.SUPPORTED and "51.20%" in sentence
+    assert verdict == claims.COVERAGE_VERDICT and "51.20%" in sentence
+    assert "CS's tickets jump from 50.00% [s0=0.05] to 20.00% [s0=0] (2.5x); add s0 ≈ 0.03" in sentence
+    # ... until a CS ticket at 30% fills the gap: CS (interpolated between 50% and 30%) beats IMP's 89.5%
+    filled = [dict(r, setting="s0=0.03", remaining_weights=0.3 * r["remaining_weights"] / 0.5,
+                   sparsity=1 - 0.3 * r["remaining_weights"] / 0.5)
+              for r in rows if r["method"] == "cs" and r["setting"] == "s0=0.05"]
+    verdict, sentence = claims.judge_claim1(Aggregates(rows + filled))
+    assert verdict == claims.SUPPORTED and "coverage" not in sentence
     # claim 2: one CS run 40 epochs vs IMP level 3 = 40 epochs: not cheaper
     verdict, sentence = claims.judge_claim2(agg)
     assert verdict == claims.NOT_SUPPORTED and "40 epochs" in sentence
@@ -668,4 +675,4 @@ def test_results_block_marks_single_seeds_and_missing_matches(rows):
     block = results_block(single, META)
     assert "(n = 1)" in block and "± 0.00" not in block
     assert "**Scope.**" in block and block.count("**Supported.**") + block.count("**Not supported.**") \
-        + block.count("**Cannot be judged from this run.**") == 3
+        + block.count("**Cannot be judged from this run.**") + block.count(f"**{claims.COVERAGE_VERDICT}.**") == 3

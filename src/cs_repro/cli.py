@@ -73,6 +73,32 @@ def show_params(
         typer.echo(f"{key:{key_width}s} {mark}{value:>22s}  {default:>14s}  {help_text}")
 
 
+@app.command("suggest-settings")
+@user_errors
+def suggest_settings(
+    results: Annotated[Path, typer.Option(help="metrics/results.json from `evaluate`")] = Path("metrics/results.json"),
+) -> None:
+    """The settings that would fill the gaps in this run's grids (CS's s0 values, IMP's levels, L0's penalties,
+    pruning targets) and one `dvc exp run -S` line that adds them all: REPORT.md's Coverage section."""
+    from cs_repro.report.aggregate import Aggregates
+    from cs_repro.report.coverage import MAX_GAP, every_hole, exp_run_commands
+    from cs_repro.report.rows import load_results, pretty_network
+
+    if not results.exists():
+        raise UserError(f"{results} does not exist: run `dvc repro evaluate` first")
+    rows, _ = load_results(results)
+    agg = Aggregates(rows)
+    found = every_hole(agg)
+    if not found:
+        typer.echo(f"no gaps: every method's neighbouring tickets are within {MAX_GAP:g}x in remaining weights, "
+                   "and none still matches at its sparsest setting")
+        return
+    for hole, suggestion in found:
+        typer.echo(f"{pretty_network(hole.network)}: {hole.describe()}; {suggestion.text()}")
+    for command in exp_run_commands(agg, found):
+        typer.echo(command)
+
+
 @app.command("use-profile")
 @user_errors
 def use_profile(

@@ -24,24 +24,38 @@ class MethodEntry:
     label: str  # its name in figures, tables and REPORT.md
     color: str  # its one colour in every figure (none shared)
     ablation: bool = False  # a variant of another method that answers one question (report: ## Ablations)
+    # Where its settings come from, so that the report can say which values would fill a gap between two of
+    # its tickets (report/coverage.py): the params key holding them, the name its result rows give a setting
+    # ("s0" in "s0=0.005") and how a setting maps to remaining weights: "linear" or "log" (interpolated in
+    # log(remaining weights)), "sparsity" (a target: remaining = 1 - value), "levels" (the key holds the last
+    # level, each level keeps a fixed fraction). None: no setting to suggest.
+    settings_key: str | None = None
+    setting_name: str = ""
+    setting_scale: str = "linear"
 
 
 METHODS: Registry[MethodEntry] = Registry("method")
+_TARGETS = {"settings_key": "baselines.sparsities", "setting_name": "sparsity", "setting_scale": "sparsity"}
+_ABLATION_S0 = {"settings_key": "ablations.s0", "setting_name": "s0"}
 for _name, _entry in {
     "dense": MethodEntry("cs_repro.methods.imp", "Dense", "#333333"),  # IMP's level 0
-    "cs": MethodEntry("cs_repro.methods.cs", "CS", "#d62728"),
-    "imp": MethodEntry("cs_repro.methods.imp", "IMP", "#1f77b4"),
-    "imp_c": MethodEntry("cs_repro.methods.imp", "IMP-C", "#17becf"),
+    "cs": MethodEntry("cs_repro.methods.cs", "CS", "#d62728", settings_key="sweep.s0", setting_name="s0"),
+    "imp": MethodEntry("cs_repro.methods.imp", "IMP", "#1f77b4", settings_key="imp.levels", setting_name="level",
+                       setting_scale="levels"),
+    "imp_c": MethodEntry("cs_repro.methods.imp", "IMP-C", "#17becf", settings_key="imp_c.levels",
+                         setting_name="level", setting_scale="levels"),
     # The reviewers' baselines.
-    "l0": MethodEntry("cs_repro.methods.l0", "L0 (hard concrete)", "#2ca02c"),
-    "gmp": MethodEntry("cs_repro.methods.gmp", "GMP", "#9467bd"),
-    "magnitude_rewind": MethodEntry("cs_repro.methods.magnitude", "Magnitude + rewind", "#8c564b"),
-    "magnitude_finetune": MethodEntry("cs_repro.methods.magnitude", "Magnitude + fine-tune", "#e377c2"),
+    "l0": MethodEntry("cs_repro.methods.l0", "L0 (hard concrete)", "#2ca02c", settings_key="l0.penalties",
+                      setting_name="penalty", setting_scale="log"),
+    "gmp": MethodEntry("cs_repro.methods.gmp", "GMP", "#9467bd", **_TARGETS),
+    "magnitude_rewind": MethodEntry("cs_repro.methods.magnitude", "Magnitude + rewind", "#8c564b", **_TARGETS),
+    "magnitude_finetune": MethodEntry("cs_repro.methods.magnitude", "Magnitude + fine-tune", "#e377c2", **_TARGETS),
     "slimming": MethodEntry("cs_repro.methods.slimming", "Network slimming", "#637939"),
     # The ablations.
-    "cs_beta1": MethodEntry("cs_repro.methods.cs_ablations", "CS, beta = 1 + threshold", "#ff7f0e", ablation=True),
+    "cs_beta1": MethodEntry("cs_repro.methods.cs_ablations", "CS, beta = 1 + threshold", "#ff7f0e", ablation=True,
+                            **_ABLATION_S0),
     "cs_released_clamp": MethodEntry("cs_repro.methods.cs_ablations", "CS, released clamp rule", "#bcbd22",
-                                     ablation=True),
+                                     ablation=True, **_ABLATION_S0),
     "gmp_cs_layers": MethodEntry("cs_repro.methods.gmp", "GMP (CS layer-wise targets)", "#393b79", ablation=True),
     "cs_released_scale": MethodEntry("cs_repro.methods.retrain", "CS, released mask scale", "#843c39", ablation=True),
     # CS with one hyperparameter changed (its sensitivity sweep).
@@ -55,7 +69,7 @@ for _base, _label, _colors in (("gmp", "GMP", ("#c5b0d5", "#6b3d9a")),
                                ("magnitude_finetune", "Magnitude + fine-tune", ("#f7b6d2", "#a6476f"))):
     for (_budget, _budget_label), _color in zip(LAYER_BUDGETS.items(), _colors, strict=True):
         METHODS.register(f"{_base}_{_budget}")(MethodEntry(METHODS.get(_base).module, f"{_label} ({_budget_label})",
-                                                           _color, ablation=True))
+                                                           _color, ablation=True, **_TARGETS))
 
 #: Methods that are ablations of another (see MethodEntry.ablation).
 ABLATION_METHODS = frozenset(name for name in METHODS if METHODS.get(name).ablation)

@@ -17,8 +17,10 @@ __all__ = ["MATCHING_RULE", "SEARCH_COST_RULE", "STD_RULE", "Aggregates", "Row",
            "generate", "load_results"]
 
 
-def generate(results_json: Path, out_dir: Path, show_optional: bool = False) -> dict[str, list[Path]]:
-    """Write every figure, table and the report for ``results_json`` into ``out_dir``.
+def generate(results_json: Path, out_dir: Path, show_optional: bool = False,
+             verdicts_json: Path | None = None) -> dict[str, list[Path]]:
+    """Write every figure, table and the report for ``results_json`` into ``out_dir`` (and every verdict with its
+    stability into ``verdicts_json``, a DVC metrics file, when given).
 
     Returns {"figures": [...png/pdf], "tables": [...md/csv/tex], "report": [REPORT.md]}.
     """
@@ -35,6 +37,11 @@ def generate(results_json: Path, out_dir: Path, show_optional: bool = False) -> 
     drawn = figures.make_all(agg, out_dir, show_optional)
     table_paths = tables.write_tables(agg, out_dir / "tables", meta)
     report = markdown.write_report(agg, meta, out_dir, show_optional)
+    if verdicts_json is not None:
+        from cs_repro.io import atomic_write_json
+        from cs_repro.report.claims import judge_everything, verdicts_summary
+
+        atomic_write_json(verdicts_summary(judge_everything(agg)), verdicts_json)
     return {
         "figures": [out_dir / f"{name}.{ext}" for name in drawn for ext in ("png", "pdf")],
         "tables": table_paths,

@@ -126,6 +126,12 @@ def setting_sort_key(setting: str) -> tuple:
         return (1, setting, 0.0, setting)
 
 
+def setting_value(setting: str, name: str) -> float | None:
+    """The value of a setting named ``name`` ("s0=-0.005", "s0" -> -0.005); None for another setting."""
+    match = _SETTING_RE.match(setting)
+    return float(match.group(2)) if match and match.group(1) == name else None
+
+
 @dataclass(frozen=True)
 class Group:
     """Rows of one (network, track, method, variant, setting), aggregated over seeds."""

@@ -21,12 +21,16 @@ from cs_repro.report.aggregate import (
     matched_sparsity,
     read_accuracy,
 )
+from cs_repro.report.coverage import Hole, reading_hole, sparsest_matching_hole, suggest
+from cs_repro.report.stability import Perturbations, Stability
 from cs_repro.report.rows import pretty_dataset, pretty_method, pretty_network, pretty_variant
 from cs_repro.report.tables import fmt_remaining
 
 SUPPORTED = "Supported"
 NOT_SUPPORTED = "Not supported"
 CANNOT_JUDGE = "Cannot be judged from this run"
+#: A verdict that rests on a gap in the grid or on a method at its edge (report/coverage.py's rules).
+COVERAGE_VERDICT = "Cannot be judged: coverage"
 
 #: The paper's three claims as the report states and judges them (docs/method.md, "The paper's claims",
 #: lists the same sentences; a test keeps the two equal).
@@ -41,9 +45,10 @@ PAPER_CLAIMS = (
 VERDICT_RULE = (
     "Each claim is split into comparisons, one per network (and per baseline for claim 3). A method that "
     "has no matching ticket where the other has one loses that comparison; a comparison that cannot be "
-    "made (no dense run, no common sparsity, neither method matching) is unknown. A claim is supported "
-    "when every comparison favours CS, not supported when any comparison goes against it, and cannot be "
-    "judged otherwise."
+    "made (no dense run, no common sparsity, neither method matching) is unknown, and one that rests on a gap "
+    "in the grid or on a method at its edge is \"coverage\" (see *Coverage*). A claim is supported when every "
+    "comparison favours CS, not supported when any comparison goes against it, \"cannot be judged: "
+    "coverage\" when the rest includes a coverage gap, and cannot be judged otherwise."
 )
 
 #: Where the paper makes its claims; a run elsewhere can only say what this code does there.
@@ -54,7 +59,7 @@ PAPER_NETWORKS = frozenset({"resnet20", "vgg16"})
 #: Pruning-track methods that count as magnitude-based baselines for claim 3.
 MAGNITUDE_METHODS = frozenset({"gmp", "imp", "imp_c", "magnitude_rewind", "magnitude_finetune"})
 
-YES, NO, UNKNOWN = "yes", "no", "unknown"
+YES, NO, UNKNOWN, COVERAGE = "yes", "no", "unknown", "coverage"
 
 
 @dataclass(frozen=True)
@@ -150,13 +155,20 @@ def verdict_of(statuses: list[str]) -> str:
         return NOT_SUPPORTED
     if statuses and all(s == YES for s in statuses):
         return SUPPORTED
-    return CANNOT_JUDGE
+    return COVERAGE_VERDICT if COVERAGE in statuses else CANNOT_JUDGE
 
 
 def _combine(*parts: str) -> str:
     if NO in parts:
         return NO
-    return YES if all(p == YES for p in parts) else UNKNOWN
+    if all(p == YES for p in parts):
+        return YES
+    return COVERAGE if COVERAGE in parts else UNKNOWN
+
+
+def hole_text(agg: Aggregates, hole: Hole) -> str:
+    """'cannot be judged: coverage (CS's tickets jump from ... (10.9x); add s0 ≈ -0.006)'."""
+    return f"cannot be judged: coverage ({hole.describe()}; {suggest(agg, hole).text()})"
 
 
 # ---- claim 1: sparser matching tickets, more accurate at high sparsity ----------------------------
@@ -172,8 +184,13 @@ def compare_accuracy(agg: Aggregates, network: str, method: str, other: str,
     mine, theirs = read_accuracy(pts, common), read_accuracy(other_pts, common)
     assert mine is not None and theirs is not None
     status = YES if mine.accuracy > theirs.accuracy else NO
-    return status, (f"at {pct(common)} remaining (the sparsest level both reach) {a} reaches "
-                    f"{reading_text(mine)} vs {reading_text(theirs)} for {b}")
+    clause = (f"at {pct(common)} remaining (the sparsest level both reach) {a} reaches "
+              f"{reading_text(mine)} vs {reading_text(theirs)} for {b}")
+    found = [h for m, r in ((method, mine), (other, theirs))
+             if (h := reading_hole(agg, network, m, track, r)) is not None]
+    if found:
+        return COVERAGE, clause + ": " + "; ".join(hole_text(agg, h) for h in found)
+    return status, clause
 
 
 def ticket_comparison(agg: Aggregates, network: str, method: str,
@@ -197,11 +214,18 @@ def ticket_comparison(agg: Aggregates, network: str, method: str,
             sparse, text_a = YES, f"{a}'s sparsest matching ticket keeps {ticket_text(agg, m)} while {b} has none"
         else:
             if matched_sparsity(m.remaining_mean, o.remaining_mean):
-                sparse = UNKNOWN
+                sparse, behind = UNKNOWN, [(method, o), (other, m)]  # a tie: either may match sparser
             else:
                 sparse = YES if m.remaining_mean < o.remaining_mean else NO
+                # only the method that keeps more weights could change the answer by matching sparser
+                behind = [(other, m)] if sparse == YES else [(method, o)]
             text_a = (f"{a}'s sparsest matching ticket keeps {ticket_text(agg, m)} vs "
                       f"{ticket_text(agg, o)} for {b}")
+            found = [h for name, ahead in behind
+                     if (h := sparsest_matching_hole(agg, network, name, ahead.remaining_mean)) is not None]
+            if found:
+                sparse = COVERAGE
+                text_a += " — " + "; ".join(hole_text(agg, h) for h in found)
     accurate, text_b = compare_accuracy(agg, network, method, other)
     return sparse, accurate, f"on {pretty_network(network)}, {text_a}, and {text_b}"
 
@@ -303,27 +327,45 @@ def fewest_seeds(agg: Aggregates, network: str, method: str, track: str = "ticke
     return min((g.n_seeds for g in groups), default=0)
 
 
-def cs_vs_l0(agg: Aggregates) -> str:
+L0_TOO_FEW_SEEDS = "too few seeds to draw a conclusion"
+L0_CS_BETTER = "CS finds sparser matching tickets and is more accurate at the sparsest common level"
+L0_CS_NOT_BETTER = "CS does not beat L0 here"
+L0_COVERAGE = "cannot be judged: coverage"
+L0_MIXED = "the comparison is mixed or undecided"
+
+
+def cs_vs_l0_verdict(agg: Aggregates, min_seeds: int = 2) -> str | None:
+    """The conclusion of CS vs. L0 (one of the L0_* phrases); None when no network has both. A conclusion
+    only when both methods ran with at least ``min_seeds`` seeds."""
+    compared = {n: c for n in agg.networks() if (c := compare_tickets(agg, n, "cs", "l0")) is not None}
+    if not compared:
+        return None
+    statuses = [status for status, _ in compared.values()]
+    if any(min(fewest_seeds(agg, n, "cs"), fewest_seeds(agg, n, "l0")) < min_seeds for n in compared):
+        return L0_TOO_FEW_SEEDS
+    if all(status == YES for status in statuses):
+        return L0_CS_BETTER
+    if all(status == NO for status in statuses):
+        return L0_CS_NOT_BETTER
+    if COVERAGE in statuses and NO not in statuses:
+        return L0_COVERAGE
+    return L0_MIXED
+
+
+def cs_vs_l0(agg: Aggregates, stability: str = "") -> str:
     """The reviewers' question in one paragraph, with seed counts and margins; a conclusion only when
     both methods ran with at least two seeds."""
     by_network = {n: c for n in agg.networks() if (c := compare_tickets(agg, n, "cs", "l0")) is not None}
-    if not by_network:
+    lead = cs_vs_l0_verdict(agg)
+    if lead is None:
         return "CS vs. L0: not compared; this run has no network with both CS and L0 tickets."
     networks, compared = list(by_network), list(by_network.values())
-    statuses = [status for status, _ in compared]
-    counts = {n: (fewest_seeds(agg, n, "cs"), fewest_seeds(agg, n, "l0")) for n in networks}
-    few = [n for n, (cs_n, l0_n) in counts.items() if min(cs_n, l0_n) < 2]
-    if few:
-        lead = ("too few seeds to draw a conclusion (" + "; ".join(
-            f"{pretty_network(n)}: CS {seeds_text(counts[n][0])}, L0 {seeds_text(counts[n][1])} per setting"
-            for n in few) + "), so the numbers are stated without one")
-    elif all(status == YES for status in statuses):
-        lead = "CS finds sparser matching tickets and is more accurate at the sparsest common level"
-    elif all(status == NO for status in statuses):
-        lead = "CS does not beat L0 here"
-    else:
-        lead = "the comparison is mixed or undecided"
-    text = f"CS vs. L0: {lead}: " + "; ".join(clause for _, clause in compared) + "."
+    if lead == L0_TOO_FEW_SEEDS:
+        counts = {n: (fewest_seeds(agg, n, "cs"), fewest_seeds(agg, n, "l0")) for n in networks}
+        lead += (" (" + "; ".join(
+            f"{pretty_network(n)}: CS {seeds_text(cs_n)}, L0 {seeds_text(l0_n)} per setting"
+            for n, (cs_n, l0_n) in counts.items() if min(cs_n, l0_n) < 2) + "), so the numbers are stated without one")
+    text = f"CS vs. L0: {lead}{stability}: " + "; ".join(clause for _, clause in compared) + "."
     pruning = []
     for network in agg.networks():
         if agg.pruning_points(network, "cs") and agg.pruning_points(network, "l0"):
@@ -396,8 +438,35 @@ def sensitivity_sentences(agg: Aggregates) -> list[str]:
 
 
 # ---- ablations -----------------------------------------------------------------------------------
-def ablation_sentences(agg: Aggregates) -> list[str]:
-    """One sentence per ablation that ran: what it tests, the numbers, and what they show."""
+@dataclass(frozen=True)
+class AblationOutcome:
+    """What one ablation shows on one network: ``shows`` is its conclusion (the verdict that stability
+    re-judges), ``sentence`` the whole sentence without it."""
+
+    method: str
+    network: str
+    shows: str
+    sentence: str
+
+
+ABLATION_UNDECIDED = "the numbers do not decide it"
+
+
+def ablation_sentences(agg: Aggregates, stability: Mapping[tuple[str, str], str] | None = None) -> list[str]:
+    """One sentence per ablation that ran: what it tests, the numbers, what they show (and how stable that is,
+    keyed by (method, network))."""
+    stability = stability or {}
+    return [outcome.sentence.format(shows=outcome.shows, stability=stability.get((outcome.method, outcome.network), ""))
+            for outcome in ablation_outcomes(agg)]
+
+
+def ablation_outcome(agg: Aggregates, method: str, network: str) -> str | None:
+    """The conclusion of one ablation on one network (None where it did not run)."""
+    return next((o.shows for o in ablation_outcomes(agg) if (o.method, o.network) == (method, network)), None)
+
+
+def ablation_outcomes(agg: Aggregates) -> list[AblationOutcome]:
+    """Every ablation that ran, per network: its conclusion and its sentence."""
     sentences = []
     for ablation in ABLATIONS:
         for network in agg.networks():
@@ -419,21 +488,74 @@ def ablation_sentences(agg: Aggregates) -> list[str]:
                 accurate, clause = compare_accuracy(agg, network, ablation.base, ablation.method, "pruning")
                 parts = {"is more accurate at the sparsest level both reach": accurate}
             statuses = set(parts.values())
+            decided = {what: status for what, status in parts.items() if status in (YES, NO)}
             if statuses == {YES}:
                 shows = ablation.if_base_better
             elif statuses == {NO}:
                 shows = ablation.if_ablation_not_worse
-            elif UNKNOWN in statuses:
-                shows = "the numbers do not decide it"
+            elif UNKNOWN in statuses or not decided:
+                shows = ABLATION_UNDECIDED if UNKNOWN in statuses else "cannot be judged: coverage"
+            elif COVERAGE in statuses:
+                what, status = next(iter(decided.items()))
+                shows = (f"only part of it can be judged (the rest is coverage): that {base} {what} is "
+                         f"{'true' if status == YES else 'false'}")
             else:
                 wins = [what for what, status in parts.items() if status == YES]
                 losses = [what for what, status in parts.items() if status == NO]
                 shows = (f"the result is mixed: {base} " + " and ".join(wins) + ", while the ablation "
                          + " and ".join(losses))
             caution = " One seed: indicative only." if n < 2 else ""
-            sentences.append(f"**{name}** on {pretty_network(network)} tests {ablation.question}: {clause}; "
-                             f"{shows}.{caution}")
+            clause = clause.replace("{", "{{").replace("}", "}}")
+            sentences.append(AblationOutcome(
+                ablation.method, network, shows,
+                f"**{name}** on {pretty_network(network)} tests {ablation.question}: {clause}; "
+                f"**{{shows}}**{{stability}}.{caution}"))
     return sentences
+
+
+# ---- every verdict with its stability ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Judged:
+    """One verdict of the report (a claim, CS vs. L0, an ablation) and how stable it is."""
+
+    key: str  # claim1, claim2, claim3, cs_vs_l0, ablation:<method>:<network>
+    verdict: str
+    stability: Stability
+
+
+def judge_everything(agg: Aggregates) -> list[Judged]:
+    """Every verdict the report states, each re-judged under :data:`STABILITY_RULE`'s perturbations."""
+    perturbed = Perturbations(agg)
+    judged = []
+    claim_methods = ({"cs", "imp"}, {"cs", "imp"},
+                     {"cs"} | {m for n in agg.networks() for m in agg.methods(n, "pruning") if is_magnitude_method(m)})
+    for i, (judge, methods) in enumerate(zip((judge_claim1, judge_claim2, judge_claim3), claim_methods), start=1):
+        stability = perturbed.stability(lambda a, judge=judge: judge(a)[0], methods)
+        judged.append(Judged(f"claim{i}", stability.verdict, stability))
+    if cs_vs_l0_verdict(agg) is not None:
+        # the two-seed gate would answer every one-seed re-judgement with "too few seeds"
+        verdict = cs_vs_l0_verdict(agg)
+        stability = perturbed.stability(
+            lambda a: cs_vs_l0_verdict(a) if a is agg else (verdict if verdict == L0_TOO_FEW_SEEDS else
+                                                           cs_vs_l0_verdict(a, min_seeds=1)), {"cs", "l0"})
+        judged.append(Judged("cs_vs_l0", stability.verdict, stability))
+    for outcome in ablation_outcomes(agg):
+        base = next(a.base for a in ABLATIONS if a.method == outcome.method)
+        stability = perturbed.stability(
+            lambda a, o=outcome: ablation_outcome(a, o.method, o.network), {base, outcome.method})
+        judged.append(Judged(f"ablation:{outcome.method}:{outcome.network}", stability.verdict, stability))
+    return judged
+
+
+def verdicts_summary(judged: list[Judged]) -> dict[str, dict[str, str]]:
+    """``metrics/verdicts.json``: per verdict, the verdict, "stable" or "fragile", and what flips it."""
+    return {j.key: {"verdict": j.verdict, "stability": "fragile" if j.stability.fragile else "stable",
+                    "flipped_by": "; ".join(what for what, _ in j.stability.flips)} for j in judged}
+
+
+def stability_note(judged: Judged) -> str:
+    """' (fragile: leaving out seed 1 makes it "Supported")' / ' (stable: ...)' for a verdict's sentence."""
+    return f" ({judged.stability.text()})"
 
 
 # ---- scope and limitations -----------------------------------------------------------------------

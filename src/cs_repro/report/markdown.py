@@ -21,10 +21,15 @@ from cs_repro.report.claims import (
     ablation_sentences,
     cs_vs_l0,
     judge_claims,
+    judge_everything,
     limitations,
     scope_sentence,
     sensitivity_sentences,
+    stability_note,
 )
+from cs_repro.report.coverage import COVERAGE_RULE, EDGE_RULE, every_hole, exp_run_commands
+from cs_repro.report.rows import pretty_network
+from cs_repro.report.stability import STABILITY_RULE
 from cs_repro.report.captions import FIGURE_CAPTIONS
 from cs_repro.report.rows import NOT_RECORDED, Row, normalise_meta
 from cs_repro.report.tables import make_tables, provenance, to_markdown
@@ -50,6 +55,9 @@ def write_report(rows: Iterable[Row | Mapping[str, Any]] | Aggregates,
         f"- **Search cost.** {SEARCH_COST_RULE}",
         f"- **Matched sparsity.** {MATCHED_SPARSITY_RULE}",
         f"- **Verdicts.** {VERDICT_RULE}",
+        f"- **Coverage.** {COVERAGE_RULE}",
+        f"- **Edge.** {EDGE_RULE}",
+        f"- **Stability.** {STABILITY_RULE}",
         f"- **Optional lines** (IMP-C, reinit and random-mask controls) are "
         f"{'shown' if show_optional else 'hidden'} in the figures.",
     ]
@@ -70,19 +78,25 @@ def write_report(rows: Iterable[Row | Mapping[str, Any]] | Aggregates,
     for table in make_tables(agg, meta):
         lines += [to_markdown(table), ""]
     verdicts = judge_claims(agg)
+    judged = {j.key: j for j in judge_everything(agg)}
     lines += ["## Claims", "", scope_sentence(agg, meta), "",
-              "Each claim of the paper, then one sentence judged from this run's numbers.", ""]
+              "Each claim of the paper, then one sentence judged from this run's numbers, and whether the "
+              "verdict survives leaving out one seed or one setting (*Stability* above).", ""]
     for i, (claim, (verdict, sentence)) in enumerate(zip(PAPER_CLAIMS, verdicts), start=1):
-        lines += [f"{i}. *{claim}*", "", f"   **{verdict}**{sentence[len(verdict):]}", ""]
-    lines += ["## CS vs. L0 (the reviewers' question)", "", cs_vs_l0(agg), ""]
+        lines += [f"{i}. *{claim}*", "", f"   **{verdict}**{sentence[len(verdict):]}", "",
+                  f"   *Stability:* {judged[f'claim{i}'].stability.text()}.", ""]
+    lines += ["## CS vs. L0 (the reviewers' question)", "",
+              cs_vs_l0(agg, stability_note(judged["cs_vs_l0"]) if "cs_vs_l0" in judged else ""), ""]
     sensitivity = sensitivity_sentences(agg)
     if sensitivity:
         lines += ["## CS's hyperparameter sensitivity (the reviewers' question)", "",
                   "One hyperparameter changed at a time (figure *sensitivity*, table *sensitivity*):", ""]
         lines += [f"- {sentence}" for sentence in sensitivity] + [""]
-    ablations = ablation_sentences(agg)
+    ablations = ablation_sentences(agg, {tuple(key.split(":")[1:]): stability_note(j)
+                                         for key, j in judged.items() if key.startswith("ablation:")})
     if ablations:
         lines += ["## Ablations", ""] + [f"- {sentence}" for sentence in ablations] + [""]
+    lines += coverage_section(agg)
     lines += ["## Limitations", ""] + [f"- {item}" for item in limitations(agg, meta, verdicts)] + [""]
     collapsed = meta.get("collapsed_runs")
     if isinstance(collapsed, list) and collapsed:
@@ -94,6 +108,24 @@ def write_report(rows: Iterable[Row | Mapping[str, Any]] | Aggregates,
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
+
+
+def coverage_section(agg: Aggregates) -> list[str]:
+    """Every gap and edge in this run's grids, with the settings that would fill it and one command for all."""
+    found = every_hole(agg)
+    lines = ["## Coverage", ""]
+    if not found:
+        return lines + [f"No method's grid has a gap wider than the rule allows, and no method still matches at its "
+                        "sparsest setting.", ""]
+    lines += ["Where this run's grids leave gaps or stop at a method's edge (*Coverage* and *Edge* above). A "
+              "verdict that rests on one of these says so; the others do not depend on them.", ""]
+    for hole, suggestion in found:
+        lines.append(f"- {pretty_network(hole.network)}: {hole.describe()}; {suggestion.text()}.")
+    commands = exp_run_commands(agg, found)
+    if commands:
+        lines += ["", "To fill them all (`cs-repro suggest-settings` prints the same):", "", "```bash",
+                  *commands, "```"]
+    return lines + [""]
 
 
 # ---- the README's results block --------------------------------------------------------------------
@@ -135,8 +167,11 @@ def results_block(rows: Iterable[Row | Mapping[str, Any]] | Aggregates, meta: Ma
               f"included). {MATCHING_RULE}", ""]
     verdicts = judge_claims(agg)
     lines += [scope_sentence(agg, meta), ""]
-    lines += [f"{i}. *{claim}* **{verdict}.**" for i, (claim, (verdict, _)) in
-              enumerate(zip(PAPER_CLAIMS, verdicts), start=1)]
+    judged = {j.key: j for j in judge_everything(agg)}
+    lines += [f"{i}. *{claim}* **{verdict}.** ({'fragile' if judged[f'claim{i}'].stability.fragile else 'stable'}; "
+              "REPORT.md says what flips it)" if judged[f'claim{i}'].stability.fragile else
+              f"{i}. *{claim}* **{verdict}.** (stable)"
+              for i, (claim, (verdict, _)) in enumerate(zip(PAPER_CLAIMS, verdicts), start=1)]
     lines += ["", README_END]
     return "\n".join(lines)
 
