@@ -559,3 +559,42 @@ def test_a_seed_too_large_for_torch_is_one_line(stage_workspace):
 
 def test_the_fault_table_is_large_enough():
     assert len(MALFORMED) + len(MALFORMED_OVERRIDES) >= 30
+
+
+def test_a_diverged_control_is_a_result_while_a_diverged_ticket_retraining_stops(workspace, tiny_params):
+    from cs_repro.evaluation import diverged_controls, read_runs
+    from cs_repro.methods.retrain import retrain_ticket
+    from cs_repro.report import Aggregates, tables
+    from cs_repro.results import complete_row
+    from cs_repro.tickets import Ticket, save_ticket
+
+    params = tiny_params()
+    run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "runs" / "cs", CPU, checkpoint_dir=None)
+    # The released scale at s0 = -4 multiplies every kept weight by 1/sigmoid(-4) = 55.6: on the BN-free LeNet
+    # at lr 0.05 that retraining blows up, while the plain ticket trains.
+    ticket = load_ticket(workspace / "runs" / "cs" / "ticket.pt")
+    scaled = workspace / "runs" / "scaled" / "ticket.pt"
+    save_ticket(Ticket(ticket.masks, ticket.rewind_state, {**ticket.metadata, "s0": -4.0}), scaled)
+    out = workspace / "runs" / "retrain"
+    ran = retrain_ticket(params, scaled, ["rewind_released_scale", "rewind"], out, CPU, checkpoint_dir=workspace / "ck")
+    assert ran == ["rewind_released_scale", "rewind"]  # the stage went on after the control diverged
+    diverged = json.loads((out / "rewind_released_scale" / "metrics.json").read_text())
+    assert diverged["result_rows"] == [] and diverged["variant"] == "rewind_released_scale"
+    assert diverged["diverged"]["epoch"] >= 1 and "training loss" in diverged["diverged"]["reason"]
+    assert json.loads((out / "rewind" / "metrics.json").read_text())["final"]["test_accuracy"] > 0.5
+    assert not list((workspace / "ck").glob("*.pt"))
+    # evaluation lists it, and the controls table shows it in the ticket's row
+    (entry,) = diverged_controls(read_runs(workspace / "runs"))
+    assert entry == {"network": "lenet300_100", "method": "cs", "setting": "s0=0", "variant": "rewind_released_scale",
+                     "seed": 0, "epoch": diverged["diverged"]["epoch"], "reason": diverged["diverged"]["reason"]}
+    rows = json.loads((out / "rewind" / "metrics.json").read_text())["result_rows"]
+    completed = [complete_row(r, network="lenet300_100", dataset="fashion_mnist", search_seconds=1.0,
+                              cost={"params_total": 10, "params_nonzero": 5, "flops_dense": 10, "flops_nonzero": 5})
+                 for r in rows]
+    table = tables.controls_table(Aggregates(completed), [entry])
+    (cell,) = table.cells
+    assert cell[-1] == f"diverged at epoch {entry['epoch']} (seed 0)"
+    # the ticket's own retraining from the rewind point is the main result: a divergence there stops the stage
+    with pytest.raises(UserError, match=r"diverged in .*nothing was written"):
+        retrain_ticket(tiny_params(lr=50.0), scaled, ["rewind"], workspace / "runs" / "main", CPU, checkpoint_dir=None)
+    assert not (workspace / "runs" / "main" / "rewind" / "metrics.json").exists()

@@ -211,6 +211,7 @@ def evaluate_runs(params: Params, runs: Path, out: Path, timings: Path | None = 
         "matching_rule": MATCHING_RULE,
         "empty_tickets": sorted({f"{r['network']} {r['method']} {r['setting']} seed={r['seed']}" for r in empty}),
         "collapsed_runs": collapsed_runs(params, runs, documents),
+        "diverged_controls": diverged_controls(documents),
     }
     for run in meta["collapsed_runs"]:
         log.warning("collapsed run: %s", run)
@@ -221,6 +222,21 @@ def evaluate_runs(params: Params, runs: Path, out: Path, timings: Path | None = 
     write_plot_data(aggregates, out / "plots")
     log.info("evaluated %d result rows from %s", len(rows), runs)
     return summary
+
+
+def diverged_controls(documents: Iterable[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The control retrainings that diverged (methods/retrain.py records them instead of failing): which ticket,
+    which control, the seed, and the epoch and reason; sorted, so that results.json does not depend on the
+    order the runs were read in."""
+    found = []
+    for _, doc in documents:
+        diverged, ticket = doc.get("diverged"), doc.get("ticket") or {}
+        if not isinstance(diverged, dict):
+            continue
+        found.append({"network": doc.get("network"), "method": ticket.get("method"), "setting": ticket.get("setting"),
+                      "variant": doc.get("variant"), "seed": doc.get("seed"), "epoch": diverged.get("epoch"),
+                      "reason": diverged.get("reason")})
+    return sorted(found, key=lambda d: tuple(str(d[k]) for k in ("network", "method", "setting", "variant", "seed")))
 
 
 def _pct(fraction: float | None) -> float | None:

@@ -31,7 +31,7 @@ from cs_repro.models import apply_init, build_model, prunable_names
 from cs_repro.param_fields import check_seed
 from cs_repro.results import run_row
 from cs_repro.tickets import Ticket
-from cs_repro.train import DataSplits, Hooks, OptimConfig, TrainingLoop
+from cs_repro.train import DataSplits, Hooks, OptimConfig, TrainingDiverged, TrainingLoop
 
 if TYPE_CHECKING:
     from cs_repro.params import NetworkParams, Params
@@ -222,6 +222,16 @@ class TrainingRun:
         self.loop = _loop(self.params, spec, hooks, self.model, self.data, self.device, self.checkpoint_dir)
         self.history = self.loop.run()
         return self.history
+
+    def finish_diverged(self, out_dir: Path, error: TrainingDiverged, extra: dict[str, Any] | None = None) -> None:
+        """Record a run that diverged as its result (a control's retraining: a finding, not a failure): metrics.json
+        with the epochs it trained, where and why it diverged, and no accuracy."""
+        history = self.loop.history if self.loop is not None else []
+        diverged = {"epoch": error.epoch, "where": error.where, "reason": error.reason}
+        _write_run(Path(out_dir), self.spec, history, {"diverged": diverged},
+                   time.perf_counter() - self.started, self.loop, self.device, {"diverged": diverged, **(extra or {})},
+                   self.timing_dir)
+        drop_checkpoint(self.spec, self.checkpoint_dir)
 
     def evaluate(self) -> dict[str, float]:
         """Test and validation accuracy of the model as it is now (e.g. after pruning it)."""

@@ -180,7 +180,14 @@ class EpochRecord:
 
 
 class TrainingDiverged(UserError):
-    """A run whose loss blew up or whose accuracy fell back to chance: the stage fails, writing nothing."""
+    """A run whose loss blew up or whose accuracy fell back to chance: the stage fails, writing nothing (a
+    control's retraining records it as a result instead: methods/retrain.py)."""
+
+    def __init__(self, message: str, where: str = "", epoch: int = 0, reason: str = "") -> None:
+        super().__init__(message)
+        self.where = where  # "retrain epoch 3/6"
+        self.epoch = epoch  # 1-based, counted over every phase
+        self.reason = reason
 
 
 #: A phase's training loss above this many times its first epoch's, and above twice the loss of a uniform
@@ -367,7 +374,8 @@ class TrainingLoop:
             Path(self.checkpoint_path).unlink(missing_ok=True)
         return TrainingDiverged(
             f"{self.run_label}: training diverged in {where}: {reason}; nothing was written. Lower the learning "
-            f"rate (networks.<network>.lr, now {self.optim.lr:g}) or check the data")
+            f"rate (networks.<network>.lr, now {self.optim.lr:g}) or check the data",
+            where=where, epoch=self.global_epoch + 1, reason=reason)
 
     def _check_loss(self, phase: int, where: str, loss: float) -> None:
         if not math.isfinite(loss):

@@ -25,7 +25,7 @@ from cs_repro.results import run_row
 from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config, ticket_digest,
                           ticket_network)
 from cs_repro.tickets import Ticket, check_ticket_fits, load_ticket, save_ticket
-from cs_repro.train import Hooks, TrainingLoop
+from cs_repro.train import Hooks, TrainingDiverged, TrainingLoop
 
 if TYPE_CHECKING:
     from cs_repro.params import Params
@@ -114,6 +114,24 @@ REINIT_SEED_OFFSET = 100_003  # the reinit control draws weights unrelated to th
 # when controls.random); from the rewind point with the released code's scale binary / sigmoid(s0)
 # (CS tickets only).
 RETRAIN_VARIANTS = ("rewind", "reinit", "random", "rewind_released_scale")
+#: The variants that are controls: one that diverges is a finding about the ticket (e.g. the released mask scale
+#: on a BN-free network at the profile's lr), recorded as such while the stage goes on. The ticket's own
+#: retraining from the rewind point is the main result and still stops its stage when it diverges.
+CONTROL_VARIANTS = ("reinit", "random", "rewind_released_scale")
+
+
+def train_or_record_divergence(training: TrainingRun, run: RunSpec, hooks: Hooks, variant: str, out_dir: Path,
+                               extra: dict[str, Any]) -> list | None:
+    """Train a retraining run; a control that diverges is written as a diverged result (None returned)."""
+    try:
+        return training.train(run, hooks)
+    except TrainingDiverged as error:
+        if variant not in CONTROL_VARIANTS:
+            raise
+        log.warning("%s: the %s control diverged at epoch %d (%s); recorded as a result, the stage goes on",
+                    run.setting, variant, error.epoch, error.reason)
+        training.finish_diverged(out_dir, error, {**extra, "variant": variant, "result_rows": []})
+        return None
 
 
 def retrain_ticket(params: Params, ticket_path: Path, variants, out_dir: Path, device: torch.device,
@@ -210,7 +228,10 @@ def run_random_control(params: Params, ticket_path: Path, out_dir: Path, device:
     check_ticket_fits(ticket, ticket_path, training.model, training.prunable)
     hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, ticket.rewind_state,
                           float(meta.get("mask_scale", 1.0)), label=run.method)
-    history = training.train(run, hooks)
+    history = train_or_record_divergence(training, run, hooks, "random", out_dir, {
+        "ticket": {k: v for k, v in meta.items() if k != "params"}, "ticket_file": str(ticket_path)})
+    if history is None:
+        return {}
     epochs = training.net.epochs
     row = run_row(method=meta["method"], variant="random", track="ticket", seed=seed, setting=meta["setting"],
                   ticket_metadata=control.metadata, test_accuracy=history[-1].test_accuracy,
@@ -245,7 +266,11 @@ def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, 
     start_state = None if variant == "reinit" else ticket.rewind_state
     masks = {k: v.to(device) for k, v in ticket.masks.items()}
     hooks = TicketRetrain(masks, start_state, mask_scale, label=run.method)
-    history = training.train(run, hooks)
+    history = train_or_record_divergence(training, run, hooks, variant, out_dir, {
+        "ticket": {k: v for k, v in meta.items() if k != "params"}, "ticket_file": str(ticket_path),
+        "mask_scale": mask_scale})
+    if history is None:
+        return {}
     final = final_metrics(history, remaining_weights=meta["remaining_weights"], layer_remaining=meta["layer_remaining"],
                    search_epochs=meta["search_epochs"], retrain_epochs=training.net.epochs)
     # The released code's mask scale is a way of retraining the ticket, reported as a method of its own

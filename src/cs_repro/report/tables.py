@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from cs_repro.methods.budgets import LAYER_BUDGETS
 from cs_repro.report.aggregate import (
@@ -244,38 +244,55 @@ def sensitivity_table(agg: Aggregates) -> Table | None:
 CONTROL_VARIANTS = ("reinit", "random")
 
 
-def controls_table(agg: Aggregates) -> Table | None:
-    """Every ticket that has a control next to it: its accuracy against the controls' (None: no controls)."""
+#: The retraining of a ticket with the released code's mask scale (methods/retrain.py) is reported as a method of
+#: its own, "<method>_released_scale"; the controls table sets it next to the ticket as a third control.
+RELEASED_SCALE = "rewind_released_scale"
+
+
+def controls_table(agg: Aggregates, diverged: Sequence[Mapping[str, Any]] = ()) -> Table | None:
+    """Every ticket that has a control next to it: its accuracy against the controls' (None: no controls).
+    ``diverged``: the controls that diverged (results.json's meta.diverged_controls), shown in their cells."""
+    columns = (*CONTROL_VARIANTS, RELEASED_SCALE)
     headers = ["Network", "Method", "Setting", "Remaining weights (%)", "Ticket: test acc. (%)",
-               "Reinit control (%)", "Random-mask control (%)"]
+               "Reinit control (%)", "Random-mask control (%)", "Released mask scale (%)"]
     csv_header = ["network", "dataset", "method", "setting", "remaining_pct", "ticket_test_acc_mean_pct",
                   "ticket_test_acc_std_pct", "ticket_n_seeds"]
-    for variant in CONTROL_VARIANTS:
+    for variant in columns:
         csv_header += [f"{variant}_test_acc_mean_pct", f"{variant}_test_acc_std_pct", f"{variant}_n_seeds"]
+    csv_header.append("diverged")
     cells: list[list[str]] = []
     rows: list[list[Any]] = []
     for network in agg.networks():
         title = f"{pretty_network(network)} ({pretty_dataset(agg.dataset(network))})"
         for method in agg.methods(network, "ticket", "rewind"):
+            if method.endswith("_released_scale"):
+                continue  # shown in its ticket's row
             controls = {variant: {g.setting: g for g in agg.groups_for(network, method, variant)}
                         for variant in CONTROL_VARIANTS}
+            controls[RELEASED_SCALE] = {g.setting: g for g in agg.groups_for(network, f"{method}_released_scale")}
             for ticket in agg.groups_for(network, method, "rewind"):
-                found = {variant: controls[variant].get(ticket.setting) for variant in CONTROL_VARIANTS}
-                if not any(found.values()):
+                found = {variant: controls[variant].get(ticket.setting) for variant in columns}
+                failed = {variant: sorted((d["seed"], d["epoch"]) for d in diverged
+                                          if (d.get("network"), d.get("method"), d.get("setting"), d.get("variant"))
+                                          == (network, method, ticket.setting, variant)) for variant in columns}
+                if not any(found.values()) and not any(failed.values()):
                     continue
                 cell = [title, pretty_method(method), ticket.setting, fmt_remaining(ticket.remaining_mean),
                         fmt_group_acc(ticket)]
                 row = [network, ticket.dataset, method, ticket.setting, _csv_num(100 * ticket.remaining_mean),
                        _csv_num(100 * ticket.test_acc_mean), _csv_num(100 * ticket.test_acc_std), ticket.n_seeds]
-                for variant in CONTROL_VARIANTS:
+                for variant in columns:
                     group = found[variant]
+                    note = "; ".join(f"diverged at epoch {epoch} (seed {seed})" for seed, epoch in failed[variant])
                     if group is None:
-                        cell.append("")
+                        cell.append(note)
                         row += ["", "", ""]
                     else:
-                        cell.append(fmt_group_acc(group))
+                        cell.append(fmt_group_acc(group) + (f"; {note}" if note else ""))
                         row += [_csv_num(100 * group.test_acc_mean), _csv_num(100 * group.test_acc_std),
                                 group.n_seeds]
+                row.append("; ".join(f"{variant} seed {seed} epoch {epoch}" for variant in columns
+                                     for seed, epoch in failed[variant]))
                 cells.append(cell)
                 rows.append(row)
     if not cells:
@@ -283,8 +300,11 @@ def controls_table(agg: Aggregates) -> Table | None:
     caption = (
         "Tickets next to their controls, at the ticket's own mask and setting: the ticket retrained from "
         "the rewind point; the same mask retrained from fresh random weights (reinit); a random mask with "
-        "exactly the ticket's layer-wise counts retrained from the same rewind point (random). "
-        f"Accuracies: {STD_RULE}; n = seeds. An empty cell: that control was not run for this setting."
+        "exactly the ticket's layer-wise counts retrained from the same rewind point (random); the ticket "
+        "retrained from the rewind point with the released code's mask scale, 1/sigmoid(s0) (CS only). "
+        f"Accuracies: {STD_RULE}; n = seeds. A control that diverged is a result, not a failure: its cell says at "
+        "which epoch, on which seed, and its accuracy is left out of the mean. An empty cell: that control was not "
+        "run for this setting."
     )
     return Table("controls", caption, headers, cells, csv_header, rows)
 
@@ -471,7 +491,7 @@ def write_table(table: Table, out_dir: Path) -> list[Path]:
 def make_tables(agg: Aggregates, meta: Mapping[str, Any] | None = None) -> list[Table]:
     """Every table with data; with `meta`, each caption ends with the run's provenance."""
     tables = [ticket_search_table(agg), pruning_table(agg), layer_budgets_table(agg), inference_cost_table(agg, meta),
-              controls_table(agg), sensitivity_table(agg)]
+              controls_table(agg, (meta or {}).get("diverged_controls") or ()), sensitivity_table(agg)]
     stamp = f" {provenance(meta)}" if meta else ""
     return [replace(table, caption=table.caption + stamp) for table in tables if table is not None]
 
