@@ -93,6 +93,25 @@ def set_param(repo: Path, path: str, value) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def assert_gaps_listed_with_s0_inside(repo: Path) -> None:
+    rows = json.loads((repo / "metrics" / "results.json").read_text())["rows"]
+    cs: dict[str, list[float]] = {}
+    for r in rows:
+        if r["method"] == "cs" and r["variant"] == "rewind":
+            cs.setdefault(r["setting"], []).append(r["remaining_weights"])
+    ordered = sorted(((setting, sum(v) / len(v)) for setting, v in cs.items()), key=lambda item: -item[1])
+    gaps = [(a, b) for a, b in zip(ordered, ordered[1:]) if a[1] > 2 * b[1]]
+    assert gaps, ordered
+    coverage = (repo / "figures" / "REPORT.md").read_text().split("## Coverage", 1)[1].split("\n## ", 1)[0]
+    for (denser, _), (sparser, _) in gaps:
+        (line,) = [line for line in coverage.splitlines() if f"[{denser}] to" in line and f"[{sparser}]" in line]
+        values = [float(v) for v in re.search(r"add s0 ≈ ([-0-9., ]+)", line).group(1).rstrip(".").split(", ")]
+        low, high = sorted(float(setting.split("=")[1]) for setting in (denser, sparser))
+        assert values and all(low < v < high for v in values), line
+    printed = run("cs-repro", "suggest-settings", cwd=repo).stdout.strip().splitlines()
+    assert printed[-1].startswith("dvc exp run -S 'sweep.s0=[") and printed[-1] in coverage
+
+
 def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_path):
     repo = make_pipeline_repo(tmp_path / "quick", tiny_quick_params())
     started = time.perf_counter()
@@ -155,6 +174,12 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
     moved = set(json.loads(run("dvc", "metrics", "diff", "--json", cwd=repo).stdout).get("metrics/summary.json", {}))
     assert moved == {key for key, entry in diff.items() if entry["old"] != entry["new"]}
     assert not any(key.startswith(("lenet300_100.imp", "lenet300_100.l0")) for key in moved)
+    # The report applies its coverage rule to the experiment's own grid: the tiny grid's two s0 values land far
+    # apart, so the gap is listed with s0 values inside it, and `cs-repro suggest-settings` prints the same.
+    assert_gaps_listed_with_s0_inside(repo)
+    verdicts = json.loads((repo / "metrics" / "verdicts.json").read_text())
+    assert {"claim1", "claim2", "claim3"} <= set(verdicts)
+    assert {v["stability"] for v in verdicts.values()} <= {"stable", "fragile"}
     table = run("dvc", "exp", "show", "--no-pager", "--csv", "--only-changed", *EXP_SHOW_READABLE, cwd=repo).stdout
     assert "lambda" in table.splitlines()[0] and len(table.splitlines()[0].split(",")) <= 20, table.splitlines()[0]
 

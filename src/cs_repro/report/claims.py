@@ -180,7 +180,15 @@ def compare_accuracy(agg: Aggregates, network: str, method: str, other: str,
     common = highest_common_sparsity(pts, other_pts)
     a, b = pretty_method(method), pretty_method(other)
     if common is None:
-        return UNKNOWN, f"{a} and {b} cover no common sparsity"
+        if not pts or not other_pts:
+            return UNKNOWN, f"{a} and {b} cover no common sparsity"
+        # the grids do not overlap: which way one of them would have to extend is a coverage question
+        denser, sparser = (a, b) if min(p[0] for p in pts) > max(p[0] for p in other_pts) else (b, a)
+        low = min(p[0] for p in (pts if denser == a else other_pts))
+        high = max(p[0] for p in (other_pts if denser == a else pts))
+        return COVERAGE, (f"{a} and {b} cover no common sparsity: cannot be judged: coverage ({denser}'s sparsest "
+                          f"setting keeps {pct(low)}, {sparser}'s densest {pct(high)}; run {denser} sparser or "
+                          f"{sparser} denser)")
     mine, theirs = read_accuracy(pts, common), read_accuracy(other_pts, common)
     assert mine is not None and theirs is not None
     status = YES if mine.accuracy > theirs.accuracy else NO
