@@ -57,7 +57,9 @@ for _name, _entry in {
     "cs_released_clamp": MethodEntry("cs_repro.methods.cs_ablations", "CS, released clamp rule", "#bcbd22",
                                      ablation=True, **_ABLATION_S0),
     "gmp_cs_layers": MethodEntry("cs_repro.methods.gmp", "GMP (CS layer-wise targets)", "#393b79", ablation=True),
-    "cs_released_scale": MethodEntry("cs_repro.methods.retrain", "CS, released mask scale", "#843c39", ablation=True),
+    # CS's tickets retrained another way: on CS's own s0 grid
+    "cs_released_scale": MethodEntry("cs_repro.methods.retrain", "CS, released mask scale", "#843c39", ablation=True,
+                                     settings_key="sweep.s0", setting_name="s0"),
     # CS with one hyperparameter changed (its sensitivity sweep).
     "cs_sensitivity": MethodEntry("cs_repro.methods.cs_sensitivity", "CS, one hyperparameter changed", "#e7969c",
                                   ablation=True),

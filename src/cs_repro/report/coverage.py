@@ -200,9 +200,12 @@ def suggest(agg: Aggregates, hole: Hole) -> Suggestion:
         targets = [r_hi * (r_lo / r_hi) ** (i / pieces) for i in range(1, pieces)]
     else:
         targets = [r_hi / MAX_GAP]
-    if scale == "sparsity":
-        values = tuple(round(1 - r, 4) for r in targets)
-        return Suggestion(key, tuple(v for v in values if v not in taken))
+    if scale == "sparsity":  # a target is exact: remaining = 1 - sparsity
+        low, high = 1 - r_hi, (1 - hole.sparser.remaining_mean if hole.sparser is not None else 1.0)
+        values: list[float] = []
+        for r in targets:
+            values.append(_rounded(1 - r, lambda v, low=low, high=high: low < v < high, taken | set(values)))
+        return Suggestion(key, tuple(values))
     here = setting_value(hole.denser.setting, name)
     if here is None:
         return Suggestion("", (), f"{hole.denser.setting} is not a {name} setting")
@@ -249,13 +252,20 @@ def merged_list(key: str, current: Iterable[float], added: Iterable[float]) -> l
 
 def every_hole(agg: Aggregates) -> list[tuple[Hole, Suggestion]]:
     """Every gap and edge of every method on every network, on its main track, with its suggestion."""
-    found = []
+    found: list[tuple[Hole, Suggestion]] = []
+    seen: set[tuple] = set()
     for network in agg.networks():
         for track in ("ticket", "pruning"):
             for method in agg.methods(network, track):
                 if track == "pruning" and method in agg.methods(network, "ticket", "rewind"):
                     continue  # a ticket method's grid is listed once, on its ticket track
                 for hole in holes(agg, network, method, track):
+                    # a method retrained from another's tickets (CS's released scale) shares its grid: one line
+                    key = (network, track, hole.denser.setting, hole.sparser.setting if hole.sparser else None,
+                           METHODS.get(method).settings_key if method in METHODS else method)
+                    if key[-1] is not None and key in seen:
+                        continue
+                    seen.add(key)
                     found.append((hole, suggest(agg, hole)))
     return found
 
