@@ -13,11 +13,12 @@ import torch
 from cs_repro import run as ex
 from cs_repro.data.prepared import load_prepared
 from cs_repro.errors import UserError
-from cs_repro.masks import SoftMasks
+from cs_repro.masks import HardMasks, SoftMasks
 from cs_repro.methods.cs import clamp_between_rounds, run_cs_search, temperature_at
 from cs_repro.methods.imp import global_magnitude_masks, remaining_after, run_imp
-from cs_repro.methods.retrain import TicketRetrain, retrain_ticket, run_retrain
+from cs_repro.methods.retrain import TicketRetrain, folded, retrain_ticket, run_retrain
 from cs_repro.models import build_model, prunable_names
+from cs_repro.run import TrainingRun
 from cs_repro.tickets import load_ticket
 
 CPU = torch.device("cpu")
@@ -175,9 +176,26 @@ def test_released_scale_retrains_cs_tickets_with_binary_over_sigmoid_s0(workspac
     assert plain["mask_scale"] == 1.0  # the paper's plain binary mask (cs.mask_scale: binary)
     assert released["mask_scale"] == pytest.approx(1 + math.exp(-s0))  # = 1 / sigmoid(s0)
     assert plain["epochs"][0]["train_loss"] != released["epochs"][0]["train_loss"]
+    # the folded definition: the rewound weights x 1/sigmoid(s0) once, then a plain mask
+    run_retrain(params, ticket_path, "rewind_folded_scale", workspace / "runs" / "cs" / "folded", CPU, checkpoint_dir=None)
+    fold = _metrics(workspace / "runs" / "cs" / "folded")
+    assert fold["mask_scale"] == 1.0 and fold["weight_scale"] == pytest.approx(1 + math.exp(-s0))
+    assert fold["epochs"][0]["train_loss"] not in (plain["epochs"][0]["train_loss"], released["epochs"][0]["train_loss"])
+    # it starts from the function the released retraining starts from: c * m * W_k in every layer
+    ticket = load_ticket(ticket_path)
+    scale = 1 + math.exp(-s0)
+    outputs = []
+    for state, mask_scale in ((folded(ticket.rewind_state, ticket.masks, scale), 1.0), (ticket.rewind_state, scale)):
+        model = TrainingRun(params, "lenet300_100", 0, CPU, None).model
+        model.load_state_dict(state)
+        HardMasks.apply(model, ticket.masks, scale=mask_scale)
+        outputs.append(model(torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))))
+    torch.testing.assert_close(outputs[0], outputs[1])
+    assert all(torch.equal(v, ticket.rewind_state[k]) for k, v in folded(ticket.rewind_state, ticket.masks, scale).items()
+               if k not in ticket.masks)  # biases are not scaled
     rows, _, _ = collect_rows(params, workspace / "runs")
     found = {(r["method"], r["variant"]) for r in rows}
-    assert {("cs", "pruned"), ("cs", "rewind"), ("cs_released_scale", "rewind")} <= found
+    assert {("cs", "pruned"), ("cs", "rewind"), ("cs_released_scale", "rewind"), ("cs_folded_scale", "rewind")} <= found
 
     run_imp(tiny_params({"imp": {"levels": 1}}), "lenet300_100", 0, workspace / "imp", CPU, checkpoint_dir=None)
     with pytest.raises(UserError, match="rewind_released_scale needs a CS ticket"):

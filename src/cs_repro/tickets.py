@@ -6,7 +6,7 @@ File format (`torch.save` of a plain dict, loadable with `weights_only=True`):
      "masks": {name: bool tensor},            # 1 keeps a weight
      "rewind_state": {name: tensor},          # full model state at the rewind point (BN statistics too)
      "metadata": {method, network, model, dataset, seed, setting, params, remaining_weights, sparsity,
-                  layer_remaining, search_epochs, rewind_epoch, mask_scale}}
+                  layer_remaining, search_epochs, rewind_epoch, mask_scale, weight_scale (CS: see cs.mask_scale)}}
 """
 
 from __future__ import annotations

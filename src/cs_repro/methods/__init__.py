@@ -60,6 +60,8 @@ for _name, _entry in {
     # CS's tickets retrained another way: on CS's own s0 grid
     "cs_released_scale": MethodEntry("cs_repro.methods.retrain", "CS, released mask scale", "#843c39", ablation=True,
                                      settings_key="sweep.s0", setting_name="s0"),
+    "cs_folded_scale": MethodEntry("cs_repro.methods.retrain", "CS, folded mask scale", "#ad494a", ablation=True,
+                                   settings_key="sweep.s0", setting_name="s0"),
     # CS with one hyperparameter changed (its sensitivity sweep).
     "cs_sensitivity": MethodEntry("cs_repro.methods.cs_sensitivity", "CS, one hyperparameter changed", "#e7969c",
                                   ablation=True),

@@ -44,8 +44,11 @@ class CSParams:
     mask_lr: float = param(0.0, "lr of the mask logits; 0 = same as the weights' lr", min=0.0)
     clamp_rule: str = param("paper", "between rounds: 'paper' s <- min(beta_T*s, s0); 'released' s <- min(s, s0)",
                             choices=("paper", "released"))
-    mask_scale: str = param("binary", "ticket mask: 'binary' (paper) or 'released' (binary / sigmoid(s0))",
-                            choices=("binary", "released"))
+    mask_scale: str = param("binary", "what a ticket is when retrained from the rewind point: 'binary' (the paper's "
+                                      "mask times the rewound weights), 'released' (binary / sigmoid(s0) in every "
+                                      "forward pass, as the released code) or 'folded' (the rewound weights / "
+                                      "sigmoid(s0) once, then a plain binary mask)",
+                            choices=("binary", "released", "folded"))
 
 
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).
@@ -152,6 +155,7 @@ def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: P
         "method": method, "network": network, "model": net.model, "dataset": net.dataset, "seed": seed,
         "setting": run.setting, "s0": s0, "params": run.config, "rewind_epoch": net.rewind_epoch,
         "search_epochs": config.rounds * net.epochs, "mask_scale": mask_scale,
+        "weight_scale": weight_scale_for(params.cs.mask_scale, s0),
     }).with_counts()
     # Pruning track: the searched network at its own trained weights with the binary mask, no retraining.
     masks.detach()
@@ -173,5 +177,12 @@ def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: P
 
 
 def mask_scale_for(rule: str, s0: float) -> float:
-    """'binary' (paper): 1. 'released': the released code multiplies the binary mask by 1/sigmoid(s0)."""
-    return 1.0 if rule == "binary" else 1.0 + math.exp(-s0)
+    """'binary' (paper) and 'folded': 1. 'released': the released code multiplies the binary mask by
+    1/sigmoid(s0) in every forward pass."""
+    return 1.0 + math.exp(-s0) if rule == "released" else 1.0
+
+
+def weight_scale_for(rule: str, s0: float) -> float:
+    """'folded': the rewound weights are multiplied once by 1/sigmoid(s0), the value the search's kept gates
+    sigmoid(beta*s)/sigmoid(s0) reach once their logits have grown; 1 otherwise."""
+    return 1.0 + math.exp(-s0) if rule == "folded" else 1.0

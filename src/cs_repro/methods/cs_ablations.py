@@ -16,7 +16,7 @@ import torch
 
 from cs_repro.errors import UserError
 from cs_repro.masks import HardMasks, SoftMasks
-from cs_repro.methods.cs import CSConfig, CSSearch, mask_scale_for
+from cs_repro.methods.cs import CSConfig, CSSearch, mask_scale_for, weight_scale_for
 from cs_repro.methods.retrain import retrain_ticket
 from cs_repro.param_fields import check_listed, param
 from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, network_config, sub_dir,
@@ -75,7 +75,8 @@ def run_cs_ablation(params: Params, name: str, network: str, s0: float, seed: in
     search_epochs = config.rounds * net.epochs
     ticket = Ticket(binary, hooks.rewind_state, ticket_metadata(
         name, network, net, seed, setting, run.config, search_epochs, s0=s0, threshold=threshold,
-        mask_scale=mask_scale_for(params.cs.mask_scale, s0))).with_counts()
+        mask_scale=mask_scale_for(params.cs.mask_scale, s0), weight_scale=weight_scale_for(params.cs.mask_scale, s0),
+    )).with_counts()
     save_ticket(ticket, search_dir / "ticket.pt")
     # Pruning track as for CS: the trained weights with the binary mask, scaled by 1/sigmoid(s0).
     masks.detach()

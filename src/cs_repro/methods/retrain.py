@@ -3,6 +3,9 @@ trained for E epochs with fresh optimisers. Masked weights stay exactly 0 (see `
 
 mask_scale c != 1 is the released CS code's retraining: every forward pass computes with c * m * W and
 W is what SGD trains (so one step moves the effective weight c**2 times as far as under a plain mask).
+weight_scale c != 1 folds the same factor into the rewound weights once (start from c * W_k) and then trains
+plainly: the searched network's kept gates reach 1/sigmoid(s0), so this starts from the function the released
+retraining starts from, without its c**2 larger steps.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ class ControlParams:
     released_scale: bool = param(
         False, "also retrain each CS ticket as the released code does, binary mask x 1/sigmoid(s0) "
                "(results method cs_released_scale; the paper's plain binary mask stays method cs)")
+    folded_scale: bool = param(
+        False, "also retrain each CS ticket from its rewound weights multiplied once by 1/sigmoid(s0) (the value the "
+               "search's kept gates reach), then with a plain binary mask (results method cs_folded_scale)")
     imp_levels: list[int] = param(
         [], "IMP and IMP-C levels whose tickets get the controls (reinit, random mask; every level keeps its "
             "rewind retraining); [] = every pruned level")
@@ -113,11 +119,21 @@ REINIT_SEED_OFFSET = 100_003  # the reinit control draws weights unrelated to th
 # (reinit control); a random mask with the ticket's layer-wise counts from the rewind point (random control,
 # when controls.random); from the rewind point with the released code's scale binary / sigmoid(s0)
 # (CS tickets only).
-RETRAIN_VARIANTS = ("rewind", "reinit", "random", "rewind_released_scale")
+RETRAIN_VARIANTS = ("rewind", "reinit", "random", "rewind_released_scale", "rewind_folded_scale")
+#: The other definitions of a CS ticket (docs/method.md, "What a CS ticket is"), each reported as a method of its
+#: own: variant -> the suffix of its results method (cs_released_scale, cs_folded_scale).
+CS_TICKET_DEFINITIONS = {"rewind_released_scale": "_released_scale", "rewind_folded_scale": "_folded_scale"}
 #: The variants that are controls: one that diverges is a finding about the ticket (e.g. the released mask scale
 #: on a BN-free network at the profile's lr), recorded as such while the stage goes on. The ticket's own
 #: retraining from the rewind point is the main result and still stops its stage when it diverges.
-CONTROL_VARIANTS = ("reinit", "random", "rewind_released_scale")
+CONTROL_VARIANTS = ("reinit", "random", *CS_TICKET_DEFINITIONS)
+
+
+def folded(state: dict[str, Tensor], masks: dict[str, Tensor], scale: float) -> dict[str, Tensor]:
+    """A rewound state with every masked tensor multiplied by ``scale`` (the other tensors as they are)."""
+    if scale == 1.0:
+        return state
+    return {name: (value * scale if name in masks else value) for name, value in state.items()}
 
 
 def train_or_record_divergence(training: TrainingRun, run: RunSpec, hooks: Hooks, variant: str, out_dir: Path,
@@ -162,6 +178,8 @@ def chosen_variants(params: Params, variants: str) -> tuple[list[str], set[str]]
     enabled = ["reinit"] if params.controls.reinit else []
     if params.controls.released_scale:
         enabled.append("rewind_released_scale")
+    if params.controls.folded_scale:
+        enabled.append("rewind_folded_scale")
     chosen: list[str] = []
     from_keyword: set[str] = set()
     for item in (text.strip() for text in variants.split(",") if text.strip()):
@@ -195,14 +213,15 @@ def retrain_tickets(params: Params, tickets: Path, variants: str, out_dir: Path,
         if tickets.is_dir() and metadata.get("remaining_weights", 0.0) >= 1.0:
             continue  # the dense 'ticket' (IMP level 0) has nothing to control for
         # the released scale the controls enable is CS's; other tickets (IMP) have no s0
-        wanted = [v for v in chosen if not (v == "rewind_released_scale" and v in from_keyword and "s0" not in metadata)]
+        wanted = [v for v in chosen if not (v in CS_TICKET_DEFINITIONS and v in from_keyword and "s0" not in metadata)]
         level = metadata.get("level")
         if isinstance(level, int) and not params.controls.controls_level(level):
             wanted = [v for v in wanted if v == "rewind"]  # an IMP level without controls: its ticket only
         if wanted:
             runs.append((path, wanted, Path(path.stem) if tickets.is_dir() else Path()))
     if not runs:  # a stage's outputs must exist even when there is nothing to run
-        write_skipped("no control applies (controls.reinit, controls.released_scale, controls.imp_levels)",
+        write_skipped("no control applies (controls.reinit, controls.released_scale, controls.folded_scale, "
+                      "controls.imp_levels)",
                       out_dir, timing_dir)
         return
     ran = [retrain_ticket(params, path, wanted, out_dir / relative, device, checkpoint_dir,
@@ -246,43 +265,46 @@ def run_random_control(params: Params, ticket_path: Path, out_dir: Path, device:
 
 def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, device: torch.device,
                 checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> dict[str, Any]:
-    """Retrain one ticket's own mask: variant 'rewind' (from the rewind point), 'reinit' (fresh random weights)
-    or 'rewind_released_scale' (from the rewind point, mask x 1/sigmoid(s0) as in the released CS code)."""
+    """Retrain one ticket's own mask: variant 'rewind' (from the rewind point), 'reinit' (fresh random weights),
+    'rewind_released_scale' (from the rewind point, mask x 1/sigmoid(s0) as in the released CS code) or
+    'rewind_folded_scale' (from the rewound weights x 1/sigmoid(s0), then a plain mask)."""
     if variant not in RETRAIN_VARIANTS or variant == "random":
         raise UserError(f"variant {variant!r} is not allowed; choose one of {', '.join(RETRAIN_VARIANTS)}")
     ticket = load_ticket(ticket_path)
     meta = ticket.metadata
     network, seed = ticket_network(params, ticket, ticket_path)
     mask_scale = float(meta.get("mask_scale", 1.0))
-    if variant == "rewind_released_scale":
+    weight_scale = float(meta.get("weight_scale", 1.0))
+    if variant in CS_TICKET_DEFINITIONS:
         if "s0" not in meta:
-            raise UserError(f"{ticket_path}: variant rewind_released_scale needs a CS ticket (one with an s0)")
-        mask_scale = mask_scale_for("released", float(meta["s0"]))
+            raise UserError(f"{ticket_path}: variant {variant} needs a CS ticket (one with an s0)")
+        released = mask_scale_for("released", float(meta["s0"]))
+        mask_scale, weight_scale = (released, 1.0) if variant == "rewind_released_scale" else (1.0, released)
     run = RunSpec(f"retrain_{variant}", network, seed, f"{meta['method']} {meta['setting']}", {
         "ticket": ticket_digest(ticket_path), "variant": variant, "network": network_config(params, network)})
     training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir,
                            model_seed=seed + REINIT_SEED_OFFSET if variant == "reinit" else seed)
     check_ticket_fits(ticket, ticket_path, training.model, training.prunable)
-    start_state = None if variant == "reinit" else ticket.rewind_state
+    start_state = None if variant == "reinit" else folded(ticket.rewind_state, ticket.masks, weight_scale)
     masks = {k: v.to(device) for k, v in ticket.masks.items()}
     hooks = TicketRetrain(masks, start_state, mask_scale, label=run.method)
     history = train_or_record_divergence(training, run, hooks, variant, out_dir, {
         "ticket": {k: v for k, v in meta.items() if k != "params"}, "ticket_file": str(ticket_path),
-        "mask_scale": mask_scale})
+        "mask_scale": mask_scale, "weight_scale": weight_scale})
     if history is None:
         return {}
     final = final_metrics(history, remaining_weights=meta["remaining_weights"], layer_remaining=meta["layer_remaining"],
                    search_epochs=meta["search_epochs"], retrain_epochs=training.net.epochs)
-    # The released code's mask scale is a way of retraining the ticket, reported as a method of its own
+    # Another definition of the ticket (released scale, folded scale) is reported as a method of its own
     # (e.g. cs_released_scale) so that it gets its own line, table row and matching verdict.
-    released = variant == "rewind_released_scale"
-    rows = [run_row(method=f"{meta['method']}_released_scale" if released else meta["method"],
-                    variant="rewind" if released else variant, track="ticket", seed=seed, setting=meta["setting"],
+    other = variant in CS_TICKET_DEFINITIONS
+    rows = [run_row(method=meta["method"] + CS_TICKET_DEFINITIONS[variant] if other else meta["method"],
+                    variant="rewind" if other else variant, track="ticket", seed=seed, setting=meta["setting"],
                     ticket_metadata=meta, test_accuracy=final["test_accuracy"], val_accuracy=final["val_accuracy"],
                     search_epochs=meta["search_epochs"], retrain_epochs=training.net.epochs, ticket_file=ticket_path,
                     run_dir=out_dir)]
     training.finish(out_dir, final, {"ticket": {k: v for k, v in meta.items() if k != "params"},
                                      "ticket_file": str(ticket_path), "variant": variant, "mask_scale": mask_scale,
-                                     "result_rows": rows})
+                                     "weight_scale": weight_scale, "result_rows": rows})
     return final
 

@@ -244,17 +244,19 @@ def sensitivity_table(agg: Aggregates) -> Table | None:
 CONTROL_VARIANTS = ("reinit", "random")
 
 
-#: The retraining of a ticket with the released code's mask scale (methods/retrain.py) is reported as a method of
-#: its own, "<method>_released_scale"; the controls table sets it next to the ticket as a third control.
-RELEASED_SCALE = "rewind_released_scale"
+#: A CS ticket retrained under another definition (methods/retrain.py: the released code's mask scale, the scale
+#: folded into the rewound weights) is reported as a method of its own, "<method><suffix>"; the controls table sets
+#: each next to the ticket: variant -> (results-method suffix, column).
+TICKET_DEFINITIONS = {"rewind_released_scale": ("_released_scale", "Released mask scale (%)"),
+                      "rewind_folded_scale": ("_folded_scale", "Folded mask scale (%)")}
 
 
 def controls_table(agg: Aggregates, diverged: Sequence[Mapping[str, Any]] = ()) -> Table | None:
     """Every ticket that has a control next to it: its accuracy against the controls' (None: no controls).
     ``diverged``: the controls that diverged (results.json's meta.diverged_controls), shown in their cells."""
-    columns = (*CONTROL_VARIANTS, RELEASED_SCALE)
+    columns = (*CONTROL_VARIANTS, *TICKET_DEFINITIONS)
     headers = ["Network", "Method", "Setting", "Remaining weights (%)", "Ticket: test acc. (%)",
-               "Reinit control (%)", "Random-mask control (%)", "Released mask scale (%)"]
+               "Reinit control (%)", "Random-mask control (%)", *(column for _, column in TICKET_DEFINITIONS.values())]
     csv_header = ["network", "dataset", "method", "setting", "remaining_pct", "ticket_test_acc_mean_pct",
                   "ticket_test_acc_std_pct", "ticket_n_seeds"]
     for variant in columns:
@@ -265,11 +267,12 @@ def controls_table(agg: Aggregates, diverged: Sequence[Mapping[str, Any]] = ()) 
     for network in agg.networks():
         title = f"{pretty_network(network)} ({pretty_dataset(agg.dataset(network))})"
         for method in agg.methods(network, "ticket", "rewind"):
-            if method.endswith("_released_scale"):
+            if method.endswith(tuple(suffix for suffix, _ in TICKET_DEFINITIONS.values())):
                 continue  # shown in its ticket's row
             controls = {variant: {g.setting: g for g in agg.groups_for(network, method, variant)}
                         for variant in CONTROL_VARIANTS}
-            controls[RELEASED_SCALE] = {g.setting: g for g in agg.groups_for(network, f"{method}_released_scale")}
+            for variant, (suffix, _) in TICKET_DEFINITIONS.items():
+                controls[variant] = {g.setting: g for g in agg.groups_for(network, method + suffix)}
             for ticket in agg.groups_for(network, method, "rewind"):
                 found = {variant: controls[variant].get(ticket.setting) for variant in columns}
                 failed = {variant: sorted((d["seed"], d["epoch"]) for d in diverged
@@ -300,8 +303,9 @@ def controls_table(agg: Aggregates, diverged: Sequence[Mapping[str, Any]] = ()) 
     caption = (
         "Tickets next to their controls, at the ticket's own mask and setting: the ticket retrained from "
         "the rewind point; the same mask retrained from fresh random weights (reinit); a random mask with "
-        "exactly the ticket's layer-wise counts retrained from the same rewind point (random); the ticket "
-        "retrained from the rewind point with the released code's mask scale, 1/sigmoid(s0) (CS only). "
+        "exactly the ticket's layer-wise counts retrained from the same rewind point (random); CS only: the ticket "
+        "retrained from the rewind point with the released code's mask scale, 1/sigmoid(s0) in every forward pass "
+        "(released), and from the rewound weights multiplied once by 1/sigmoid(s0), then with a plain mask (folded). "
         f"Accuracies: {STD_RULE}; n = seeds. A control that diverged is a result, not a failure: its cell says at "
         "which epoch, on which seed, and its accuracy is left out of the mean. An empty cell: that control was not "
         "run for this setting."
