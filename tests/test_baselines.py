@@ -311,6 +311,11 @@ def test_variants_combine_names_and_keywords(tiny_params):
                                                               {"reinit", "rewind_released_scale"})
     assert chosen_variants(params, "controls")[0] == ["rewind", "reinit", "rewind_released_scale"]
     assert chosen_variants(params, "rewind, reinit,rewind") == (["rewind", "reinit"], set())
+    # the ticket definitions run next to the ticket, except the one the ticket itself is (cs.mask_scale)
+    every = {"controls": {"reinit": False, "binary_mask": True, "released_scale": True, "folded_scale": True}}
+    assert chosen_variants(tiny_params({**every, "cs": {"mask_scale": "folded"}}), "controls")[0] == [
+        "rewind", "rewind_binary_mask", "rewind_released_scale"]
+    assert chosen_variants(tiny_params(every), "controls")[0] == ["rewind", "rewind_released_scale", "rewind_folded_scale"]
     with pytest.raises(UserError, match="'mixup' is not allowed"):
         chosen_variants(params, "controls,mixup")
 

@@ -67,7 +67,8 @@ def _declared(stage: dict) -> set[str]:
 def test_each_stage_declares_only_the_params_it_reads(stages):
     assert _declared(stages["prepare"]["do"]) == {"data"}
     assert _declared(stages["cs_search"]) == {"cpu", "lambda", "cs", "networks.${item.network}"}
-    assert _declared(stages["cs_retrain"]) == {"cpu", "controls.reinit", "controls.released_scale", "controls.folded_scale",
+    assert _declared(stages["cs_retrain"]) == {"cpu", "cs.mask_scale", "controls.reinit", "controls.binary_mask",
+                                               "controls.released_scale", "controls.folded_scale",
                                                "networks.${item.network}"}
     assert _declared(stages["imp_search"]) == {"cpu", "imp.prune_fraction", "imp.levels", "networks.${item.network}"}
     assert _declared(stages["imp_controls"]) == {"cpu", "controls.reinit", "controls.imp_levels", "controls.random",

@@ -212,6 +212,7 @@ def evaluate_runs(params: Params, runs: Path, out: Path, timings: Path | None = 
         "empty_tickets": sorted({f"{r['network']} {r['method']} {r['setting']} seed={r['seed']}" for r in empty}),
         "collapsed_runs": collapsed_runs(params, runs, documents),
         "diverged_controls": diverged_controls(documents),
+        "cs_ticket_definition": params.cs.mask_scale,
     }
     for run in meta["collapsed_runs"]:
         log.warning("collapsed run: %s", run)

@@ -57,7 +57,9 @@ for _name, _entry in {
     "cs_released_clamp": MethodEntry("cs_repro.methods.cs_ablations", "CS, released clamp rule", "#bcbd22",
                                      ablation=True, **_ABLATION_S0),
     "gmp_cs_layers": MethodEntry("cs_repro.methods.gmp", "GMP (CS layer-wise targets)", "#393b79", ablation=True),
-    # CS's tickets retrained another way: on CS's own s0 grid
+    # CS's tickets retrained under another definition of a ticket (methods/retrain.py): on CS's own s0 grid
+    "cs_binary_mask": MethodEntry("cs_repro.methods.retrain", "CS, binary mask", "#e7ba52", ablation=True,
+                                  settings_key="sweep.s0", setting_name="s0"),
     "cs_released_scale": MethodEntry("cs_repro.methods.retrain", "CS, released mask scale", "#843c39", ablation=True,
                                      settings_key="sweep.s0", setting_name="s0"),
     "cs_folded_scale": MethodEntry("cs_repro.methods.retrain", "CS, folded mask scale", "#ad494a", ablation=True,

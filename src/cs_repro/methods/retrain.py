@@ -21,7 +21,7 @@ from torch import Tensor
 from cs_repro.errors import UserError
 from cs_repro.io import write_skipped
 from cs_repro.masks import HardMasks, sparsity_of
-from cs_repro.methods.cs import mask_scale_for
+from cs_repro.methods.cs import mask_scale_for, weight_scale_for
 from cs_repro.methods.random_masks import random_generator, random_masks_like
 from cs_repro.param_fields import param
 from cs_repro.results import run_row
@@ -44,9 +44,14 @@ class ControlParams:
     reinit: bool = param(True, "retrain each ticket's mask from fresh random weights")
     random: bool = param(True, "retrain a random mask with exactly a ticket's layer-wise counts from its rewind "
                                "point, next to each baseline ticket and the IMP tickets (at controls.imp_levels)")
+    # The other definitions of a CS ticket (cs.mask_scale says which one is the ticket itself); one that equals
+    # cs.mask_scale is not run twice.
+    binary_mask: bool = param(
+        False, "also retrain each CS ticket the paper's way: binary mask x rewound weights (results method "
+               "cs_binary_mask)")
     released_scale: bool = param(
-        False, "also retrain each CS ticket as the released code does, binary mask x 1/sigmoid(s0) "
-               "(results method cs_released_scale; the paper's plain binary mask stays method cs)")
+        False, "also retrain each CS ticket as the released code does, binary mask x 1/sigmoid(s0) in every forward "
+               "pass (results method cs_released_scale)")
     folded_scale: bool = param(
         False, "also retrain each CS ticket from its rewound weights multiplied once by 1/sigmoid(s0) (the value the "
                "search's kept gates reach), then with a plain binary mask (results method cs_folded_scale)")
@@ -119,10 +124,12 @@ REINIT_SEED_OFFSET = 100_003  # the reinit control draws weights unrelated to th
 # (reinit control); a random mask with the ticket's layer-wise counts from the rewind point (random control,
 # when controls.random); from the rewind point with the released code's scale binary / sigmoid(s0)
 # (CS tickets only).
-RETRAIN_VARIANTS = ("rewind", "reinit", "random", "rewind_released_scale", "rewind_folded_scale")
-#: The other definitions of a CS ticket (docs/method.md, "What a CS ticket is"), each reported as a method of its
-#: own: variant -> the suffix of its results method (cs_released_scale, cs_folded_scale).
-CS_TICKET_DEFINITIONS = {"rewind_released_scale": "_released_scale", "rewind_folded_scale": "_folded_scale"}
+RETRAIN_VARIANTS = ("rewind", "reinit", "random", "rewind_binary_mask", "rewind_released_scale", "rewind_folded_scale")
+#: The definitions of a CS ticket (docs/method.md, "What a CS ticket is"): variant -> (its cs.mask_scale name, the
+#: suffix of its results method when it runs next to the ticket: cs_binary_mask, cs_released_scale, cs_folded_scale).
+CS_TICKET_DEFINITIONS = {"rewind_binary_mask": ("binary", "_binary_mask"),
+                         "rewind_released_scale": ("released", "_released_scale"),
+                         "rewind_folded_scale": ("folded", "_folded_scale")}
 #: The variants that are controls: one that diverges is a finding about the ticket (e.g. the released mask scale
 #: on a BN-free network at the profile's lr), recorded as such while the stage goes on. The ticket's own
 #: retraining from the rewind point is the main result and still stops its stage when it diverges.
@@ -176,10 +183,11 @@ def chosen_variants(params: Params, variants: str) -> tuple[list[str], set[str]]
     'controls' (rewind plus the controls params.yaml enables: reinit, released scale) and 'control-only'
     (those controls alone), e.g. 'control-only,random'. Also returns the variants a keyword brought in."""
     enabled = ["reinit"] if params.controls.reinit else []
-    if params.controls.released_scale:
-        enabled.append("rewind_released_scale")
-    if params.controls.folded_scale:
-        enabled.append("rewind_folded_scale")
+    for variant, switched_on in (("rewind_binary_mask", params.controls.binary_mask),
+                                 ("rewind_released_scale", params.controls.released_scale),
+                                 ("rewind_folded_scale", params.controls.folded_scale)):
+        if switched_on and CS_TICKET_DEFINITIONS[variant][0] != params.cs.mask_scale:
+            enabled.append(variant)
     chosen: list[str] = []
     from_keyword: set[str] = set()
     for item in (text.strip() for text in variants.split(",") if text.strip()):
@@ -220,8 +228,8 @@ def retrain_tickets(params: Params, tickets: Path, variants: str, out_dir: Path,
         if wanted:
             runs.append((path, wanted, Path(path.stem) if tickets.is_dir() else Path()))
     if not runs:  # a stage's outputs must exist even when there is nothing to run
-        write_skipped("no control applies (controls.reinit, controls.released_scale, controls.folded_scale, "
-                      "controls.imp_levels)",
+        write_skipped("no control applies (controls.reinit, controls.binary_mask, controls.released_scale, "
+                      "controls.folded_scale, controls.imp_levels)",
                       out_dir, timing_dir)
         return
     ran = [retrain_ticket(params, path, wanted, out_dir / relative, device, checkpoint_dir,
@@ -238,14 +246,17 @@ def run_random_control(params: Params, ticket_path: Path, out_dir: Path, device:
     meta = ticket.metadata
     network, seed = ticket_network(params, ticket, ticket_path)
     masks = random_masks_like(ticket.masks, random_generator(seed))
-    control = Ticket(masks, ticket.rewind_state, {**meta, "control": "random", "source_ticket": str(ticket_path)}).with_counts()
+    # the random mask starts from the ticket's own starting weights (folded, where the ticket definition folds)
+    start = folded(ticket.rewind_state, ticket.masks, float(meta.get("weight_scale", 1.0)))
+    control = Ticket(masks, start, {**meta, "weight_scale": 1.0, "control": "random",
+                                    "source_ticket": str(ticket_path)}).with_counts()
     control_path = Path(out_dir) / "ticket.pt"
     save_ticket(control, control_path)
     run = RunSpec("control_random", network, seed, f"{meta['method']} {meta['setting']}", {
         "ticket": ticket_digest(ticket_path), "variant": "random", "network": network_config(params, network)})
     training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir)
     check_ticket_fits(ticket, ticket_path, training.model, training.prunable)
-    hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, ticket.rewind_state,
+    hooks = TicketRetrain({k: v.to(device) for k, v in masks.items()}, start,
                           float(meta.get("mask_scale", 1.0)), label=run.method)
     history = train_or_record_divergence(training, run, hooks, "random", out_dir, {
         "ticket": {k: v for k, v in meta.items() if k != "params"}, "ticket_file": str(ticket_path)})
@@ -266,8 +277,9 @@ def run_random_control(params: Params, ticket_path: Path, out_dir: Path, device:
 def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, device: torch.device,
                 checkpoint_dir: Path | None = CHECKPOINT_DIR, timing_dir: Path | None = None) -> dict[str, Any]:
     """Retrain one ticket's own mask: variant 'rewind' (from the rewind point), 'reinit' (fresh random weights),
-    'rewind_released_scale' (from the rewind point, mask x 1/sigmoid(s0) as in the released CS code) or
-    'rewind_folded_scale' (from the rewound weights x 1/sigmoid(s0), then a plain mask)."""
+    or one of CS's ticket definitions: 'rewind_binary_mask' (the paper's mask x rewound weights),
+    'rewind_released_scale' (mask x 1/sigmoid(s0) in every forward pass, as the released CS code) or
+    'rewind_folded_scale' (the rewound weights x 1/sigmoid(s0) once, then a plain mask)."""
     if variant not in RETRAIN_VARIANTS or variant == "random":
         raise UserError(f"variant {variant!r} is not allowed; choose one of {', '.join(RETRAIN_VARIANTS)}")
     ticket = load_ticket(ticket_path)
@@ -278,8 +290,8 @@ def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, 
     if variant in CS_TICKET_DEFINITIONS:
         if "s0" not in meta:
             raise UserError(f"{ticket_path}: variant {variant} needs a CS ticket (one with an s0)")
-        released = mask_scale_for("released", float(meta["s0"]))
-        mask_scale, weight_scale = (released, 1.0) if variant == "rewind_released_scale" else (1.0, released)
+        rule = CS_TICKET_DEFINITIONS[variant][0]
+        mask_scale, weight_scale = mask_scale_for(rule, float(meta["s0"])), weight_scale_for(rule, float(meta["s0"]))
     run = RunSpec(f"retrain_{variant}", network, seed, f"{meta['method']} {meta['setting']}", {
         "ticket": ticket_digest(ticket_path), "variant": variant, "network": network_config(params, network)})
     training = TrainingRun(params, network, seed, device, checkpoint_dir, timing_dir,
@@ -298,7 +310,7 @@ def run_retrain(params: Params, ticket_path: Path, variant: str, out_dir: Path, 
     # Another definition of the ticket (released scale, folded scale) is reported as a method of its own
     # (e.g. cs_released_scale) so that it gets its own line, table row and matching verdict.
     other = variant in CS_TICKET_DEFINITIONS
-    rows = [run_row(method=meta["method"] + CS_TICKET_DEFINITIONS[variant] if other else meta["method"],
+    rows = [run_row(method=meta["method"] + CS_TICKET_DEFINITIONS[variant][1] if other else meta["method"],
                     variant="rewind" if other else variant, track="ticket", seed=seed, setting=meta["setting"],
                     ticket_metadata=meta, test_accuracy=final["test_accuracy"], val_accuracy=final["val_accuracy"],
                     search_epochs=meta["search_epochs"], retrain_epochs=training.net.epochs, ticket_file=ticket_path,

@@ -567,6 +567,15 @@ def stability_note(judged: Judged) -> str:
 
 
 # ---- scope and limitations -----------------------------------------------------------------------
+#: What a CS ticket is under each cs.mask_scale (docs/method.md, "What a CS ticket is").
+TICKET_DEFINITION_TEXT = {
+    "binary": "the binary mask times the rewound weights, as the paper's text defines them",
+    "released": "retrained as the released code does, the mask times 1/sigmoid(s0) in every forward pass",
+    "folded": "the rewound weights times 1/sigmoid(s0) once (the scale the search trained them under), then a plain "
+              "binary mask",
+}
+
+
 def scope_sentence(agg: Aggregates, meta: Mapping[str, Any]) -> str:
     """Where this run's verdicts come from, next to where the paper's come from."""
     parts = []
@@ -579,6 +588,9 @@ def scope_sentence(agg: Aggregates, meta: Mapping[str, Any]) -> str:
                  if isinstance(seeds, list) else "seeds not recorded")
     text = (f"**Scope.** These verdicts come from the {meta.get('profile', 'unnamed')} profile: "
             f"{'; '.join(parts)}; {seed_text}. The paper's claims are made on {PAPER_SETTING}.")
+    definition = meta.get("cs_ticket_definition")
+    if definition in TICKET_DEFINITION_TEXT:
+        text += f" CS's tickets are {TICKET_DEFINITION_TEXT[definition]} (cs.mask_scale: {definition})."
     if set(agg.networks()) <= PAPER_NETWORKS:
         return text + " This run uses the paper's networks, so its verdicts bear on the paper directly."
     return text + (" So the verdicts say what this code finds on these networks; they neither confirm nor "

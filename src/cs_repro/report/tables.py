@@ -247,7 +247,8 @@ CONTROL_VARIANTS = ("reinit", "random")
 #: A CS ticket retrained under another definition (methods/retrain.py: the released code's mask scale, the scale
 #: folded into the rewound weights) is reported as a method of its own, "<method><suffix>"; the controls table sets
 #: each next to the ticket: variant -> (results-method suffix, column).
-TICKET_DEFINITIONS = {"rewind_released_scale": ("_released_scale", "Released mask scale (%)"),
+TICKET_DEFINITIONS = {"rewind_binary_mask": ("_binary_mask", "Binary mask (%)"),
+                      "rewind_released_scale": ("_released_scale", "Released mask scale (%)"),
                       "rewind_folded_scale": ("_folded_scale", "Folded mask scale (%)")}
 
 
@@ -303,9 +304,11 @@ def controls_table(agg: Aggregates, diverged: Sequence[Mapping[str, Any]] = ()) 
     caption = (
         "Tickets next to their controls, at the ticket's own mask and setting: the ticket retrained from "
         "the rewind point; the same mask retrained from fresh random weights (reinit); a random mask with "
-        "exactly the ticket's layer-wise counts retrained from the same rewind point (random); CS only: the ticket "
-        "retrained from the rewind point with the released code's mask scale, 1/sigmoid(s0) in every forward pass "
-        "(released), and from the rewound weights multiplied once by 1/sigmoid(s0), then with a plain mask (folded). "
+        "exactly the ticket's layer-wise counts retrained from the same rewind point (random); CS only, the other "
+        "definitions of a ticket: the binary mask times the rewound weights (the paper's text), the mask times "
+        "1/sigmoid(s0) in every forward pass (the released code), the rewound weights times 1/sigmoid(s0) once, then "
+        "a plain mask (folded); the ticket column is the profile's own definition (cs.mask_scale), named in the "
+        "report's scope. "
         f"Accuracies: {STD_RULE}; n = seeds. A control that diverged is a result, not a failure: its cell says at "
         "which epoch, on which seed, and its accuracy is left out of the mean. An empty cell: that control was not "
         "run for this setting."
