@@ -113,7 +113,7 @@ MALFORMED = [
     ("baselines.sparsities", [1.5], "baselines.sparsities"),
     ("slimming.networks", ["lenet5"], "slimming.networks"),
     ("gmp.start", 0.9, "gmp.start"),
-    ("controls.imp_levels", [15], "controls.imp_levels"),
+    ("controls.imp_levels", [25], "controls.imp_levels"),
     ("controls.imp_levels", [0], "controls.imp_levels"),
     ("data.verify_checksums", "no", "data.verify_checksums"),
     ("profile", "huge", "profile"),
