@@ -59,6 +59,13 @@ def test_a_comparison_across_a_gap_cannot_be_judged_and_names_s0_values_inside_i
     for value, target in zip(values, (0.084 * (0.0077 / 0.084) ** (i / 4) for i in (1, 2, 3))):
         t = math.log(target / 0.084) / math.log(0.0077 / 0.084)
         assert value == pytest.approx(-0.02 * t, abs=0.0006)
+    # CS's tickets retrained another way share CS's grid: their gap is listed once; two one-setting ablations at
+    # the same s0 but other sparsities are two edges
+    retrained = both_seeds("cs_released_scale", CS_WITH_GAP, epochs=18.0)
+    ablations = both_seeds("cs_beta1", [("s0=0", 0.18, 0.905)]) + both_seeds("cs_released_clamp", [("s0=0", 0.25, 0.905)])
+    listed = every_hole(Aggregates(agg.rows + retrained + ablations))
+    assert [h.method for h, _ in listed].count("cs") == 1 and "cs_released_scale" not in [h.method for h, _ in listed]
+    assert {"cs_beta1", "cs_released_clamp"} <= {h.method for h, _ in listed if h.is_edge}
     # the edge of IMP (still matching at level 14) is listed with enough levels to halve its remaining weights
     (edge,) = [h for h, _ in every_hole(agg) if h.method == "imp"]
     assert edge.is_edge and suggest(agg, edge).text() == "set imp.levels to 18"

@@ -260,8 +260,10 @@ def every_hole(agg: Aggregates) -> list[tuple[Hole, Suggestion]]:
                 if track == "pruning" and method in agg.methods(network, "ticket", "rewind"):
                     continue  # a ticket method's grid is listed once, on its ticket track
                 for hole in holes(agg, network, method, track):
-                    # a method retrained from another's tickets (CS's released scale) shares its grid: one line
-                    key = (network, track, hole.denser.setting, hole.sparser.setting if hole.sparser else None,
+                    # a method retrained from another's tickets (CS's released scale) has the same tickets, so the
+                    # same hole at the same remaining weights: listed once
+                    key = (network, track, hole.denser.setting, hole.denser.remaining_mean,
+                           hole.sparser.remaining_mean if hole.sparser else None,
                            METHODS.get(method).settings_key if method in METHODS else method)
                     if key[-1] is not None and key in seen:
                         continue
