@@ -121,7 +121,7 @@ def coverage_section(agg: Aggregates) -> list[str]:
               "verdict that rests on one of these says so; the others do not depend on them. The suggested values "
               "are interpolated between the two settings, which assumes the sparsity moves smoothly between them: "
               "CS's does not always (on LeNet-5 it jumps from ~32% at s0 = 0.00001 to ~5.5% at s0 = 0, so no s0 "
-              "fills that gap; λ does). Run them, and this section says what is left.", ""]
+              "fills that gap: change λ or β_T there). Run them, and this section says what is left.", ""]
     for hole, suggestion in found:
         lines.append(f"- {pretty_network(hole.network)}: {hole.describe()}; {suggestion.text()}.")
     commands = exp_run_commands(agg, found)
