@@ -66,6 +66,9 @@ def test_a_comparison_across_a_gap_cannot_be_judged_and_names_s0_values_inside_i
     listed = every_hole(Aggregates(agg.rows + retrained + ablations))
     assert [h.method for h, _ in listed].count("cs") == 1 and "cs_released_scale" not in [h.method for h, _ in listed]
     assert {"cs_beta1", "cs_released_clamp"} <= {h.method for h, _ in listed if h.is_edge}
+    # CS's sensitivity sweep changes other knobs at one s0: not a grid along sparsity, never listed
+    sweep = both_seeds("cs_sensitivity", [("lambda=1e-07 (default 1e-08, s0=0)", 0.05, 0.905)])
+    assert "cs_sensitivity" not in {h.method for h, _ in every_hole(Aggregates(agg.rows + sweep))}
     # the edge of IMP (still matching at level 14) is listed with enough levels to halve its remaining weights
     (edge,) = [h for h, _ in every_hole(agg) if h.method == "imp"]
     assert edge.is_edge and suggest(agg, edge).text() == "set imp.levels to 18"

@@ -259,6 +259,8 @@ def every_hole(agg: Aggregates) -> list[tuple[Hole, Suggestion]]:
             for method in agg.methods(network, track):
                 if track == "pruning" and method in agg.methods(network, "ticket", "rewind"):
                     continue  # a ticket method's grid is listed once, on its ticket track
+                if method in METHODS and METHODS.get(method).settings_key is None:
+                    continue  # no grid of its own along sparsity (CS's sensitivity sweep changes other knobs)
                 for hole in holes(agg, network, method, track):
                     # a method retrained from another's tickets (CS's released scale) has the same tickets, so the
                     # same hole at the same remaining weights: listed once
