@@ -36,12 +36,14 @@ def generate(results_json: Path, out_dir: Path, show_optional: bool = False,
             (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
     drawn = figures.make_all(agg, out_dir, show_optional)
     table_paths = tables.write_tables(agg, out_dir / "tables", meta)
-    report = markdown.write_report(agg, meta, out_dir, show_optional)
+    from cs_repro.report.claims import judge_everything, verdicts_summary
+
+    judged = judge_everything(agg)  # the re-judgements are the report's dearest part: once for both files
+    report = markdown.write_report(agg, meta, out_dir, show_optional, judged)
     if verdicts_json is not None:
         from cs_repro.io import atomic_write_json
-        from cs_repro.report.claims import judge_everything, verdicts_summary
 
-        atomic_write_json(verdicts_summary(judge_everything(agg)), verdicts_json)
+        atomic_write_json(verdicts_summary(judged), verdicts_json)
     return {
         "figures": [out_dir / f"{name}.{ext}" for name in drawn for ext in ("png", "pdf")],
         "tables": table_paths,

@@ -468,11 +468,6 @@ def ablation_sentences(agg: Aggregates, stability: Mapping[tuple[str, str], str]
             for outcome in ablation_outcomes(agg)]
 
 
-def ablation_outcome(agg: Aggregates, method: str, network: str) -> str | None:
-    """The conclusion of one ablation on one network (None where it did not run)."""
-    return next((o.shows for o in ablation_outcomes(agg) if (o.method, o.network) == (method, network)), None)
-
-
 def ablation_outcomes(agg: Aggregates) -> list[AblationOutcome]:
     """Every ablation that ran, per network: its conclusion and its sentence."""
     sentences = []
@@ -540,17 +535,19 @@ def judge_everything(agg: Aggregates) -> list[Judged]:
     for i, (judge, methods) in enumerate(zip((judge_claim1, judge_claim2, judge_claim3), claim_methods), start=1):
         stability = perturbed.stability(lambda a, judge=judge: judge(a)[0], methods)
         judged.append(Judged(f"claim{i}", stability.verdict, stability))
-    if cs_vs_l0_verdict(agg) is not None:
+    verdict = cs_vs_l0_verdict(agg)
+    if verdict is not None:
         # the two-seed gate would answer every one-seed re-judgement with "too few seeds"
-        verdict = cs_vs_l0_verdict(agg)
-        stability = perturbed.stability(
-            lambda a: cs_vs_l0_verdict(a) if a is agg else (verdict if verdict == L0_TOO_FEW_SEEDS else
-                                                           cs_vs_l0_verdict(a, min_seeds=1)), {"cs", "l0"})
+        stability = perturbed.stability(cs_vs_l0_verdict, {"cs", "l0"}, rejudge=lambda a: (
+            verdict if verdict == L0_TOO_FEW_SEEDS else cs_vs_l0_verdict(a, min_seeds=1)))
         judged.append(Judged("cs_vs_l0", stability.verdict, stability))
+    def outcome_of(rows: Aggregates, method: str, network: str) -> str | None:
+        return next((o.shows for o in ablation_outcomes(rows) if (o.method, o.network) == (method, network)), None)
+
     for outcome in ablation_outcomes(agg):
         base = next(a.base for a in ABLATIONS if a.method == outcome.method)
         stability = perturbed.stability(
-            lambda a, o=outcome: ablation_outcome(a, o.method, o.network), {base, outcome.method})
+            lambda a, o=outcome: outcome_of(a, o.method, o.network), {base, outcome.method})
         judged.append(Judged(f"ablation:{outcome.method}:{outcome.network}", stability.verdict, stability))
     return judged
 

@@ -72,6 +72,11 @@ class Hole:
                 f"[{self.sparser.setting}] ({self.ratio:.1f}x)")
 
 
+def too_far_apart(denser: float, sparser: float) -> bool:
+    """Whether two neighbouring tickets' remaining weights are more than MAX_GAP apart (the one test of a gap)."""
+    return denser > MAX_GAP * sparser * (1 + 1e-9)
+
+
 def method_groups(agg: Aggregates, network: str, method: str, track: str) -> list[Group]:
     """The groups whose remaining weights a method's comparisons read, densest first: its rewound tickets
     (ticket track) or, per setting, its best pruned / fine-tuned network (pruning track)."""
@@ -86,7 +91,7 @@ def gaps(agg: Aggregates, network: str, method: str, track: str) -> list[Hole]:
     """Every pair of neighbouring settings more than MAX_GAP apart in remaining weights, densest first."""
     groups = method_groups(agg, network, method, track)
     return [Hole(network, method, track, a, b) for a, b in zip(groups, groups[1:])
-            if a.remaining_mean > MAX_GAP * b.remaining_mean * (1 + 1e-9)]
+            if too_far_apart(a.remaining_mean, b.remaining_mean)]
 
 
 def edge(agg: Aggregates, network: str, method: str) -> Hole | None:
@@ -110,7 +115,7 @@ def reading_hole(agg: Aggregates, network: str, method: str, track: str, reading
     """The gap an interpolated reading lies in, when it is wider than MAX_GAP (None: measured, or a close pair)."""
     if not reading.interpolated or reading.above is None or reading.below is None:
         return None
-    if reading.above[0] <= MAX_GAP * reading.below[0] * (1 + 1e-9):
+    if not too_far_apart(reading.above[0], reading.below[0]):
         return None
     groups = method_groups(agg, network, method, track)
 
@@ -132,7 +137,7 @@ def sparsest_matching_hole(agg: Aggregates, network: str, method: str, other_lev
         return Hole(network, method, "ticket", match, None)
     below = sparser[0]
     reaches = below.remaining_mean <= other_level or matched_sparsity(below.remaining_mean, other_level)
-    if match.remaining_mean > MAX_GAP * below.remaining_mean * (1 + 1e-9) and reaches:
+    if too_far_apart(match.remaining_mean, below.remaining_mean) and reaches:
         return Hole(network, method, "ticket", match, below)
     return None
 
@@ -242,14 +247,6 @@ def suggest(agg: Aggregates, hole: Hole) -> Suggestion:
     return Suggestion(key, tuple(values))
 
 
-def merged_list(key: str, current: Iterable[float], added: Iterable[float]) -> list[float]:
-    """A settings list with values added, in the current list's order (descending s0, ascending targets)."""
-    current = list(current)
-    merged = set(current) | set(added)
-    descending = len(current) > 1 and current[0] > current[-1]
-    return sorted(merged, reverse=descending)
-
-
 def every_hole(agg: Aggregates) -> list[tuple[Hole, Suggestion]]:
     """Every gap and edge of every method on every network, on its main track, with its suggestion."""
     found: list[tuple[Hole, Suggestion]] = []
@@ -267,7 +264,7 @@ def every_hole(agg: Aggregates) -> list[tuple[Hole, Suggestion]]:
                     key = (network, track, hole.denser.setting, hole.denser.remaining_mean,
                            hole.sparser.remaining_mean if hole.sparser else None,
                            METHODS.get(method).settings_key if method in METHODS else method)
-                    if key[-1] is not None and key in seen:
+                    if key in seen:
                         continue
                     seen.add(key)
                     found.append((hole, suggest(agg, hole)))
@@ -278,18 +275,18 @@ def every_hole(agg: Aggregates) -> list[tuple[Hole, Suggestion]]:
 ALSO_IN = {"ablations.s0": "sweep.s0"}
 
 
-def current_settings(agg: Aggregates, key: str) -> list[float]:
+def current_settings(agg: Aggregates, key: str) -> set[float]:
     """The values of a settings key this run measured (evaluate reads only the runs params.yaml declares, so
-    these are the key's values), in the natural order of the method's settings."""
-    values: dict[float, None] = {}
+    these are the key's values)."""
+    values: set[float] = set()
     for name in METHODS:
         entry = METHODS.get(name)
         if entry.settings_key != key:
             continue
         for group in agg.groups:
             if group.method == name and (value := setting_value(group.setting, entry.setting_name)) is not None:
-                values[value] = None
-    return list(values)
+                values.add(value)
+    return values
 
 
 def exp_run_commands(agg: Aggregates, found: Iterable[tuple[Hole, Suggestion]]) -> list[str]:
@@ -306,7 +303,7 @@ def exp_run_commands(agg: Aggregates, found: Iterable[tuple[Hole, Suggestion]]) 
         if key.endswith(".levels"):
             overrides.append(f"{key}={int(max(values))}")
             continue
-        current = sorted(current_settings(agg, key), reverse=key.endswith("s0"))
-        listed = merged_list(key, current, values)
+        # s0 lists run from dense to sparse (descending), penalties and targets ascending, as the profiles write them
+        listed = sorted(current_settings(agg, key) | values, reverse=key.endswith("s0"))
         overrides.append(f"'{key}=[{','.join(format_value(v) for v in listed)}]'")
     return ["dvc exp run " + " ".join(f"-S {o}" for o in overrides)] if overrides else []

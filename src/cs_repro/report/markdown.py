@@ -18,6 +18,7 @@ from cs_repro.report.aggregate import (
 from cs_repro.report.claims import (
     PAPER_CLAIMS,
     VERDICT_RULE,
+    Judged,
     ablation_sentences,
     cs_vs_l0,
     judge_claims,
@@ -38,8 +39,9 @@ from cs_repro.report.tables import make_tables, provenance, to_markdown
 # ---- the report ------------------------------------------------------------------------------
 def write_report(rows: Iterable[Row | Mapping[str, Any]] | Aggregates,
                  meta: Mapping[str, Any] | None, out_dir: Path,
-                 show_optional: bool = False) -> Path:
-    """Write ``out_dir/REPORT.md``; embeds the figures already saved in ``out_dir``."""
+                 show_optional: bool = False, judged: list[Judged] | None = None) -> Path:
+    """Write ``out_dir/REPORT.md``; embeds the figures already saved in ``out_dir``. ``judged``: every verdict
+    with its stability (`judge_everything`), when the caller has it already."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = rows if isinstance(rows, Aggregates) else Aggregates(rows)
@@ -78,22 +80,22 @@ def write_report(rows: Iterable[Row | Mapping[str, Any]] | Aggregates,
     for table in make_tables(agg, meta):
         lines += [to_markdown(table), ""]
     verdicts = judge_claims(agg)
-    judged = {j.key: j for j in judge_everything(agg)}
+    judged_by_key = {j.key: j for j in (judge_everything(agg) if judged is None else judged)}
     lines += ["## Claims", "", scope_sentence(agg, meta), "",
               "Each claim of the paper, then one sentence judged from this run's numbers, and whether the "
               "verdict survives leaving out one seed or one setting (*Stability* above).", ""]
     for i, (claim, (verdict, sentence)) in enumerate(zip(PAPER_CLAIMS, verdicts), start=1):
         lines += [f"{i}. *{claim}*", "", f"   **{verdict}**{sentence[len(verdict):]}", "",
-                  f"   *Stability:* {judged[f'claim{i}'].stability.text()}.", ""]
+                  f"   *Stability:* {judged_by_key[f'claim{i}'].stability.text()}.", ""]
     lines += ["## CS vs. L0 (the reviewers' question)", "",
-              cs_vs_l0(agg, stability_note(judged["cs_vs_l0"]) if "cs_vs_l0" in judged else ""), ""]
+              cs_vs_l0(agg, stability_note(judged_by_key["cs_vs_l0"]) if "cs_vs_l0" in judged_by_key else ""), ""]
     sensitivity = sensitivity_sentences(agg)
     if sensitivity:
         lines += ["## CS's hyperparameter sensitivity (the reviewers' question)", "",
                   "One hyperparameter changed at a time (figure *sensitivity*, table *sensitivity*):", ""]
         lines += [f"- {sentence}" for sentence in sensitivity] + [""]
     ablations = ablation_sentences(agg, {tuple(key.split(":")[1:]): stability_note(j)
-                                         for key, j in judged.items() if key.startswith("ablation:")})
+                                         for key, j in judged_by_key.items() if key.startswith("ablation:")})
     if ablations:
         lines += ["## Ablations", ""] + [f"- {sentence}" for sentence in ablations] + [""]
     lines += coverage_section(agg)

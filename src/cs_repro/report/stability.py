@@ -86,13 +86,16 @@ class Perturbations:
             self._cache[left_out] = Aggregates(rows)
         return self._cache[left_out]
 
-    def stability(self, judge: Callable[[Aggregates], str | None], methods: Iterable[str]) -> Stability:
-        """Judge again under every perturbation of ``methods``. A setting left out may turn the verdict into a
-        coverage one (its text says "coverage") without counting as a flip."""
+    def stability(self, judge: Callable[[Aggregates], str | None], methods: Iterable[str],
+                  rejudge: Callable[[Aggregates], str | None] | None = None) -> Stability:
+        """Judge again under every perturbation of ``methods`` (with ``rejudge`` where the perturbed rows need
+        another rule, e.g. no two-seed gate). A setting left out may turn the verdict into a coverage one (its
+        text says "coverage") without counting as a flip."""
         verdict = judge(self.agg)
+        rejudge = rejudge or judge
         flips, judged = [], 0
         for left_out in self.left_outs(methods):
-            then = judge(self.aggregates(left_out))
+            then = rejudge(self.aggregates(left_out))
             judged += 1
             # a setting left out may only un-measure the grid (coverage) or remove a one-setting method entirely
             if then == verdict or (left_out.seed is None and (then is None or "coverage" in then.lower())):
