@@ -120,6 +120,17 @@ MALFORMED = [
     ("surprise", 1, "surprise"),
     ("networks", {}, "networks"),
     ("cs", _DELETE, None),  # a missing section takes its defaults: valid
+    # ranges the stages rely on, checked before anything trains
+    ("lambda", 1e308, "lambda"),
+    ("lambda", 1e38, "lambda"),
+    ("sweep.s0", [1e308], "sweep.s0"),
+    ("sweep.s0", [-100.0], "sweep.s0"),
+    (f"{NET}.lr", 1e39, f"{NET}.lr"),
+    (f"{NET}.rewind_iteration", 999999, f"{NET}.rewind_iteration"),
+    (f"{NET}.batch_size", 100000, f"{NET}.batch_size"),
+    (f"{NET}.val_size", 60000, f"{NET}.val_size"),
+    ("imp.levels", 1000, "imp.levels"),
+    ("slimming.networks", ["lenet300_100"], "slimming.networks"),
 ]
 
 
@@ -157,6 +168,66 @@ def test_malformed_overrides_fail_in_one_line_and_write_nothing(tmp_path, monkey
     out = tmp_path / "params.yaml"
     _one_clear_line(_cli("use-profile", "quick", *overrides, "--out", str(out)), names)
     assert not out.exists()
+
+
+# What a stage would find out only after training for a while, said by the check with the numbers it rests on
+# (the quick profile: 16,000 training images in batches of 128, 6 epochs a round; 266,200 prunable weights in 3
+# tensors).
+KNOWN_TO_THE_STAGES = [
+    ({f"{NET}.rewind_iteration": 999999}, "lies beyond the first round's 750 optimiser steps", "choose at most 750"),
+    ({f"{NET}.rewind_iteration": 750}, None, None),
+    ({f"{NET}.train_subset": 2000, f"{NET}.batch_size": 100000}, "larger than the training set (2,000 images)",
+     f"{NET}.batch_size"),
+    ({"imp.levels": 1000}, "goes past level 52, where IMP keeps 2 of lenet300_100's 266,200 prunable weights",
+     "set imp.levels to at most 51"),
+    ({"imp.levels": 51}, None, None),
+    ({"imp_c.networks": ["lenet300_100"], "imp_c.levels": 60}, "imp_c.levels=60 goes past level 52",
+     "set imp_c.levels to at most 51"),
+    ({"slimming.networks": ["lenet300_100"]}, "lenet300_100 has no BatchNorm channels", "slimming.networks"),
+    ({"lambda": 1e38}, "makes CS's penalty on lenet300_100", "overflow float32"),
+    ({"sweep.s0": [0.0, -100.0]}, "s0=-100 is below -88", "overflows float32"),
+]
+
+
+@pytest.mark.parametrize("changes, first, second", KNOWN_TO_THE_STAGES,
+                         ids=[",".join(f"{k}={v}" for k, v in c.items())[:50] for c, _, _ in KNOWN_TO_THE_STAGES])
+def test_the_check_knows_what_the_stages_know(tmp_path, changes, first, second):
+    raw = QUICK
+    for key, value in changes.items():
+        raw = _set(raw, key, value)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = _cli("params", "--check", str(path))
+    if first is None:  # the largest value that works passes
+        assert result.exit_code == 0, result.output
+        return
+    _one_clear_line(result, first, second)
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_its_lines(tmp_path):
+    text = yaml.safe_dump(QUICK, sort_keys=False)
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("lambda:")) + 1
+    nested = next(i for i, line in enumerate(lines) if line.strip().startswith("lr:")) + 1
+    path = tmp_path / "params.yaml"
+    path.write_text(text + "lambda: 1.0e-06\n")  # PyYAML would silently take this one
+    _one_clear_line(_cli("params", "--check", str(path)), f"lambda appears twice (lines {first} and {len(lines) + 1})")
+    lines.insert(nested, lines[nested - 1].replace("lr:", "lr: 0.5 #"))
+    path.write_text("\n".join(lines) + "\n")
+    _one_clear_line(_cli("params", "--check", str(path)),
+                    f"networks.lenet300_100.lr appears twice (lines {nested} and {nested + 1})")
+
+
+def test_more_cpu_threads_than_cores_is_a_warning_naming_the_setting(tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(_set(QUICK, "cpu.threads", cores + 1)))
+    result = _cli("params", "--check", str(path))
+    assert result.exit_code == 0, result.output
+    assert f"warning: cpu.threads={cores + 1} is more than the {cores} cores" in result.stderr
+    assert "conf/profile/<profile>.yaml" in result.stderr
+    path.write_text(yaml.safe_dump(_set(QUICK, "cpu.threads", cores)))
+    assert "warning" not in _cli("params", "--check", str(path)).stderr
 
 
 def test_dvc_writes_small_lambdas_as_strings_and_they_are_read_as_numbers(tmp_path):
@@ -223,6 +294,23 @@ def test_a_ticket_that_does_not_fit_is_one_line_and_trains_nothing(imp_ticket, t
                   "--checkpoint-dir", str(tmp_path / "ck"))
     _one_clear_line(result, needle)
     assert not (tmp_path / "out").exists() and not (tmp_path / "ck").exists()
+
+
+def test_a_ticket_holding_code_is_refused_in_our_words(imp_ticket, tmp_path, monkeypatch):
+    """weights_only refuses it; torch's own message goes on to advise loading with weights_only=False."""
+    root, good = imp_ticket
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    bad = _bad_ticket(tmp_path, good, lambda raw: raw["metadata"].update(note=Payload()))
+    monkeypatch.chdir(root)
+    result = _cli("retrain", "--tickets", str(bad), "--variants", "rewind", "--out", str(tmp_path / "out"),
+                  "--checkpoint-dir", str(tmp_path / "ck"))
+    line = _one_clear_line(result, "is refused: it refers to print, code or an object that a ticket may not hold")
+    assert "weights_only" not in line and "Re-running" not in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_good_ticket_loads(imp_ticket):
@@ -327,6 +415,56 @@ def test_the_same_code_resumes(workspace, tiny_params, monkeypatch):
     assert epochs["n"] == 9 - 3  # three finished epochs came from the checkpoint
 
 
+@pytest.mark.parametrize("damage", [8, 4096], ids=["8 bytes", "4 KiB"])
+def test_a_checkpoint_whose_bytes_changed_is_set_aside_and_the_run_gives_the_uninterrupted_bytes(
+        workspace, tiny_params, monkeypatch, caplog, damage):
+    """Bit rot on a shared file system: the bytes change in place, the length does not. Resuming from it gave
+    another accuracy (8 bytes) or a false divergence (4 KiB); the digest check sets it aside instead."""
+    from cs_repro.methods.cs import CSSearch
+
+    params = tiny_params()
+    run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "clean", CPU, checkpoint_dir=None)
+    ck = workspace / "ck"
+    for attempt in range(2):  # damaged twice: the second damaged file replaces the first
+        restore = _interrupt_on_call(monkeypatch, CSSearch, 4)
+        with pytest.raises(KeyboardInterrupt):
+            run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=ck)
+        restore()
+        (checkpoint,) = ck.glob("*.pt")
+        data = bytearray(checkpoint.read_bytes())
+        middle = len(data) // 2
+        data[middle:middle + damage] = bytes(byte ^ 0xFF for byte in data[middle:middle + damage])
+        checkpoint.write_bytes(bytes(data))
+    assert [p.name for p in ck.glob("*.damaged")] == [checkpoint.name + ".damaged"]  # one per run, not one per try
+    epochs = _count_epochs(monkeypatch)
+    with caplog.at_level("INFO", logger="cs_repro"):
+        run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "run", CPU, checkpoint_dir=ck)
+    assert f"checkpoint {checkpoint} is damaged: its bytes changed after it was written" in caplog.text
+    assert "resuming from" not in caplog.text
+    assert epochs["n"] == 9  # nothing taken from it
+    for name in ("metrics.json", "ticket.pt"):
+        assert (workspace / "clean" / name).read_bytes() == (workspace / "run" / name).read_bytes()
+    assert not list(ck.iterdir())  # the finished run took its damaged checkpoint with it
+
+
+def test_an_emptied_tensor_is_named_at_the_level_it_empties(workspace, tiny_params, monkeypatch, caplog):
+    """Global ranking can empty a tensor long before the params check's bound; the run says so at that level."""
+    from cs_repro.methods.imp import IMPSearch
+
+    original = IMPSearch.begin_phase
+
+    def shrink_fc3_then_prune(self, loop, phase):
+        if phase == 1:  # fc3's weights become the smallest: level 1 (20% pruned) takes all 1,000 of them
+            dict(loop.model.named_parameters())["fc3.weight"].data.mul_(1e-9)
+        original(self, loop, phase)
+
+    monkeypatch.setattr(IMPSearch, "begin_phase", shrink_fc3_then_prune)
+    with caplog.at_level("INFO", logger="cs_repro"):
+        run_imp(tiny_params({"imp": {"levels": 2}}), "lenet300_100", 0, workspace / "imp", CPU, checkpoint_dir=None)
+    warnings = [r.getMessage() for r in caplog.records if "with no weights" in r.getMessage()]
+    assert len(warnings) == 1 and "level 1 leaves fc3.weight with no weights" in warnings[0], warnings
+
+
 def test_dear_checkpoints_are_spaced_out_and_a_resume_from_an_older_one_gives_the_same_bytes(
         workspace, tiny_params, monkeypatch, caplog):
     """A checkpoint write that costs more than CHECKPOINT_BUDGET of the training waits for enough training
@@ -336,14 +474,14 @@ def test_dear_checkpoints_are_spaced_out_and_a_resume_from_an_older_one_gives_th
 
     params = tiny_params()
     run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "clean", CPU, checkpoint_dir=None)
-    written, real_save = [], train.atomic_torch_save
+    written, real_save = [], train.save_checkpoint
 
     def dear_save(state, path):  # a write of ~0.5 s: more than 2% of this tiny run's 9 epochs together
         time.sleep(0.5)
         written.append((state["position"]["phase"], state["position"]["next_epoch"]))
         real_save(state, path)
 
-    monkeypatch.setattr(train, "atomic_torch_save", dear_save)
+    monkeypatch.setattr(train, "save_checkpoint", dear_save)
     with caplog.at_level("INFO", logger="cs_repro"):
         run_cs_search(params, "lenet300_100", 0.0, 0, workspace / "spaced", CPU, checkpoint_dir=workspace / "ck1")
     assert written == [(0, 1), (3, 0)]  # after the first epoch (cost unknown yet), and the finished run's
@@ -544,6 +682,56 @@ def test_sigterm_stops_a_stage_like_ctrl_c_keeping_its_finished_epochs(stage_wor
     checkpoints = workspace / ".cache" / "checkpoints"
     assert len(list(checkpoints.glob("*.pt"))) == 1 and not list(checkpoints.glob(".*.tmp"))
     assert not (workspace / "run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["interrupted", "finished"])
+def test_a_sigterm_while_the_stage_exits_changes_nothing(stage_workspace, when):
+    """A second SIGTERM (repeated by `docker stop`/SLURM, or sent by the watchdog once dvc has gone) that arrives
+    while Python runs its exit handlers printed a traceback after the clean line."""
+    workspace = stage_workspace
+    stage = _stage(workspace, "run", wait=False, preamble=f"""
+        import atexit, os, signal, time
+        atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.2)))
+        import cs_repro.train as train
+        original = train.TrainingLoop._run_epoch
+        def slow_epoch(self, *args):
+            time.sleep({1.0 if when == "interrupted" else 0.0})
+            return original(self, *args)
+        train.TrainingLoop._run_epoch = slow_epoch
+    """)
+    if when == "interrupted":
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = stage.stderr.readline()
+            if "epoch 2/3" in line or not line:
+                break
+        stage.send_signal(signal.SIGTERM)
+    rest = stage.communicate(timeout=120)[1]
+    assert "Traceback" not in rest and "Exception ignored" not in rest, rest
+    if when == "interrupted":
+        assert stage.returncode == 130 and rest.strip().splitlines()[-1].startswith("interrupted: progress"), rest
+    else:
+        assert stage.returncode == 0 and (workspace / "run" / "metrics.json").exists(), rest
+
+
+@pytest.mark.slow
+def test_an_emptied_fan_out_under_dvc_exp_run_is_one_line_naming_the_key(tmp_path):
+    """`dvc exp run` does not go through make's params check; with no seeds no stage that loads params ran,
+    and DVC failed on a missing runs/. Stage `params_check` runs whenever params.yaml changes."""
+    from test_pipeline_run import TINY_OVERRIDES, make_pipeline_repo, run, tiny_quick_params
+
+    repo = make_pipeline_repo(tmp_path / "repo", tiny_quick_params())
+    run("dvc", "repro", "prepare@fashion_mnist", "training_code", "params_check", cwd=repo)
+    run("git", "add", "-A", cwd=repo)
+    run("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "head stages", cwd=repo)
+    overrides = [arg for override in TINY_OVERRIDES for arg in ("-S", override)]
+    result = run("dvc", "exp", "run", *overrides, "-S", "sweep.seeds=[]", cwd=repo, check=False)
+    assert result.returncode != 0
+    ours = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
+    assert ours == ["error: sweep.seeds is empty: list at least one value"], result.stdout + result.stderr
+    assert "failed to reproduce 'params_check'" in result.stderr and "No such file" not in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def _read(path: Path) -> str:

@@ -281,7 +281,7 @@ def test_ticket_that_would_run_code_is_refused(tmp_path):
 
     path = tmp_path / "ticket.pt"
     torch.save({"format": "cs-repro-ticket/1", "masks": {}, "rewind_state": {}, "metadata": Payload()}, path)
-    with pytest.raises(UserError, match="cannot be loaded safely"):
+    with pytest.raises(UserError, match="is refused: it refers to print, code or an object"):
         load_ticket(path)
 
 

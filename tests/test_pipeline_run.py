@@ -159,7 +159,7 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
     ran = set(re.findall(r"Running stage '([^']+)'", output))
     assert {name.split("@")[0] for name in ran} == {
         "cs_search", "cs_retrain", "cs_beta1", "cs_released_clamp", "gmp_cs_layers", "cs_random_control",
-        "evaluate", "report"}  # CS work and the ablations built on CS tickets; never prepare, IMP, L0, GMP
+        "params_check", "evaluate", "report"}  # CS work and the ablations on CS tickets; never prepare, IMP, L0, GMP
     assert {"cs_search@lenet300_100-0.0-0", "cs_search@lenet300_100--0.05-0"} <= ran
     # against the committed baseline (before, HEAD's metrics failed to load): every headline number, old and new
     committed = json.loads(run("git", "show", "HEAD:metrics/summary.json", cwd=repo).stdout)
@@ -188,7 +188,8 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
     assert "lambda" in table.splitlines()[0] and len(table.splitlines()[0].split(",")) <= 20, table.splitlines()[0]
 
     set_param(repo, "imp.levels", 3)
-    assert reproduce(repo) == {"imp_search@lenet300_100-0", "imp_controls@lenet300_100-0", "evaluate", "report"}
+    assert reproduce(repo) == {"params_check", "imp_search@lenet300_100-0", "imp_controls@lenet300_100-0", "evaluate",
+                               "report"}
 
     # A new seed and a new s0 together: only (new seed, every s0) and (old seed, new s0) run; no old run.
     # Every method runs on every seed: the baselines are switched off here (no networks), which runs none of
@@ -199,7 +200,7 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
     new_cs = {f"{kind}@lenet300_100-{s0}-{seed}" for kind in ("cs_search", "cs_retrain")
               for s0, seed in [("0.0", 1), ("-0.05", 1), ("0.02", 1), ("0.02", 0)]}
     new_imp = {f"{kind}@lenet300_100-1" for kind in ("imp_search", "imp_controls")}
-    assert reproduce(repo) == new_cs | new_imp | {"evaluate", "report"}
+    assert reproduce(repo) == new_cs | new_imp | {"params_check", "evaluate", "report"}
     rows = json.loads((repo / "metrics" / "results.json").read_text())["rows"]
     # (CS's tickets under the other two definitions run next to the quick profile's own: controls.binary_mask,
     # controls.released_scale)
@@ -213,7 +214,7 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
     before = cs_settings()  # (s0 = -0.05 may keep no weights: such a ticket has no row)
     assert {"s0=0", "s0=0.02"} <= before
     set_param(repo, "sweep.s0", [0.0, -0.05])
-    assert reproduce(repo) == {"evaluate", "report"}
+    assert reproduce(repo) == {"params_check", "evaluate", "report"}
     assert (repo / "runs" / "lenet300_100" / "cs" / "s0=0.02" / "seed=0" / "search" / "metrics.json").exists()
     assert cs_settings() == before - {"s0=0.02"}
     assert "s0=0.02" not in (repo / "figures" / "tables" / "ticket_search.md").read_text()

@@ -5,7 +5,8 @@ before it runs the stage again. A finished run's checkpoint is normally deleted 
 `stage_scope()` (every CLI command) the deletion waits until the whole command has succeeded: a stage
 that runs several trainings (a ticket's retraining variants, IMP control levels) and is killed in its
 third run then finds the first two at their final epoch and only rewrites their outputs, instead of
-training them again. Light on purpose (no torch): the CLI enters the scope for every command.
+training them again. A checkpoint that failed its digest check was set aside as `<name>.pt.damaged` (one per
+run, see `io.load_checkpoint`); it goes with the checkpoint once its run has finished. Light on purpose (no torch): the CLI enters the scope for every command.
 """
 
 from __future__ import annotations
@@ -19,10 +20,16 @@ CHECKPOINT_DIR = Path(".cache/checkpoints")
 _finished_in_stage: list[Path] | None = None
 
 
+def _delete(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_suffix(path.suffix + ".damaged").unlink(missing_ok=True)  # the name io.damaged_copy gives
+
+
 def release(path: Path) -> None:
-    """A run has written its outputs: delete its checkpoint now, or when the enclosing stage succeeds."""
+    """A run has written its outputs: delete its checkpoint (and any damaged one it replaced) now, or when
+    the enclosing stage succeeds."""
     if _finished_in_stage is None:
-        Path(path).unlink(missing_ok=True)
+        _delete(Path(path))
     else:
         _finished_in_stage.append(Path(path))
 
@@ -35,6 +42,6 @@ def stage_scope() -> Iterator[None]:
     try:
         yield
         for path in _finished_in_stage:
-            path.unlink(missing_ok=True)
+            _delete(path)
     finally:
         _finished_in_stage = outer

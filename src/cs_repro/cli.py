@@ -58,6 +58,9 @@ def show_params(
         p = load(check)
         typer.echo(f"{check}: valid ({p.profile} profile; networks: {len(p.sweep.networks)}, "
                    f"seeds: {len(p.sweep.seeds)}, s0 values: {len(p.sweep.s0)})")
+        warning = p.cpu.oversubscribed()
+        if warning:
+            typer.echo(f"warning: {warning}", err=True)
         return
     current = load(params) if params.is_file() else None
     rows = describe(current=current)

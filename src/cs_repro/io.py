@@ -1,10 +1,16 @@
 """Atomic writes and safe loads. Every artifact is written to a temporary file and renamed, so an
 interrupted run never leaves a half-written file behind; every tensor file loads with
-`weights_only=True`, so a ticket someone sends you cannot run code."""
+`weights_only=True`, so a ticket someone sends you cannot run code; a resume checkpoint carries the
+sha256 of its payload, checked before it is trusted (bit rot on a shared file system or a Docker volume
+must not turn into a published number)."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import pickle
+import re
 import logging
 import os
 import signal
@@ -111,7 +117,7 @@ def write_skipped(reason: str, *folders: Path | None) -> None:
 
 
 def safe_torch_load(path: Path, what: str = "file") -> Any:
-    """torch.load with weights_only=True; a missing or unreadable file is a UserError."""
+    """torch.load with weights_only=True; a missing, unreadable or code-carrying file is a UserError."""
     import torch
 
     path = Path(path)
@@ -119,12 +125,61 @@ def safe_torch_load(path: Path, what: str = "file") -> Any:
         raise UserError(f"{what} {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle refusing code, truncated zip, ...
+    except pickle.UnpicklingError as error:
+        # Our words, not torch's: its message goes on to suggest weights_only=False, i.e. running the code.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if refused:
+            raise UserError(f"{what} {path} is refused: it refers to {refused.group(1)}, code or an object that a "
+                            f"{what} may not hold (only tensors, numbers, strings, lists and dicts are loaded)") from None
+        raise UserError(f"{what} {path} cannot be loaded safely: it is not a file torch.save wrote, or it is "
+                        "damaged") from None
+    except Exception as error:  # truncated zip, ...
         raise UserError(f"{what} {path} cannot be loaded safely ({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
 
 
+# A resume checkpoint is this header, then torch.save's bytes; the header holds the payload's sha256.
+_CHECKPOINT_HEADER = b"cs-repro-checkpoint/2 sha256="
+_DIGEST_LENGTH = 64
+
+
+def save_checkpoint(state: Any, path: Path) -> None:
+    """A resume checkpoint, written atomically with the digest of its payload (see load_checkpoint)."""
+    import torch
+
+    payload = io.BytesIO()
+    torch.save(state, payload)
+    data = payload.getbuffer()
+    header = _CHECKPOINT_HEADER + hashlib.sha256(data).hexdigest().encode() + b"\n"
+
+    def write(stream) -> None:
+        stream.write(header)
+        stream.write(data)
+
+    _atomic_write(path, write)
+
+
+def damaged_copy(path: Path) -> Path:
+    """Where a checkpoint that failed its check is set aside: one per run, replaced by the next one."""
+    path = Path(path)
+    return path.with_suffix(path.suffix + ".damaged")
+
+
+def _checkpoint_payload(data: bytes) -> tuple[bytes | None, str]:
+    """(payload, "") when the digest matches, else (None, what is wrong)."""
+    start = len(_CHECKPOINT_HEADER) + _DIGEST_LENGTH + 1
+    if not data.startswith(_CHECKPOINT_HEADER) or data[start - 1:start] != b"\n":
+        return None, "it carries no digest (not written by this version's checkpoint writer)"
+    recorded = data[len(_CHECKPOINT_HEADER):start - 1].decode("ascii", "replace")
+    payload = data[start:]
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != recorded:
+        return None, f"its bytes changed after it was written (sha256 {actual[:12]}..., recorded {recorded[:12]}...)"
+    return payload, ""
+
+
 def load_checkpoint(path: Path) -> Any | None:
-    """A resume checkpoint, or None when there is none. A damaged one is set aside, not trusted."""
+    """A resume checkpoint, or None when there is none. One whose digest does not match, or that does not
+    load, is set aside (`damaged_copy`) with one log line, and the run starts over: never trusted."""
     import torch
 
     path = Path(path)
@@ -132,13 +187,16 @@ def load_checkpoint(path: Path) -> Any | None:
         log.info("removed %s, left by a write that was killed", leftover)
     if not path.exists():
         return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        aside = path.with_suffix(path.suffix + ".damaged")
-        os.replace(path, aside)
-        log.warning("checkpoint %s is unreadable (%s); moved to %s and starting over", path, error, aside)
-        return None
+    payload, problem = _checkpoint_payload(path.read_bytes())
+    if payload is not None:
+        try:
+            return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        except Exception as error:
+            problem = f"it does not load ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+    aside = damaged_copy(path)
+    os.replace(path, aside)
+    log.warning("checkpoint %s is damaged: %s; moved to %s and starting over", path, problem, aside)
+    return None
 
 
 def read_json(path: Path, what: str = "file") -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 
 from cs_repro.methods.budgets import LAYER_BUDGETS
 from cs_repro.errors import UserError
-from cs_repro.param_fields import check_listed, check_seed, param
+from cs_repro.param_fields import check_float32, check_listed, check_s0, check_seed, param
 
 
 @dataclass
@@ -57,6 +58,31 @@ class NetworkParams:
                                "'imagenet' (ImageNet's statistics, as open_lth's CIFAR-10; 3-channel datasets)",
                                choices=("dataset", "imagenet"))
 
+    def check_batches(self, where: str, dataset_name: str, dataset_images: int) -> None:
+        """What a run would find out only after training for a while: its training set (from the dataset's
+        size as distributed, before any data is read) against val_size, train_subset, batch_size and
+        rewind_iteration. `dataset_images` 0 = not known: the run checks on the data it reads."""
+        if not dataset_images:
+            return
+        if self.val_size >= dataset_images:
+            raise UserError(f"{where}.val_size={self.val_size} leaves no training images: {dataset_name} has "
+                            f"{dataset_images:,}")
+        left = dataset_images - self.val_size
+        if self.train_subset > left:
+            raise UserError(f"{where}.train_subset={self.train_subset} exceeds the {left:,} training images "
+                            f"{dataset_name} has after {where}.val_size={self.val_size} are held out")
+        images = self.train_subset or left
+        if self.batch_size > images:
+            raise UserError(f"{where}.batch_size={self.batch_size} is larger than the training set ({images:,} "
+                            f"images): choose at most {images}")
+        steps = math.ceil(images / self.batch_size)
+        if self.max_batches:
+            steps = min(steps, self.max_batches)
+        if self.rewind_iteration > self.epochs * steps:
+            raise UserError(f"{where}.rewind_iteration={self.rewind_iteration} lies beyond the first round's "
+                            f"{self.epochs * steps:,} optimiser steps ({self.epochs} epochs of {steps} batches of "
+                            f"{self.batch_size} from {images:,} images): choose at most {self.epochs * steps}")
+
     def validate(self, where: str) -> None:
         if self.rewind_epoch > self.epochs:
             raise UserError(f"{where}.rewind_epoch={self.rewind_epoch} must be <= {where}.epochs={self.epochs}")
@@ -82,6 +108,8 @@ class SweepParams:
                 raise UserError(f"{where}.{key} is empty: list at least one value")
         for seed in self.seeds:
             check_seed(seed, f"{where}.seeds")
+        for s0 in self.s0:
+            check_s0(s0, f"{where}.s0")
 
 
 @dataclass
@@ -95,6 +123,17 @@ class CPUParams:
     flush_denormals: bool = param(False, "treat float32 values below 1.2e-38 as 0 on the CPU (torch.set_flush_denormal):"
                                          " CS's late rounds produce such values, which x86 CPUs compute with up to "
                                          "~100x slower; numerically negligible, but not bit-identical to leaving them")
+
+
+    def oversubscribed(self) -> str | None:
+        """A warning when `threads` exceeds the cores this process may use (valid params, but slow: a fixed
+        count is what makes the bytes machine-independent, so this is not an error)."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if self.threads <= cores:
+            return None
+        return (f"cpu.threads={self.threads} is more than the {cores} cores this machine gives this process: every "
+                f"training stage runs several times slower (1000 threads on 2 cores: 70x); lower cpu.threads in "
+                f"params.yaml (`make repro` writes it from conf/profile/<profile>.yaml)")
 
 
 @dataclass
@@ -163,6 +202,7 @@ class CoreParams:
                 raise UserError(
                     f"networks.{name}.dataset: unknown dataset {net.dataset!r}; allowed: {', '.join(DATASETS.names())}"
                 )
+            net.check_batches(f"networks.{name}", net.dataset, DATASETS.get(net.dataset).train_size)
         for name in self.sweep.networks:
             dataset = self.networks[name].dataset
             if dataset not in self.sweep.datasets:
@@ -286,7 +326,7 @@ def parse_float(value: Any, where: str) -> float:
         raise UserError(f"{where} must be a number, got {value!r}")
     if not math.isfinite(number):
         raise UserError(f"{where} must be a finite number, got {value!r}")
-    return number
+    return check_float32(number, where)
 
 
 def _check_range(value: float, where: str, meta: dict) -> None:
@@ -334,15 +374,46 @@ def params_from_dict(raw: dict) -> Params:
     return params
 
 
+def _repeated_key(node: yaml.Node, path: str = "") -> str | None:
+    """'<dotted key> appears twice (lines a and b)' for the first key a mapping repeats, else None.
+    PyYAML keeps the last value silently; DVC refuses the file, so the check must too."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            if key is not None and key in seen:
+                return f"{path}{key} appears twice (lines {seen[key]} and {line})"
+            if key is not None:
+                seen[key] = line
+            found = _repeated_key(value_node, f"{path}{key}.")
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _repeated_key(item, f"{path[:-1]}[{index}].")
+            if found:
+                return found
+    return None
+
+
+def read_params_yaml(path: Path) -> Any:
+    """A params file's YAML, refusing one that repeats a key (one line naming it and its lines)."""
+    text = path.read_text()
+    try:
+        repeated = _repeated_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        if repeated:
+            raise UserError(f"{path}: {repeated}; keep one")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} not found: run from the repository root or pass --params PATH")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UserError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    return params_from_dict(raw or {})
+    return params_from_dict(read_params_yaml(path) or {})
 
 
 def describe(cls: type = Params, prefix: str = "", current: Any = None) -> list[tuple[str, str, str, str]]:

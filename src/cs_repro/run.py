@@ -74,6 +74,9 @@ def make_splits(net: NetworkParams, prepared: dict, seed: int, device: torch.dev
         if net.train_subset > len(train_idx):
             raise UserError(f"train_subset={net.train_subset} exceeds the {len(train_idx)} training images left after validation")
         train_idx = train_idx[subset(labels[train_idx], net.train_subset, seed)]
+    if net.batch_size > len(train_idx):  # the params check counts the dataset as distributed; this, the files read
+        raise UserError(f"batch_size={net.batch_size} is larger than the training set ({len(train_idx)} images): "
+                        f"choose at most {len(train_idx)}")
     images = prepared["train_images"]
     test_images, test_labels = prepared["test_images"], prepared["test_labels"]
     if net.test_subset:
@@ -115,6 +118,14 @@ def make_model(net: NetworkParams, seed: int, device: torch.device) -> tuple[nn.
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model, names
+
+
+def model_outline(net: NetworkParams) -> tuple[nn.Module, list[str]]:
+    """The network on the meta device and its prunable tensor names: its structure and sizes for the params
+    check, with no memory used, no weights drawn and torch's global generator left as it was."""
+    meta = torch.device("meta")
+    with torch.random.fork_rng(devices=[]), meta:
+        return make_model(net, 0, meta)
 
 
 def optim_config(net: NetworkParams) -> OptimConfig:

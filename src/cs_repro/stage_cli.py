@@ -20,7 +20,7 @@ import typer
 
 from cs_repro.checkpoints import CHECKPOINT_DIR, stage_scope
 from cs_repro.errors import UserError
-from cs_repro.stage_process import stop_with_parent
+from cs_repro.stage_process import stop_with_parent, stopping
 
 log = logging.getLogger("cs_repro")
 
@@ -64,6 +64,7 @@ def user_errors(command: Callable) -> Callable:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
+            stopping()
             typer.echo("interrupted: progress up to the last finished epoch is kept; run the same command to resume", err=True)
             raise typer.Exit(130) from None
 
@@ -79,7 +80,10 @@ def stage_app(command: Callable) -> typer.Typer:
 
 def run_stage(command: Callable) -> None:
     """The `if __name__ == "__main__"` of a stage file."""
-    stage_app(command)()
+    try:
+        stage_app(command)()
+    finally:
+        stopping()  # from here the process only exits
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,9 @@ def training_device(params, requested: str | None):
 
     device = choose_device(requested)
     if device.type == "cpu":
+        warning = params.cpu.oversubscribed()
+        if warning:
+            log.warning("%s", warning)
         if params.cpu.threads:
             torch.set_num_threads(params.cpu.threads)
         if params.cpu.flush_denormals and not torch.set_flush_denormal(True):

@@ -24,11 +24,26 @@ SHELLS = frozenset({"sh", "dash", "bash", "zsh", "fish", "ksh", "mksh", "busybox
 POLL_SECONDS = 1.0
 
 
+_stopping = False
+
+
 def _terminate_as_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    # Once: a second SIGTERM (repeated, or the watchdog's once dvc has gone) would otherwise raise inside the
+    # interpreter's exit (an atexit callback), printing a traceback after the clean "interrupted" line.
+    if not _stopping:
+        stopping()
+        raise KeyboardInterrupt
+
+
+def stopping() -> None:
+    """The stage is ending (interrupted, or its command returned): further SIGTERMs change nothing."""
+    global _stopping
+    _stopping = True
 
 
 def stop_on_sigterm() -> None:
+    global _stopping
+    _stopping = False
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
 
@@ -73,6 +88,8 @@ def stop_with_parent() -> None:
     def watch() -> None:
         while True:
             info = _stat(pid)
+            if _stopping:
+                return
             if info is None or info[2] != started:  # gone, or its pid reused by another process
                 log.warning("the dvc process %d that runs this stage has exited: stopping (finished epochs are "
                             "kept in the checkpoint; `dvc repro` resumes them)", pid)

@@ -5,7 +5,8 @@ multi-step learning-rate schedule (the schedule restarts every phase). Methods c
 subclassing `Hooks`; they never copy it.
 
 After every epoch the loop writes a resume checkpoint (model, optimisers, method state, history)
-atomically, so a killed run continues from its last checkpointed epoch and ends with the same numbers
+atomically with the sha256 of its payload (`io.save_checkpoint`; one that fails the check is set aside, never
+resumed from), so a killed run continues from its last checkpointed epoch and ends with the same numbers
 as an uninterrupted one: data order and augmentation are drawn from a generator seeded by
 (seed, phase, epoch), never from global state. Where one write costs more than CHECKPOINT_BUDGET of
 the training since the last (large networks on a fast GPU), checkpoints are spaced out to keep that share.
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from cs_repro.errors import UserError
 from cs_repro.fingerprint import code_fingerprint
-from cs_repro.io import atomic_torch_save, load_checkpoint
+from cs_repro.io import load_checkpoint, save_checkpoint
 
 log = logging.getLogger("cs_repro")
 
@@ -264,7 +265,7 @@ class TrainingLoop:
         if self.checkpoint_path is None:
             return
         started = time.perf_counter()
-        atomic_torch_save(
+        save_checkpoint(
             {
                 "code": code_fingerprint(),
                 "position": {"phase": phase, "next_epoch": next_epoch, "begun": begun},

@@ -163,5 +163,6 @@ CIFAR10 = DATASETS.register("cifar10")(
         },
         loader=_load,
         class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        train_size=50_000,
     )
 )

@@ -184,6 +184,7 @@ FASHION_MNIST = DATASETS.register("fashion_mnist")(
             ("install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist)",),
         ),
         class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        train_size=60_000,
     )
 )
 
@@ -205,5 +206,6 @@ MNIST = DATASETS.register("mnist")(
         },
         loader=_make_loader("MNIST", "MNIST", ()),
         class_names=tuple(str(i) for i in range(10)),
+        train_size=60_000,
     )
 )

@@ -53,6 +53,9 @@ class DatasetSpec:
     checksums: dict[str, Checksum]  # file name -> expected digest
     loader: Callable[..., "RawDataset"] = field(repr=False, compare=False)
     class_names: tuple[str, ...] = ()
+    # Training images as distributed: the params check works out batches per epoch from it before any data
+    # is read (0 = not known; then only the run itself checks).
+    train_size: int = 0
 
     def normalization(self, kind: str = "dataset") -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) per channel: the dataset's own, or ImageNet's ('imagenet', 3-channel images only)."""

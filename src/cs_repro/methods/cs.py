@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from cs_repro.errors import UserError
 from cs_repro.masks import HardMasks, SoftMasks, sparsity_of
 from cs_repro.methods.rounds import MaskRounds
-from cs_repro.param_fields import param
+from cs_repro.param_fields import FLOAT32_MAX, check_s0, param
 from cs_repro.results import run_row
-from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config
+from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, model_outline, network_config
 from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import TrainingLoop, make_sgd
 
@@ -49,6 +50,20 @@ class CSParams:
                                       "forward pass, as the released code) or 'folded' (the rewound weights / "
                                       "sigmoid(s0) once, then a plain binary mask)",
                             choices=("binary", "released", "folded"))
+
+    def check_against(self, params: Params) -> None:
+        """lambda's range as CS uses it: its penalty, lambda * sum(sigmoid(beta*s)) / sigmoid(s0), reaches up
+        to lambda * N / sigmoid(s0) (N the prunable weights) and must stay a float32 number."""
+        s0 = min(params.sweep.s0)
+        for network in params.sweep.networks:
+            model, names = model_outline(params.network(network))
+            sizes = dict(model.named_parameters())
+            weights = sum(sizes[name].numel() for name in names)
+            largest = params.lambda_ * weights * (1.0 + math.exp(-s0))  # / sigmoid(s0)
+            if largest > FLOAT32_MAX:
+                raise UserError(f"lambda={params.lambda_:g} makes CS's penalty on {network} (up to lambda x "
+                                f"{weights:,} weights / sigmoid(s0={s0:g}) = {largest:.3g}) overflow float32; the "
+                                "paper's values are around 1e-8")
 
 
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).
@@ -138,6 +153,7 @@ def run_cs_search(params: Params, network: str, s0: float, seed: int, out_dir: P
     """One CS search: writes ticket.pt, metrics.json (search curve + pruning-track accuracy), timing.json.
     `method` and `setting` name its rows (another method may run CS under its own name, e.g. cs_sensitivity)."""
     net = params.network(network)
+    check_s0(s0, "--s0")
     config = CSConfig(
         s0=s0, lambda_=params.lambda_, beta_final=params.cs.beta_final, rounds=params.cs.rounds,
         mask_lr=params.cs.mask_lr, clamp_rule=params.cs.clamp_rule, rewind_epoch=net.rewind_epoch,

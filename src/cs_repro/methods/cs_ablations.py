@@ -18,7 +18,7 @@ from cs_repro.errors import UserError
 from cs_repro.masks import HardMasks, SoftMasks
 from cs_repro.methods.cs import CSConfig, CSSearch, mask_scale_for, weight_scale_for
 from cs_repro.methods.retrain import retrain_ticket
-from cs_repro.param_fields import check_listed, param
+from cs_repro.param_fields import check_listed, check_s0, param
 from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, network_config, sub_dir,
                           ticket_metadata)
 from cs_repro.tickets import Ticket, save_ticket
@@ -54,6 +54,7 @@ def run_cs_ablation(params: Params, name: str, network: str, s0: float, seed: in
     Writes out/search/{ticket.pt, metrics.json} (pruned-network row) and retrains the ticket in out/retrain/rewind."""
     if name not in CS_ABLATIONS:
         raise UserError(f"unknown CS ablation {name!r}; choose one of: {', '.join(CS_ABLATIONS)}")
+    check_s0(s0, "--s0")
     net = params.network(network)
     beta1 = name == "cs_beta1"
     threshold = params.ablations.beta1_threshold if beta1 else 0.5

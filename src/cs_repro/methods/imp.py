@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from cs_repro.errors import UserError
 from cs_repro.io import atomic_write_json
 from cs_repro.masks import HardMasks, sparsity_of
 from cs_repro.methods.rounds import RewindPoint
 from cs_repro.param_fields import check_listed, param
 from cs_repro.results import run_row
-from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config
+from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, model_outline, network_config
 from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import Hooks, Phase, TrainingLoop
 
@@ -45,6 +46,10 @@ class IMPParams:
                                   min_exclusive=0.0, max_exclusive=1.0)
     levels: int = param(14, "L: pruning levels after the dense run", min=1)
 
+    def check_against(self, params: Params) -> None:
+        for network in params.sweep.networks:
+            check_levels("imp.levels", self.levels, self.prune_fraction, network, params)
+
 
 @dataclass
 class IMPCParams:
@@ -56,6 +61,24 @@ class IMPCParams:
 
     def check_against(self, params: Params) -> None:
         check_listed("imp_c.networks", self.networks, params.sweep.networks, "sweep.networks")
+        for network in self.networks:
+            check_levels("imp_c.levels", self.levels, params.imp.prune_fraction, network, params)
+
+
+def check_levels(key: str, levels: int, prune_fraction: float, network: str, params: Params) -> None:
+    """Refuse a level count that goes past the level where fewer weights remain than there are prunable
+    tensors: from there some tensor is empty for sure and each further level trains at chance (a tensor
+    that empties earlier, through the global ranking, is a warning when it happens: `IMPSearch`)."""
+    model, names = model_outline(params.network(network))
+    sizes = dict(model.named_parameters())
+    total, tensors = sum(sizes[name].numel() for name in names), len(names)
+    level = next((level for level in range(1, levels + 1) if remaining_after(level, total, prune_fraction) < tensors),
+                 None)
+    if level is not None:
+        raise UserError(f"{key}={levels} goes past level {level}, where IMP keeps "
+                        f"{remaining_after(level, total, prune_fraction)} of {network}'s {total:,} prunable weights, "
+                        f"fewer than its {tensors} prunable tensors: a tensor is then empty and every further level "
+                        f"trains at chance; set {key} to at most {level - 1}")
 
 
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).
@@ -134,8 +157,12 @@ class IMPSearch(Hooks):
             return
         total = sum(m.numel() for m in self.masks.values())
         keep = remaining_after(phase, total, self.config.prune_fraction)
+        emptied_before = {n for n, m in self.masks.items() if not m.any()}
         self.masks = global_magnitude_masks({n: params[n] for n in self.config.prunable}, self.masks, keep)
         self.level_masks.append(self.masks)
+        for name in sorted(n for n, m in self.masks.items() if not m.any() and n not in emptied_before):
+            log.warning("%s: level %d leaves %s with no weights; the network may not learn from this level on "
+                        "(%d levels set)", loop.run_label, phase, name, self.config.levels)
         if self.config.rewind_between_levels:
             loop.model.load_state_dict(self.rewind_state)
         self._apply(loop)

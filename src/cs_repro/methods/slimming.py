@@ -43,7 +43,7 @@ from cs_repro.models.base import check_image_input
 from cs_repro.methods.retrain import TicketRetrain
 from cs_repro.param_fields import check_listed, param
 from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, make_model,
-                          network_config, sub_dir, ticket_digest, ticket_metadata)
+                          model_outline, network_config, sub_dir, ticket_digest, ticket_metadata)
 from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import Hooks, TrainingLoop
 
@@ -66,6 +66,12 @@ class SlimmingParams:
 
     def check_against(self, params: Params) -> None:
         check_listed("slimming.networks", self.networks, params.baselines.networks, "baselines.networks")
+        for network in self.networks:
+            model, names = model_outline(params.network(network))
+            if not channel_groups(model, names):
+                raise UserError(f"slimming.networks names {network}, whose model {params.network(network).model} "
+                                "has no BatchNorm channels that slimming can remove: slimming needs BatchNorm "
+                                "(resnet20, vgg16)")
 
 
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).
