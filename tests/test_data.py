@@ -139,7 +139,7 @@ def test_cifar_missing_names_every_way(tmp_path):
         load_dataset("cifar10", tmp_path)
     msg = str(e.value)
     assert "\n" not in msg
-    for part in ("cifar10: files not found in", str(tmp_path), "--data-root DIR", "cifar-10-python.tar.gz", "data.download: true"):
+    for part in ("cifar10: files not found in", str(tmp_path), "set data.root to a folder holding", "cifar-10-python.tar.gz in the data.root folder", "data.download: true"):
         assert part in msg
 
 
@@ -166,7 +166,7 @@ def test_missing_fashion_mnist_names_every_way(no_debian):
     assert "\n" not in msg
     for part in (
         "fashion_mnist: files not found in",
-        "--data-root DIR holding train-images-idx3-ubyte.gz",
+        "set data.root to a folder holding train-images-idx3-ubyte.gz",
         "apt-get install dataset-fashion-mnist",
         "data.download: true",
     ):
@@ -193,7 +193,7 @@ def test_a_named_root_is_the_only_place_read(tmp_path):
 
 
 def test_missing_mnist_without_root(no_debian):
-    with pytest.raises(UserError, match=r"mnist: files not found in \(no directory: no --data-root given\); pass --data-root DIR"):
+    with pytest.raises(UserError, match=r"mnist: files not found in \(no folder: data.root is empty\); set data.root to a folder"):
         load_dataset("mnist", None)
 
 

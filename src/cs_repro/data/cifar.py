@@ -117,7 +117,7 @@ def _load(spec: DatasetSpec, root: Path | None, verify_checksums: bool, download
         if root is not None and not root.is_dir():
             raise UserError(missing_in_root(spec, root, CIFAR_FILES, (), download))
         raise UserError(
-            missing_message(spec, dirs, (f"put {ARCHIVE} in the --data-root DIR",), download)
+            missing_message(spec, dirs, (f"put {ARCHIVE} in the data.root folder",), download)
         )
 
     parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

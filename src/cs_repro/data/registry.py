@@ -141,14 +141,14 @@ def download_with(spec: DatasetSpec, root: Path | None, fetch: Callable[[Path], 
         msg = " ".join(str(e).split())[:300]
         raise UserError(
             f"{spec.name}: download into {target} failed ({type(e).__name__}: {msg}); check the internet "
-            f"connection, or pass --data-root DIR holding {', '.join(spec.files)}"
+            f"connection, or set data.root to a folder holding {', '.join(spec.files)}"
         ) from None
     return target
 
 
 def missing_message(spec: DatasetSpec, searched: Sequence[Path], extra_ways: Sequence[str] = (), download: bool = False) -> str:
-    where = ", ".join(str(p) for p in searched) if searched else "(no directory: no --data-root given)"
-    ways = [f"pass --data-root DIR holding {', '.join(spec.files)}", *extra_ways]
+    where = ", ".join(str(p) for p in searched) if searched else "(no folder: data.root is empty)"
+    ways = [f"set data.root to a folder holding {', '.join(spec.files)}", *extra_ways]
     if not download:
         ways.append("set data.download: true where the internet is reachable")
     if len(ways) > 1:
