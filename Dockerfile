@@ -10,7 +10,10 @@
 #   whose driver is too old for the wheel stops with a clear message instead of silently using the CPU.
 # - pytorch/pytorch images are not used: their torch and conda Python are theirs, and pip would replace
 #   that torch with the pinned one anyway.
-FROM nvidia/cuda:13.0.0-base-ubuntu22.04
+# The base is a build argument so that the tests can build the image where no registry is reachable, on a
+# stand-in made locally from Debian's packages (tests/test_docker_image.py); its default is the image above.
+ARG BASE_IMAGE=nvidia/cuda:13.0.0-base-ubuntu22.04
+FROM ${BASE_IMAGE}
 
 ARG DEBIAN_FRONTEND=noninteractive
 # g++, python3.11-dev: the fused CPU soft-mask kernel (cs_repro.kernels) is compiled on first use.
@@ -58,9 +61,16 @@ RUN python -m compileall -q src \
     && git add -A \
     && git commit -q -m "cs-repro image build"
 
-# Outputs (workspace with runs/metrics/figures, DVC cache, checkpoints, downloads): keep them on the host
-# with -v "$PWD/out:/work/out" so a second `docker run` resumes and reuses the cache.
-VOLUME ["/work/out"]
+# The project's commit the image is built from (`make image` passes it): results name it, not the image's
+# own one-commit repository, which exists nowhere else. CS_REPRO_IN_CONTAINER: the entry point checks the
+# volume and words its advice for `docker run`.
+ARG CS_REPRO_COMMIT=unknown
+ENV CS_REPRO_COMMIT=${CS_REPRO_COMMIT} \
+    CS_REPRO_IN_CONTAINER=1
+
+# Outputs (workspace with runs/metrics/figures, DVC cache, checkpoints, downloads) belong on the host:
+# -v "$PWD/out:/work/out", so a second `docker run` resumes and reuses the cache. No VOLUME instruction: an
+# anonymous volume would hide a missing -v, which the entry point instead warns about before the run.
 # uid of the user "cs" made above (numeric, so the host and runtimes can check it is not root)
 USER 1000:1000
 # tini as PID 1 (a plain PID 1 ignores SIGTERM, so `docker stop` would end in SIGKILL); -g sends the signal to

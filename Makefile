@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup data repro readme test test-fast bench lint clean-runs
+.PHONY: setup data repro readme test test-fast bench lint clean-runs image
 
 # Python writes its bytecode caches under make: the venv is installed without them (below), and with
 # PYTHONDONTWRITEBYTECODE set (Docker images often set it) every stage process compiled torch's modules
@@ -67,3 +67,9 @@ lint: setup
 .PHONY: parallel
 parallel: setup
 	cs-repro parallel -j $(or $(J),2)
+
+# The Docker image (docker/README.md), naming the commit it is built from: results made in it record that
+# commit, not the image's own one-commit repository. BASE_IMAGE=... builds on another base (the tests' stand-in).
+image:
+	docker build --build-arg CS_REPRO_COMMIT=$$(git describe --always --dirty=+changes --abbrev=7) \
+	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t cs-repro .

@@ -44,6 +44,27 @@ def readme(
     log.info("results block of %s rewritten from %s", path, results)
 
 
+@app.command()
+@user_errors
+def preflight(
+    params: ParamsOption = DEFAULT_PARAMS,
+    container: Annotated[bool, typer.Option(help="word the advice for `docker run` (the image's entry point)")] = False,
+) -> None:
+    """Check what would stop the run after it started, before any DVC work: a GPU profile with no GPU visible,
+    a dataset neither prepared, nor found, nor downloadable from here. One line and exit 2 on the first."""
+    from cs_repro_orchestration.preflight import first_problem
+
+    from cs_repro.device import choose_device, hardware_name
+
+    loaded = load(params)
+    problem = first_problem(loaded, container)
+    if problem:
+        raise UserError(problem)
+    device = choose_device()
+    where = hardware_name(device) if device.type == "cuda" else "the CPU"
+    typer.echo(f"{params}: the {loaded.profile} profile is ready to run on {where} (its data found)", err=True)
+
+
 @app.command("params")
 @user_errors
 def show_params(
@@ -116,7 +137,7 @@ def use_profile(
     composed = compose_profile(name, overrides or [])
     params_from_dict(composed)
     write_params(composed, out)
-    log.info("%s now holds the %s profile; run `dvc repro`", out, name)
+    log.info("%s now holds the %s profile; run `dvc repro` (or `cs-repro parallel`)", out, name)
 
 
 @app.command("list")

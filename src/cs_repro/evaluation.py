@@ -10,6 +10,7 @@ knows nothing about methods. Runs without rows (the dense training of magnitude 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any, Iterable
@@ -172,13 +173,19 @@ def collapsed_runs(params: Params, runs: Path, documents: list[tuple[Path, dict[
     return found
 
 
+#: Set in the Docker image: the project's commit it was built from (its own repository is a one-commit copy).
+COMMIT_ENV = "CS_REPRO_COMMIT"
+
+
 def git_commit() -> str:
     """The commit the results come from; "+changes" when tracked files (code, params) differ from it."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *RUN_WRITTEN],
                                capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+        commit = os.environ.get(COMMIT_ENV) or out.stdout.strip()
+        changed = dirty.stdout.strip() and not commit.endswith("+changes")
+        return commit + ("+changes" if changed else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
 

@@ -1,0 +1,89 @@
+"""What would stop a run after it started, checked before any DVC work: a GPU profile with no GPU visible,
+and a dataset that is neither prepared, nor on disk, nor downloadable from here.
+
+`cs-repro preflight` prints one line per problem it finds and exits non-zero; the image's entry point runs it
+with `--container` before the pipeline, so that the advice names what a `docker run` user changes
+(`--gpus all`, `-v … -e DATA_ROOT=…`) instead of params they never see.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from cs_repro.data.prepared import prepared_path
+from cs_repro.data.registry import DATASETS
+from cs_repro.errors import UserError
+
+#: Profiles sized for GPUs: days on one, weeks on a CPU.
+GPU_PROFILES = ("paper", "frankle")
+
+#: The host torchvision downloads each dataset from (only connected to, to see whether it can be reached).
+DOWNLOAD_HOSTS = {
+    "cifar10": "www.cs.toronto.edu",
+    "mnist": "ossci-datasets.s3.amazonaws.com",
+    "fashion_mnist": "fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+}
+
+#: What a user mounts for each dataset, in words (a dataset not listed: its files).
+DATA_FOLDERS = {"cifar10": "cifar-10-batches-py/ or cifar-10-python.tar.gz"}
+
+
+def gpu_problem(profile: str, container: bool) -> str | None:
+    """One line when `profile` needs a GPU and none is visible, unless CS_REPRO_DEVICE asks for the CPU."""
+    if profile not in GPU_PROFILES or os.environ.get("CS_REPRO_DEVICE", "auto").strip().startswith("cpu"):
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    how = ("add --gpus all to `docker run` (it needs the NVIDIA Container Toolkit), or -e CS_REPRO_DEVICE=cpu to "
+           "run it on the CPU anyway" if container else
+           "run it where an NVIDIA GPU is visible, or set CS_REPRO_DEVICE=cpu to run it on the CPU anyway")
+    return (f"the {profile} profile trains ResNet-20 and VGG-16 on CIFAR-10 for days on a GPU (weeks on a CPU), and "
+            f"no GPU is visible: {how}")
+
+
+def reachable(host: str | None, timeout: float = 5.0) -> bool:
+    if not host:
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def data_problem(params, container: bool, data_root_env: str = "") -> str | None:
+    """One line for the first dataset of `sweep.datasets` that the `prepare` stage could not get."""
+    for name in params.sweep.datasets:
+        if prepared_path(name).exists():
+            continue
+        spec = DATASETS.get(name)
+        root = Path(params.data.root).expanduser() if params.data.root else None
+        try:
+            spec.load(root, verify_checksums=False, download=False)
+            continue
+        except UserError as error:
+            missing = str(error)
+        host = DOWNLOAD_HOSTS.get(name)
+        if params.data.download and reachable(host):
+            continue
+        folder = DATA_FOLDERS.get(name, ", ".join(spec.files))
+        unreachable = f"its download site ({host}) cannot be reached from here" if params.data.download else \
+            "data.download is off"
+        if not container:
+            if not params.data.download:
+                return missing  # says where it looked and what to set
+            looked = f"data.root {root} does not hold it" if root else "data.root is empty"
+            return f"{name}: no copy found ({looked}) and {unreachable}; set data.root to a folder holding {folder}"
+        where = f"DATA_ROOT={data_root_env} does not hold it" if data_root_env else "no DATA_ROOT is given"
+        return (f"{name} is not in the image, {where}, and {unreachable}: mount the folder holding {folder} and "
+                f"name it, e.g. -v /path/to/{name}:/data/{name} -e DATA_ROOT=/data/{name}")
+    return None
+
+
+def first_problem(params, container: bool = False) -> str | None:
+    """The first thing that would stop the run (the GPU, then the data), in one line; None when there is none."""
+    return gpu_problem(params.profile, container) or data_problem(params, container, os.environ.get("DATA_ROOT", ""))
