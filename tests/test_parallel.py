@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 import yaml
 
 from cs_repro.errors import UserError
-from cs_repro_orchestration.parallel import Pipeline, log_name, make_slots, parse_gpus, slurm_waves, split
+from cs_repro_orchestration.parallel import (Pipeline, drop_stale_lock_entries, log_name, make_slots, parse_gpus,
+                                             slurm_waves, split)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,6 +98,30 @@ def test_workers_get_a_gpu_round_robin_or_their_own_cores():
     assert [s.prefix[-1] for s in crowded] == ["0", "1", "0"]
     with pytest.raises(UserError):
         make_slots(0, [], [0], {})
+
+
+def test_dvc_lock_entries_of_stages_no_longer_declared_are_dropped_and_the_rest_kept_byte_for_byte(tmp_path):
+    """DVC keeps a removed grid point's entry in dvc.lock for ever (and rewrites the file after every stage)."""
+    lock = tmp_path / "dvc.lock"
+    original = (REPO / "dvc.lock").read_text()
+    lock.write_text(original)
+    names = list(yaml.safe_load(original)["stages"])
+    declared = [name for name in names if not name.startswith("cs_search@")]
+    assert drop_stale_lock_entries(tmp_path, declared) == [n for n in names if n.startswith("cs_search@")]
+    assert list(yaml.safe_load(lock.read_text())["stages"]) == declared
+    once = lock.read_text()
+    assert drop_stale_lock_entries(tmp_path, declared) == [] and lock.read_text() == once
+    # every line left is the original's, in its order: the kept entries are DVC's bytes, untouched
+    remaining = iter(original.splitlines())
+    assert all(any(line == other for other in remaining) for line in once.splitlines())
+
+
+def test_the_committed_dvc_lock_holds_only_declared_stages():
+    listed = subprocess.run([str(Path(sys.executable).parent / "dvc"), "stage", "list", "--name-only"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    stale = set(yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]) - set(listed.stdout.split())
+    assert not stale, f"dvc.lock holds stages dvc.yaml no longer declares: {sorted(stale)} (make repro drops them)"
 
 
 def test_gpu_option_parsing():

@@ -366,6 +366,23 @@ def pinned_threads(cwd: Path) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+def drop_stale_lock_entries(cwd: Path, declared: list[str]) -> list[str]:
+    """Remove dvc.lock's entries of stages that dvc.yaml no longer declares (a grid that changed: an s0 value
+    taken out). DVC keeps them for ever, and rewrites the whole file after every stage. Written with DVC's own
+    YAML round-trip, so the rest of the file stays byte for byte as DVC left it."""
+    from dvc.utils.serialize import modify_yaml
+
+    lock = Path(cwd) / "dvc.lock"
+    if not lock.exists():
+        return []
+    keep = set(declared)
+    with modify_yaml(lock) as data:
+        stale = [name for name in (data.get("stages") or {}) if name not in keep]
+        for name in stale:
+            del data["stages"][name]
+    return stale
+
+
 def run_parallel(jobs: int | None = None, gpus: list[str] | None = None, dry_run: bool = False,
                  cwd: Path = Path("."), log_dir: Path | None = None, say: Callable[[str], None] = print,
                  threads: int | None = None) -> int:
@@ -444,6 +461,9 @@ def run_parallel(jobs: int | None = None, gpus: list[str] | None = None, dry_run
         else:
             say(f"{time.strftime('%H:%M:%S')} done   tail in {time.monotonic() - began:.1f}s")
             tail_status = "done"
+            dropped = drop_stale_lock_entries(cwd, pipeline.stages)
+            if dropped:
+                say(f"dvc.lock: dropped {len(dropped)} entries of stages dvc.yaml no longer declares (an earlier grid)")
 
     ran = sum(o.ran for o in runner.outcomes.values() if not o.returncode)
     restored = sum(not o.ran for o in runner.outcomes.values() if not o.returncode)
