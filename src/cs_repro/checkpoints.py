@@ -6,7 +6,8 @@ before it runs the stage again. A finished run's checkpoint is normally deleted 
 that runs several trainings (a ticket's retraining variants, IMP control levels) and is killed in its
 third run then finds the first two at their final epoch and only rewrites their outputs, instead of
 training them again. A checkpoint that failed its digest check was set aside as `<name>.pt.damaged` (one per
-run, see `io.load_checkpoint`); it goes with the checkpoint once its run has finished. Light on purpose (no torch): the CLI enters the scope for every command.
+run, see `io.load_checkpoint`); it goes with the checkpoint once its run has finished. Light on purpose (no
+torch): the CLI enters the scope for every command.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from cs_repro.io import damaged_copy
+
 CHECKPOINT_DIR = Path(".cache/checkpoints")
 
 _finished_in_stage: list[Path] | None = None
@@ -22,7 +25,7 @@ _finished_in_stage: list[Path] | None = None
 
 def _delete(path: Path) -> None:
     path.unlink(missing_ok=True)
-    path.with_suffix(path.suffix + ".damaged").unlink(missing_ok=True)  # the name io.damaged_copy gives
+    damaged_copy(path).unlink(missing_ok=True)
 
 
 def release(path: Path) -> None:

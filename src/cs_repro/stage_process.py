@@ -86,10 +86,8 @@ def stop_with_parent() -> None:
     pid, started = ancestor
 
     def watch() -> None:
-        while True:
+        while not _stopping:
             info = _stat(pid)
-            if _stopping:
-                return
             if info is None or info[2] != started:  # gone, or its pid reused by another process
                 log.warning("the dvc process %d that runs this stage has exited: stopping (finished epochs are "
                             "kept in the checkpoint; `dvc repro` resumes them)", pid)
