@@ -177,26 +177,34 @@ def _checkpoint_payload(data: bytes) -> tuple[bytes | None, str]:
     return payload, ""
 
 
+def read_checkpoint(path: Path) -> Any:
+    """A resume checkpoint's state, its digest checked, nothing moved; ValueError says what is wrong."""
+    import torch
+
+    payload, problem = _checkpoint_payload(Path(path).read_bytes())
+    if payload is None:
+        raise ValueError(problem)
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"it does not load ({type(error).__name__}: {str(error).splitlines()[0][:120]})") from None
+
+
 def load_checkpoint(path: Path) -> Any | None:
     """A resume checkpoint, or None when there is none. One whose digest does not match, or that does not
     load, is set aside (`damaged_copy`) with one log line, and the run starts over: never trusted."""
-    import torch
-
     path = Path(path)
     for leftover in remove_stale_temporaries(path):
         log.info("removed %s, left by a write that was killed", leftover)
     if not path.exists():
         return None
-    payload, problem = _checkpoint_payload(path.read_bytes())
-    if payload is not None:
-        try:
-            return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-        except Exception as error:
-            problem = f"it does not load ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
-    aside = damaged_copy(path)
-    os.replace(path, aside)
-    log.warning("checkpoint %s is damaged: %s; moved to %s and starting over", path, problem, aside)
-    return None
+    try:
+        return read_checkpoint(path)
+    except ValueError as error:
+        aside = damaged_copy(path)
+        os.replace(path, aside)
+        log.warning("checkpoint %s is damaged: %s; moved to %s and starting over", path, error, aside)
+        return None
 
 
 def read_json(path: Path, what: str = "file") -> Any:
