@@ -447,6 +447,28 @@ def test_a_checkpoint_whose_bytes_changed_is_set_aside_and_the_run_gives_the_uni
     assert not list(ck.iterdir())  # the finished run took its damaged checkpoint with it
 
 
+@pytest.mark.parametrize("call", [3, 5], ids=["after the dense run", "inside level 1"])
+def test_a_resumed_imp_search_writes_the_same_bytes(workspace, tiny_params, monkeypatch, call):
+    """The tickets' mask names came from the checkpoint after a resume and from the config otherwise: equal
+    strings, but pickled once or twice, so the files differed in bytes (found by the image's docker-stop test)."""
+    from cs_repro.methods.imp import IMPSearch
+
+    params = tiny_params()
+    run_imp(params, "lenet300_100", 0, workspace / "clean", CPU, checkpoint_dir=None)
+    restore = _interrupt_on_call(monkeypatch, IMPSearch, call)
+    with pytest.raises(KeyboardInterrupt):
+        run_imp(params, "lenet300_100", 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
+    restore()
+    epochs = _count_epochs(monkeypatch)
+    run_imp(params, "lenet300_100", 0, workspace / "run", CPU, checkpoint_dir=workspace / "ck")
+    assert epochs["n"] == 4 * 3 - (call - 1)  # resumed, not started over
+    files = sorted(p.relative_to(workspace / "clean") for p in (workspace / "clean").rglob("*")
+                   if p.is_file() and "timing" not in p.name)
+    assert len(files) == 5  # metrics.json and the four levels' tickets
+    for name in files:
+        assert (workspace / "clean" / name).read_bytes() == (workspace / "run" / name).read_bytes(), name
+
+
 def test_an_emptied_tensor_is_named_at_the_level_it_empties(workspace, tiny_params, monkeypatch, caplog):
     """Global ranking can empty a tensor long before the params check's bound; the run says so at that level."""
     from cs_repro.methods.imp import IMPSearch

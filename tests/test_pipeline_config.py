@@ -98,7 +98,7 @@ SRC = REPO / "src" / "cs_repro"
 # params.py imports the registries (models, datasets) to validate names, not to compute anything.
 VALIDATION_ONLY = {SRC / "params.py"}
 SHAPES_OUTPUTS = ["data", "kernels", "masks.py", "train.py", "methods", "run.py", "results.py", "models",
-                  "flops.py", "evaluation.py", "tickets.py", "report"]
+                  "flops.py", "evaluation.py", "tickets.py", "report", "io.py"]
 
 
 def _module_path(module: str) -> Path | None:

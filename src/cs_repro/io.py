@@ -95,9 +95,28 @@ def _write_then_rename(path: Path, write) -> None:
 # torch is imported where it is used: the JSON and text writers serve commands that never touch a tensor
 # (`cs-repro readme` rewrites the README in 0.4 s instead of 2 s).
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save, atomically, of a copy in which no string is shared (see `_unshared`)."""
     import torch
 
-    _atomic_write(path, lambda stream: torch.save(obj, stream))
+    unshared = _unshared(obj)
+    _atomic_write(path, lambda stream: torch.save(unshared, stream))
+
+
+def _unshared(obj: Any) -> Any:
+    """The same values with every string, dict, list and tuple a new object. Pickle writes an object it has
+    already written as a reference to it, so a file's bytes followed which equal strings happened to be one
+    object: a resumed run's mask names come from its checkpoint, a fresh run's from its config, and the two
+    tickets differed in bytes, not in values. Tensors are left as they are."""
+    if type(obj) is str:
+        return obj.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+    if isinstance(obj, dict):
+        copy = type(obj)((_unshared(key), _unshared(value)) for key, value in obj.items())
+        if hasattr(obj, "_metadata"):  # a module state_dict's version record
+            copy._metadata = _unshared(obj._metadata)
+        return copy
+    if type(obj) in (list, tuple):
+        return type(obj)(_unshared(item) for item in obj)
+    return obj
 
 
 def atomic_write_json(obj: Any, path: Path) -> None:
