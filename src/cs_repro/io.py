@@ -165,16 +165,18 @@ def save_checkpoint(state: Any, path: Path) -> None:
     """A resume checkpoint, written atomically with the digest of its payload (see load_checkpoint)."""
     import torch
 
-    payload = io.BytesIO()
-    torch.save(state, payload)
-    data = payload.getbuffer()
-    header = _CHECKPOINT_HEADER + hashlib.sha256(data).hexdigest().encode() + b"\n"
+    # Serialising comes before the file write, and a signal must not land inside torch.save either.
+    with _interrupts_deferred():
+        payload = io.BytesIO()
+        torch.save(state, payload)
+        data = payload.getbuffer()
+        header = _CHECKPOINT_HEADER + hashlib.sha256(data).hexdigest().encode() + b"\n"
 
-    def write(stream) -> None:
-        stream.write(header)
-        stream.write(data)
+        def write(stream) -> None:
+            stream.write(header)
+            stream.write(data)
 
-    _atomic_write(path, write)
+        _atomic_write(path, write)
 
 
 def damaged_copy(path: Path) -> Path:
