@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cs_repro.io import damaged_copy
+from cs_repro.io import damaged_copy, is_writer
 
 CHECKPOINT_DIR = Path(".cache/checkpoints")
 
@@ -24,6 +24,8 @@ _finished_in_stage: list[Path] | None = None
 
 
 def _delete(path: Path) -> None:
+    if not is_writer():
+        return
     path.unlink(missing_ok=True)
     damaged_copy(path).unlink(missing_ok=True)
 

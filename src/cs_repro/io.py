@@ -70,7 +70,15 @@ def _interrupts_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+def is_writer() -> bool:
+    """Whether this process writes files: always, except the ranks other than 0 of a run on several processes
+    (`cs_repro.distributed` sets the variable), which hold the same state and must not race rank 0's writes."""
+    return os.environ.get("CS_REPRO_RANK", "0") == "0"
+
+
 def _atomic_write(path: Path, write) -> None:
+    if not is_writer():
+        return
     with _interrupts_deferred():
         _write_then_rename(path, write)
 
@@ -215,13 +223,15 @@ def load_checkpoint(path: Path) -> Any | None:
     """A resume checkpoint, or None when there is none. One whose digest does not match, or that does not
     load, is set aside (`damaged_copy`) with one log line, and the run starts over: never trusted."""
     path = Path(path)
-    for leftover in remove_stale_temporaries(path):
+    for leftover in remove_stale_temporaries(path) if is_writer() else ():
         log.info("removed %s, left by a write that was killed", leftover)
     if not path.exists():
         return None
     try:
         return read_checkpoint(path)
     except ValueError as error:
+        if not is_writer():  # rank 0 read the same bytes: it sets the file aside and says so
+            return None
         aside = damaged_copy(path)
         os.replace(path, aside)
         log.warning("checkpoint %s is damaged: %s; moved to %s and starting over", path, error, aside)

@@ -34,7 +34,9 @@ class NetworkParams:
     test_subset: int = param(0, "evaluate on a class-balanced subset of this many test images (0 = all; quick profile only)", min=0)
     val_size: int = param(5000, "class-balanced validation images held out of the training set (0: none, train on "
                                 "all; the checks that read validation accuracy then read training accuracy)", min=0)
-    batch_size: int = param(128, "mini-batch size", min=1)
+    batch_size: int = param(128, "mini-batch size (the global batch: split evenly over `processes`)", min=1)
+    processes: int = param(1, "processes (one per GPU) each run of this network trains on, with torch.distributed: "
+                              "each takes batch_size / processes of every batch (docs/architecture.md)", min=1)
     epochs: int = param(10, "E: epochs per CS round, per IMP level and per ticket retraining", min=1)
     lr: float = param(0.1, "initial learning rate (SGD)", min_exclusive=0.0)
     momentum: float = param(0.9, "SGD momentum", min=0.0, max=1.0)
@@ -75,7 +77,8 @@ class NetworkParams:
         if self.batch_size > images:
             raise UserError(f"{where}.batch_size={self.batch_size} is larger than the training set ({images:,} "
                             f"images): choose at most {images}")
-        steps = math.ceil(images / self.batch_size)
+        # several processes drop an epoch's last, partial batch (it would not split evenly)
+        steps = images // self.batch_size if self.processes > 1 else math.ceil(images / self.batch_size)
         if self.max_batches:
             steps = min(steps, self.max_batches)
         if self.rewind_iteration > self.epochs * steps:
@@ -84,6 +87,9 @@ class NetworkParams:
                             f"{self.batch_size} from {images:,} images): choose at most {self.epochs * steps}")
 
     def validate(self, where: str) -> None:
+        if self.batch_size % self.processes:
+            raise UserError(f"{where}.batch_size={self.batch_size} does not split evenly over {where}.processes="
+                            f"{self.processes}: choose a multiple of {self.processes}")
         if self.rewind_epoch > self.epochs:
             raise UserError(f"{where}.rewind_epoch={self.rewind_epoch} must be <= {where}.epochs={self.epochs}")
         if any(m <= 0 or m >= self.epochs for m in self.lr_milestones):

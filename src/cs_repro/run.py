@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from cs_repro import distributed
 from cs_repro.checkpoints import CHECKPOINT_DIR, release
 from cs_repro.data import DATASETS, TensorBatches, class_balanced_split, subset
 from cs_repro.data.prepared import load_prepared
@@ -61,9 +62,10 @@ class _Source:
         return len(self._batches)
 
 
-def make_splits(net: NetworkParams, prepared: dict, seed: int, device: torch.device) -> DataSplits:
+def make_splits(net: NetworkParams, prepared: dict, seed: int, device: torch.device,
+                shard: tuple[int, int] = (0, 1)) -> DataSplits:
     """Train/val split (class-balanced, from the seed; no validation set when val_size is 0), optional
-    training subset, test set."""
+    training subset, test set; `shard` = (rank, processes) of a run on several processes."""
     spec = DATASETS.get(net.dataset)
     labels = prepared["train_labels"]
     if net.val_size:
@@ -92,7 +94,7 @@ def make_splits(net: NetworkParams, prepared: dict, seed: int, device: torch.dev
         return _Source(TensorBatches(
             x, y, batch_size, mean, std, augment=train and net.augment,
             generator=torch.Generator(device=device) if train else None,
-            max_batches=max_batches, device=device,
+            max_batches=max_batches, device=device, shard=shard,
         ))
 
     return DataSplits(
@@ -222,7 +224,11 @@ class TrainingRun:
         self.checkpoint_dir = checkpoint_dir
         self.timing_dir = timing_dir
         self.started = time.perf_counter()
-        self.data = make_splits(self.net, load_prepared(self.net.dataset), seed, device)
+        world = distributed.current()
+        if world.size != self.net.processes:
+            raise UserError(f"networks.{network}.processes is {self.net.processes}, but this run has {world.size} "
+                            f"process(es): start it through its stage (which starts the processes)")
+        self.data = make_splits(self.net, load_prepared(self.net.dataset), seed, device, (world.rank, world.size))
         self.model, self.prunable = make_model(self.net, seed if model_seed is None else model_seed, device)
         self.spec: RunSpec | None = None
         self.loop: TrainingLoop | None = None

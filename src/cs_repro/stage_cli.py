@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,8 @@ def setup_logging(quiet: bool = False) -> None:
 
 
 def user_errors(command: Callable) -> Callable:
-    """Turn UserError (and Ctrl-C) into one line and a non-zero exit."""
+    """Turn UserError (and Ctrl-C) into one line and a non-zero exit. In a worker of a run on several
+    processes the launching stage prints that line for the whole run (`launch_workers`)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -60,15 +62,33 @@ def user_errors(command: Callable) -> Callable:
         try:
             with stage_scope():
                 return command(*args, **kwargs)
-        except UserError as error:  # TrainingDiverged is one too
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            stopping()
-            typer.echo("interrupted: progress up to the last finished epoch is kept; run the same command to resume", err=True)
-            raise typer.Exit(130) from None
+        except (typer.Exit, SystemExit):
+            raise
+        except BaseException as error:
+            status = _worker_exit(error)
+            if status is not None:
+                stopping()
+                raise typer.Exit(status) from None
+            if isinstance(error, UserError):  # TrainingDiverged is one too
+                typer.echo(f"error: {error}", err=True)
+                raise typer.Exit(2) from None
+            if isinstance(error, KeyboardInterrupt):
+                stopping()
+                typer.echo("interrupted: progress up to the last finished epoch is kept; run the same command to "
+                           "resume", err=True)
+                raise typer.Exit(130) from None
+            raise
+        finally:
+            _leave_process_group()
 
     return wrapper
+
+
+def _leave_process_group() -> None:
+    if "torch.distributed" in sys.modules:
+        from cs_repro.distributed import finish
+
+        finish()
 
 
 def stage_app(command: Callable) -> typer.Typer:
@@ -115,13 +135,95 @@ def training_stage(command: Callable) -> Callable:
     def stage(**options):
         params, device, checkpoint_dir, timing = (options.pop(name) for name in ("params", "device", "checkpoint_dir",
                                                                                   "timing"))
+        if distributed_worker() and os.environ.get("RANK", "0") != "0":
+            log.setLevel(logging.WARNING)  # one voice: rank 0 logs the run, the others only what goes wrong
         loaded = load(params)
-        command(**options, training=Training(loaded, training_device(loaded, device), checkpoint_dir, timing))
+        processes = stage_processes(loaded, options)
+        if processes > 1 and not distributed_worker():
+            return launch_workers(processes)
+        device = training_device(loaded, device)
+        if processes > 1:
+            from cs_repro import distributed
+
+            device = distributed.init_from_env(device)
+        command(**options, training=Training(loaded, device, checkpoint_dir, timing))
 
     stage.__signature__ = inspect.Signature([*own, *_TRAINING_OPTIONS])
     stage.__annotations__ = {p.name: p.annotation for p in stage.__signature__.parameters.values()}
     del stage.__wrapped__  # typer reads the signature above, not the command's
     return stage
+
+
+def stage_processes(params, options: dict[str, Any]) -> int:
+    """How many processes the stage's runs train on: `processes` of its network (from --network, or from the
+    ticket it retrains)."""
+    network = options.get("network")
+    ticket = options.get("tickets") or options.get("cs_ticket")
+    if network is None and ticket is not None:
+        from cs_repro.tickets import load_ticket
+
+        ticket = Path(ticket)
+        files = sorted(ticket.glob("*.pt")) if ticket.is_dir() else [ticket] if ticket.exists() else []
+        network = load_ticket(files[0]).metadata.get("network") if files else None  # else the stage says what is missing
+    if network is None or network not in params.networks:
+        return 1
+    return params.network(network).processes
+
+
+def distributed_worker() -> bool:
+    from cs_repro.distributed import is_worker
+
+    return is_worker()
+
+
+#: Workers of a run on several processes leave their one-line error here for the launching stage to print.
+ERROR_DIR_ENV = "CS_REPRO_WORKER_ERRORS"
+
+
+def launch_workers(processes: int) -> None:
+    """Start the stage's own command as `processes` workers of one run (torch's launcher) and wait; a failed
+    worker becomes one line: its own error, or how it ended."""
+    import tempfile
+
+    from cs_repro.distributed import WorkerFailed, run_workers
+
+    with tempfile.TemporaryDirectory(prefix="cs-repro-workers-") as errors:
+        os.environ[ERROR_DIR_ENV] = errors
+        try:
+            run_workers(processes, [sys.argv[0], *sys.argv[1:]])
+        except WorkerFailed as failure:
+            reported = sorted(Path(errors).glob("rank-*.txt"), key=lambda p: int(p.stem.split("-")[1]))
+            message = reported[0].read_text().strip() if reported else str(failure)
+            raise UserError(message) from None
+        finally:
+            os.environ.pop(ERROR_DIR_ENV, None)
+
+
+def _worker_exit(error: BaseException) -> int | None:
+    """In a worker of a run on several processes: leave the error for the launching stage (which prints one
+    line for the whole run) and return the exit status; None outside a worker or for a bug (a traceback)."""
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if not folder:
+        return None
+    rank = os.environ.get("RANK", "0")
+    if isinstance(error, UserError):
+        Path(folder, f"rank-{rank}.txt").write_text(f"{error}\n")
+        return 2
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    if _lost_peer(error):  # another process died: the launcher names it
+        return 1
+    return None
+
+
+def _lost_peer(error: BaseException) -> bool:
+    import torch.distributed as dist
+
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        word in text for word in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "Broken pipe"))
 
 
 def run_training_stage(command: Callable) -> None:

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from cs_repro.errors import UserError
 from cs_repro.fingerprint import code_fingerprint
-from cs_repro.io import load_checkpoint, save_checkpoint
+from cs_repro import distributed
+from cs_repro.io import is_writer, load_checkpoint, save_checkpoint
 
 log = logging.getLogger("cs_repro")
 
@@ -248,6 +249,22 @@ class TrainingLoop:
         self.checkpoint_seconds: list[float] = []  # every checkpoint write of this process (timing.json has them)
         self._trained_since_save = 0.0  # training seconds since the last write
         self._spacing_logged = False
+        self.world = distributed.current()
+        self._replicated: tuple[int, nn.Module] | None = None  # (phase, DistributedDataParallel of the model)
+
+    def _trainer(self, phase: int) -> nn.Module:
+        """What a training step calls: the model, or on several processes the model under
+        DistributedDataParallel (which averages gradients over processes). Built per phase, after its optimisers:
+        a phase may add parameters (CS's logits, L0's gates) or freeze some. Construction copies rank 0's
+        parameters and buffers to every process, so all ranks start each phase from the same state."""
+        if not self.world.distributed:
+            return self.model
+        if self._replicated is None or self._replicated[0] != phase:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device] if self.device.type == "cuda" else None
+            self._replicated = (phase, DistributedDataParallel(self.model, device_ids=ids))
+        return self._replicated[1]
 
     # -- checkpointing
     def _checkpoint_due(self) -> bool:
@@ -290,7 +307,8 @@ class TrainingLoop:
         if state.get("code") != code_fingerprint():
             log.info("%s: checkpoint %s was written by other code (source digest %s, now %s); starting over",
                      self.run_label, self.checkpoint_path, state.get("code", "not recorded"), code_fingerprint())
-            Path(self.checkpoint_path).unlink(missing_ok=True)
+            if is_writer():
+                Path(self.checkpoint_path).unlink(missing_ok=True)
             return 0, 0, False
         self.model.load_state_dict(state["model"])
         self.hooks.load_state_dict(state["hooks"])
@@ -371,7 +389,7 @@ class TrainingLoop:
 
     # -- divergence: stop the run, with no output, rather than let a dead network become a result
     def _diverged(self, where: str, reason: str) -> "TrainingDiverged":
-        if self.checkpoint_path is not None:  # resuming would only diverge again
+        if self.checkpoint_path is not None and is_writer():  # resuming would only diverge again
             Path(self.checkpoint_path).unlink(missing_ok=True)
         return TrainingDiverged(
             f"{self.run_label}: training diverged in {where}: {reason}; nothing was written. Lower the learning "
@@ -402,13 +420,14 @@ class TrainingLoop:
     def _train_one_epoch(self, generator: torch.Generator, description: str, phase: int,
                          epoch: int) -> tuple[float, float]:
         self.model.train()
+        trainer = self._trainer(phase)
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
         step = epoch * len(self.data.train)  # the phase's steps before this epoch (each epoch has the same count)
         for inputs, labels in progress(self.data.train.batches(generator), len(self.data.train), description):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-                logits = self.model(inputs)
+                logits = trainer(inputs)
                 loss = self.hooks.loss(self, logits, labels)
             for optimizer in self.optimizers:
                 optimizer.zero_grad(set_to_none=True)
@@ -421,6 +440,10 @@ class TrainingLoop:
             total_loss += loss.detach() * labels.numel()
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += labels.numel()
+        if self.world.distributed:  # every process reports the whole epoch's numbers
+            totals = distributed.all_sum(torch.stack([total_loss, correct.double(),
+                                                      torch.tensor(float(seen), device=self.device, dtype=torch.float64)]))
+            total_loss, correct, seen = totals[0], totals[1].long(), int(totals[2])
         if seen == 0:
             return 0.0, 0.0
         return float(total_loss) / seen, int(correct) / seen
@@ -428,6 +451,11 @@ class TrainingLoop:
     @torch.no_grad()
     def evaluate(self, source: BatchSource) -> float | None:
         """Accuracy on `source`; None for an empty one (no validation set)."""
+        if self.world.distributed:
+            # BatchNorm's running statistics moved with each process's own share of the last batches: score
+            # with rank 0's (those its checkpoint holds), the same on every process.
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, 0)
         self.model.eval()
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
@@ -436,6 +464,9 @@ class TrainingLoop:
                 logits = self.model(inputs)
             correct += (logits.argmax(1) == labels).sum()
             seen += labels.numel()
+        if self.world.distributed:  # each process scored its share of the batches
+            counts = distributed.all_sum(torch.stack([correct, torch.tensor(seen, device=self.device)]))
+            correct, seen = counts[0], int(counts[1])
         return int(correct) / seen if seen else None
 
 

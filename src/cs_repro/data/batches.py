@@ -49,6 +49,11 @@ class TensorBatches:
     permutation each epoch (training); without, samples come in order (evaluation).
     `augment=True` applies `augment_batch` with the same generator (requires one).
     `max_batches` truncates every epoch to at most that many batches.
+
+    `shard=(rank, processes)`: this process's part of a run on several processes. Training: every global
+    batch (order and augmentation drawn exactly as for one process) is cut into `processes` equal parts and
+    rank r yields part r; a last, partial global batch is dropped. Evaluation: rank r yields global batches
+    r, r + processes, ... (the accuracy counts are summed over processes by the loop).
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class TensorBatches:
         max_batches: int | None = None,
         augment: bool = False,
         device: torch.device | str | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if images.ndim != 4 or images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
@@ -75,6 +81,11 @@ class TensorBatches:
             raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
         if augment and generator is None:
             raise ValueError("augment=True needs a generator")
+        self.rank, self.processes = shard
+        if not 0 <= self.rank < self.processes:
+            raise ValueError(f"shard {shard}: the rank must lie in 0..processes-1")
+        if generator is not None and batch_size % self.processes:
+            raise ValueError(f"batch_size {batch_size} does not split into {self.processes} equal parts")
         c = images.shape[1]
         if len(mean) != c or len(std) != c:
             raise ValueError(f"mean/std need {c} values (one per channel), got {len(mean)}/{len(std)}")
@@ -97,10 +108,20 @@ class TensorBatches:
     def num_samples(self) -> int:
         return len(self.images)
 
-    def __len__(self) -> int:
+    def _global_batches(self) -> int:
         n = self.num_samples
-        full = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        whole = self.drop_last or (self.processes > 1 and self.generator is not None)
+        full = n // self.batch_size if whole else -(-n // self.batch_size)
         return full if self.max_batches is None else min(full, self.max_batches)
+
+    def _batch_numbers(self) -> range:
+        total = self._global_batches()
+        if self.generator is None and self.processes > 1:
+            return range(self.rank, total, self.processes)
+        return range(total)
+
+    def __len__(self) -> int:
+        return len(self._batch_numbers())
 
     def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self._shift, images_uint8.to(torch.float32), self._scale)
@@ -110,7 +131,7 @@ class TensorBatches:
         order = None
         if self.generator is not None:
             order = torch.randperm(n, generator=self.generator, device=_draw_device(self.generator)).to(self.device)
-        for k in range(len(self)):
+        for k in self._batch_numbers():
             lo, hi = k * bs, min(n, (k + 1) * bs)
             if order is None:
                 x, y = self.images[lo:hi], self.labels[lo:hi]
@@ -119,4 +140,7 @@ class TensorBatches:
                 x, y = self.images[idx], self.labels[idx]
             if self.augment:
                 x = augment_batch(x, self.generator)
+            if order is not None and self.processes > 1:
+                part = bs // self.processes
+                x, y = x[self.rank * part:(self.rank + 1) * part], y[self.rank * part:(self.rank + 1) * part]
             yield self.normalise(x), y
