@@ -139,3 +139,26 @@ def read_fixture_cifar(root: Path | str, name: str) -> tuple[np.ndarray, list[in
     with open(Path(root) / CIFAR_FOLDER / name, "rb") as f:
         d = pickle.load(f, encoding="bytes")
     return d[b"data"].reshape(-1, 3, 32, 32), list(d[b"labels"])
+
+
+def write_image_folder(root: Path | str, classes: int = 4, train_per_class: int = 12, val_per_class: int = 4,
+                       seed: int = 0) -> Path:
+    """An ImageNet-style tree, root/{train,val}/<wnid>/*.JPEG, of real JPEGs (sizes 40-72 pixels, not square,
+    one .png-content file named .JPEG as in ImageNet's train set); each class has its own colour and bar."""
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = root / split / f"n{1440764 + c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                h, w = int(rng.integers(40, 73)), int(rng.integers(40, 73))
+                colour = np.array([60 * c % 256, 255 - 50 * c % 256, 40 + 30 * c], dtype=np.float64)
+                pixels = colour + rng.uniform(-30, 30, size=(h, w, 3))
+                pixels[(c * h) // classes, :, :] = 250
+                image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+                name = f"n{1440764 + c:08d}_{i}.JPEG"
+                image.save(folder / name, format="PNG" if (split, c, i) == ("train", 0, 0) else "JPEG", quality=90)
+    return root

@@ -44,11 +44,15 @@ class NetworkParams:
     weight_decay: float = param(1e-4, "weight decay on weights (never on mask logits)", min=0.0)
     lr_milestones: list[int] = param([], "epochs (within a round) at which the lr is multiplied by lr_gamma")
     lr_gamma: float = param(0.1, "lr multiplier at each milestone", min_exclusive=0.0)
+    warmup_epochs: int = param(0, "linear lr warm-up, step by step, over the first epochs of every round / level / "
+                                  "retraining (for large global batches; 0 = none)", min=0)
     rewind_epoch: int = param(1, "k: the rewind point, in epochs of the first round / dense run", min=0)
     rewind_iteration: int = param(0, "the rewind point in optimiser steps of the first round / dense run instead "
                                      "(Frankle et al.); 0 = use rewind_epoch", min=0)
     augment: bool = param(False, "pad-4 random crop + horizontal flip (CIFAR)")
     prunable: list[str] = param([], "glob patterns of prunable weight names; empty = the model's default")
+    image_size: int = param(0, "side of the square images a streamed dataset's transforms produce (0: the "
+                                "dataset's own, 224 for imagenet; smaller for tests)", min=0)
     max_batches: int = param(0, "truncate every epoch to this many batches (0 = whole epoch; for tests)", min=0)
     bf16: bool = param(False, "bf16 autocast on CUDA (changes numerics; off for the paper protocol)")
     init: str = param("default", "weights at initialisation: 'default' (Xavier normal, as the released CS code) or "
@@ -90,6 +94,8 @@ class NetworkParams:
         if self.batch_size % self.processes:
             raise UserError(f"{where}.batch_size={self.batch_size} does not split evenly over {where}.processes="
                             f"{self.processes}: choose a multiple of {self.processes}")
+        if self.warmup_epochs >= self.epochs:
+            raise UserError(f"{where}.warmup_epochs={self.warmup_epochs} must be < {where}.epochs={self.epochs}")
         if self.rewind_epoch > self.epochs:
             raise UserError(f"{where}.rewind_epoch={self.rewind_epoch} must be <= {where}.epochs={self.epochs}")
         if any(m <= 0 or m >= self.epochs for m in self.lr_milestones):
@@ -149,6 +155,8 @@ class DataParams:
     root: str = param("", "folder holding the raw files ('' = the default places: Debian's package location)")
     download: bool = param(False, "download with torchvision when the files are not found (needs internet)")
     verify_checksums: bool = param(True, "check the raw files against known digests")
+    workers: int = param(8, "DataLoader worker processes per training process for datasets streamed from disk "
+                            "(imagenet); results do not depend on it", min=0)
 
 
 @dataclass
@@ -208,7 +216,11 @@ class CoreParams:
                 raise UserError(
                     f"networks.{name}.dataset: unknown dataset {net.dataset!r}; allowed: {', '.join(DATASETS.names())}"
                 )
-            net.check_batches(f"networks.{name}", net.dataset, DATASETS.get(net.dataset).train_size)
+            spec = DATASETS.get(net.dataset)
+            if net.image_size and not spec.streamed:
+                raise UserError(f"networks.{name}.image_size applies to datasets streamed from disk (imagenet); "
+                                f"{net.dataset} images are {spec.image_shape[1]} pixels: set it to 0")
+            net.check_batches(f"networks.{name}", net.dataset, spec.train_size)
         for name in self.sweep.networks:
             dataset = self.networks[name].dataset
             if dataset not in self.sweep.datasets:

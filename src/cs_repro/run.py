@@ -63,9 +63,10 @@ class _Source:
 
 
 def make_splits(net: NetworkParams, prepared: dict, seed: int, device: torch.device,
-                shard: tuple[int, int] = (0, 1)) -> DataSplits:
+                shard: tuple[int, int] = (0, 1), workers: int = 0) -> DataSplits:
     """Train/val split (class-balanced, from the seed; no validation set when val_size is 0), optional
-    training subset, test set; `shard` = (rank, processes) of a run on several processes."""
+    training subset, test set; `shard` = (rank, processes) of a run on several processes. A streamed
+    dataset's (ImageNet's) index gives file lists read by `workers` DataLoader processes."""
     spec = DATASETS.get(net.dataset)
     labels = prepared["train_labels"]
     if net.val_size:
@@ -79,18 +80,38 @@ def make_splits(net: NetworkParams, prepared: dict, seed: int, device: torch.dev
     if net.batch_size > len(train_idx):  # the params check counts the dataset as distributed; this, the files read
         raise UserError(f"batch_size={net.batch_size} is larger than the training set ({len(train_idx)} images): "
                         f"choose at most {len(train_idx)}")
-    images = prepared["train_images"]
-    test_images, test_labels = prepared["test_images"], prepared["test_labels"]
+    test_labels = prepared["test_labels"]
+    test_idx = torch.arange(len(test_labels))
     if net.test_subset:
         if net.test_subset > len(test_labels):
             raise UserError(f"test_subset={net.test_subset} exceeds the {len(test_labels)} test images")
         # Fixed (seed 0) for every run, so all methods and seeds are scored on the same images.
-        chosen = subset(test_labels, net.test_subset, 0)
-        test_images, test_labels = test_images[chosen], test_labels[chosen]
+        test_idx = subset(test_labels, net.test_subset, 0)
     max_batches = net.max_batches or None
     mean, std = spec.normalization(net.normalization)
 
-    def batches(x, y, batch_size, train):
+    if spec.streamed:
+        from cs_repro.data.streaming import StreamedBatches
+
+        root = Path(prepared["root"])
+        crop = net.image_size or spec.image_shape[1]
+
+        def batches(files, idx, y, batch_size, train):
+            return StreamedBatches(root, [files[i] for i in idx.tolist()], y, batch_size, mean, std, train=train,
+                                   crop=crop, workers=workers, device=device, max_batches=max_batches, shard=shard)
+
+        train_files, test_files = prepared["train_files"], prepared["test_files"]
+        return DataSplits(
+            train=batches(train_files, train_idx, labels[train_idx], net.batch_size, True),
+            val=batches(train_files, val_idx, labels[val_idx], EVAL_BATCH, False),
+            test=batches(test_files, test_idx, test_labels[test_idx], EVAL_BATCH, False),
+        )
+
+    images = prepared["train_images"]
+    test_images = prepared["test_images"][test_idx] if net.test_subset else prepared["test_images"]
+    test_labels = test_labels[test_idx]
+
+    def tensor_batches(x, y, batch_size, train):
         return _Source(TensorBatches(
             x, y, batch_size, mean, std, augment=train and net.augment,
             generator=torch.Generator(device=device) if train else None,
@@ -98,9 +119,9 @@ def make_splits(net: NetworkParams, prepared: dict, seed: int, device: torch.dev
         ))
 
     return DataSplits(
-        train=batches(images[train_idx], labels[train_idx], net.batch_size, True),
-        val=batches(images[val_idx], labels[val_idx], EVAL_BATCH, False),
-        test=batches(test_images, test_labels, EVAL_BATCH, False),
+        train=tensor_batches(images[train_idx], labels[train_idx], net.batch_size, True),
+        val=tensor_batches(images[val_idx], labels[val_idx], EVAL_BATCH, False),
+        test=tensor_batches(test_images, test_labels, EVAL_BATCH, False),
     )
 
 
@@ -111,6 +132,7 @@ def make_model(net: NetworkParams, seed: int, device: torch.device) -> tuple[nn.
     """The network with its initial weights drawn from `seed`, and its prunable tensor names."""
     spec = DATASETS.get(net.dataset)
     channels, size, _ = spec.image_shape
+    size = net.image_size or size
     torch.manual_seed(seed)
     model = build_model(net.model, spec.num_classes, channels, size)
     if (net.init, net.bn_init) != ("default", "default"):
@@ -133,7 +155,7 @@ def model_outline(net: NetworkParams) -> tuple[nn.Module, list[str]]:
 def optim_config(net: NetworkParams) -> OptimConfig:
     return OptimConfig(
         lr=net.lr, momentum=net.momentum, nesterov=net.nesterov, weight_decay=net.weight_decay,
-        lr_milestones=tuple(net.lr_milestones), lr_gamma=net.lr_gamma,
+        lr_milestones=tuple(net.lr_milestones), lr_gamma=net.lr_gamma, warmup_epochs=net.warmup_epochs,
     )
 
 
@@ -228,7 +250,8 @@ class TrainingRun:
         if world.size != self.net.processes:
             raise UserError(f"networks.{network}.processes is {self.net.processes}, but this run has {world.size} "
                             f"process(es): start it through its stage (which starts the processes)")
-        self.data = make_splits(self.net, load_prepared(self.net.dataset), seed, device, (world.rank, world.size))
+        self.data = make_splits(self.net, load_prepared(self.net.dataset), seed, device, (world.rank, world.size),
+                                params.data.workers)
         self.model, self.prunable = make_model(self.net, seed if model_seed is None else model_seed, device)
         self.spec: RunSpec | None = None
         self.loop: TrainingLoop | None = None

@@ -47,6 +47,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     lr_milestones: tuple[int, ...] = ()
     lr_gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warm-up over the first epochs of every phase, step by step (large batches)
 
 
 def lr_at(base_lr: float, epoch: int, milestones: Iterable[int], gamma: float) -> float:
@@ -348,12 +349,14 @@ class TrainingLoop:
                 self._save(phase, 0, False)
         return self.history
 
-    def _run_epoch(self, phases: list[Phase], phase: int, epoch: int) -> None:
-        started = time.perf_counter()
-        lr = lr_at(1.0, epoch, self.optim.lr_milestones, self.optim.lr_gamma)
+    def _scale_lr(self, factor: float) -> None:
         for optimizer in self.optimizers:
             for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * lr
+                group["lr"] = group["initial_lr"] * factor
+
+    def _run_epoch(self, phases: list[Phase], phase: int, epoch: int) -> None:
+        started = time.perf_counter()
+        self._scale_lr(lr_at(1.0, epoch, self.optim.lr_milestones, self.optim.lr_gamma))
         self.hooks.begin_epoch(self, phase, epoch)
         generator = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, phase, epoch))
         where = f"{phases[phase].name} epoch {epoch + 1}/{phases[phase].epochs}"
@@ -425,7 +428,10 @@ class TrainingLoop:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
         step = epoch * len(self.data.train)  # the phase's steps before this epoch (each epoch has the same count)
+        warmup_steps = self.optim.warmup_epochs * len(self.data.train)
         for inputs, labels in progress(self.data.train.batches(generator), len(self.data.train), description):
+            if step < warmup_steps:  # lr grows linearly to its scheduled value (Goyal et al. 2017)
+                self._scale_lr(lr_at(1.0, epoch, self.optim.lr_milestones, self.optim.lr_gamma) * (step + 1) / warmup_steps)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
                 logits = trainer(inputs)
                 loss = self.hooks.loss(self, logits, labels)

@@ -1,5 +1,6 @@
 """The prepare stage's product: a dataset's raw files read (checksums verified) into one uint8 tensor file
-under data/prepared/, which every training run loads instead of the raw files."""
+under data/prepared/, which every training run loads instead of the raw files; for a dataset streamed from
+disk (ImageNet), its checked index of image files and labels."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cs_repro.data import load_dataset
+from cs_repro.data import DATASETS, load_dataset
 from cs_repro.errors import UserError
 from cs_repro.io import atomic_torch_save, safe_torch_load
 
@@ -23,7 +24,13 @@ def prepared_path(dataset: str, root: Path = PREPARED_DIR) -> Path:
 
 
 def prepare_dataset(params: Params, dataset: str, out: Path) -> dict[str, Any]:
-    """Read the raw files (checksums verified) into one uint8 tensor file."""
+    """Read the raw files (checksums verified) into one uint8 tensor file; a streamed dataset's index instead."""
+    spec = DATASETS.get(dataset)
+    if spec.streamed:
+        root = params.data.root or None
+        index = spec.index(spec, None if root is None else Path(root).expanduser())
+        atomic_torch_save(index, out)
+        return {"dataset": dataset, "train": len(index["train_labels"]), "test": len(index["test_labels"])}
     raw = load_dataset(dataset, params.data.root or None, params.data.verify_checksums, params.data.download)
     atomic_torch_save(
         {

@@ -56,6 +56,13 @@ class DatasetSpec:
     # Training images as distributed: the params check works out batches per epoch from it before any data
     # is read (0 = not known; then only the run itself checks).
     train_size: int = 0
+    # Datasets too large for memory (ImageNet): root -> an index of image files and labels, which `prepare`
+    # writes instead of the pixels; training streams the files (data/streaming.py). None: loaded whole.
+    index: Callable[..., dict] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def streamed(self) -> bool:
+        return self.index is not None
 
     def normalization(self, kind: str = "dataset") -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std) per channel: the dataset's own, or ImageNet's ('imagenet', 3-channel images only)."""

@@ -25,6 +25,7 @@ from cs_repro.models.base import (
 # Importing the model files registers them.
 from cs_repro.models import lenet as _lenet  # noqa: F401,E402
 from cs_repro.models import resnet as _resnet  # noqa: F401,E402
+from cs_repro.models import resnet50 as _resnet50  # noqa: F401,E402
 from cs_repro.models import vgg as _vgg  # noqa: F401,E402
 
 __all__ = [
