@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Entry point of the cs-repro image (docker/README.md). Runs outside Docker too: every path comes from env.
-#   paper | frankle | extended | quick [-S KEY=VALUE ...]   run the pipeline on that profile, with overrides:
+#   paper | frankle | imagenet | extended | quick [-S KEY=VALUE ...]   run the pipeline on that profile, with overrides:
 #       params.yaml composed by `cs-repro use-profile`, checked by `cs-repro preflight`, then `cs-repro parallel`
 #       (the runner `make repro` uses: every core, or one stage per GPU)
 #   anything else             exec'd as given (cs-repro --help, dvc status, bash, ...)
@@ -32,7 +32,7 @@ log() { echo "cs-repro: $*" >&2; }
 command="${1:-${PROFILE:-paper}}"
 [ $# -gt 0 ] && shift
 case "$command" in
-  paper | frankle | extended | quick) profile_run=1 ;;
+  paper | frankle | imagenet | extended | quick) profile_run=1 ;;
   *) profile_run=0 ;;
 esac
 

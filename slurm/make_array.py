@@ -32,7 +32,8 @@ import sys
 from pathlib import Path
 
 from cs_repro.errors import UserError
-from cs_repro_orchestration.parallel import Wave, changed_stages, dvc_executable, out_of_date, read_pipeline, slurm_waves, split
+from cs_repro_orchestration.parallel import (Wave, changed_stages, dvc_executable, out_of_date, read_pipeline,
+                                             slurm_waves, split, stage_processes)
 
 HERE = Path(__file__).resolve().parent
 
@@ -126,19 +127,25 @@ def cluster_has_gpus() -> bool | None:
     return any("gpu" in line for line in result.stdout.split())
 
 
-def choose_gres(requested: str) -> str | None:
-    """--gres: 'auto' asks the cluster (one GPU per task where there are GPUs, none on a CPU-only
-    cluster; one GPU when sinfo is not there to ask), 'none' requests nothing, anything else is used as is."""
+def choose_gres(requested: str, per_task: int = 1, gpus_per_node: int = 8) -> str | None:
+    """--gres: 'auto' asks the cluster (per task as many GPUs as a run's processes, `networks.<net>.processes`,
+    where there are GPUs; none on a CPU-only cluster; GPUs when sinfo is not there to ask), 'none' requests
+    nothing, anything else is used as is. A run needing more GPUs than a node has is refused."""
     if requested == "none":
         return None
     if requested != "auto":
         return requested
+    if per_task > gpus_per_node:
+        raise UserError(f"each run trains on {per_task} GPUs (networks.<network>.processes) but a node has "
+                        f"{gpus_per_node} (--gpus-per-node): runs across nodes are not submitted by this script; "
+                        f"see docs/parallel.md ('Several nodes') for the torchrun rendezvous to use instead")
+    gres = f"gpu:{per_task}"
     gpus = cluster_has_gpus()
     if gpus is None:
-        print("no answer from sinfo: assuming one GPU per task (--gres none for a CPU-only cluster)")
-        return "gpu:1"
-    print("the cluster has GPUs: --gres=gpu:1 per task" if gpus else "the cluster has no GPUs: no --gres requested")
-    return "gpu:1" if gpus else None
+        print(f"no answer from sinfo: assuming GPUs, --gres={gres} per task (--gres none for a CPU-only cluster)")
+        return gres
+    print(f"the cluster has GPUs: --gres={gres} per task" if gpus else "the cluster has no GPUs: no --gres requested")
+    return gres if gpus else None
 
 
 def check_scripts(out: Path) -> None:
@@ -160,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="every stage, not only the out-of-date ones")
     parser.add_argument("--gres", default="auto",
                         help="per task of the fan-out waves: auto (one GPU where the cluster has GPUs, none on a "
-                             "CPU-only cluster), none, or a GRES such as gpu:1")
+                             "CPU-only cluster), none, or a GRES such as gpu:1; auto asks for networks.<net>.processes "
+                             "GPUs when a run trains on several")
+    parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of one node (a run must fit one node)")
     parser.add_argument("--max-parallel", type=int, help="at most this many tasks of a wave at once (%%N)")
     parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                         help="extra #SBATCH line for every job, e.g. --sbatch=--time=12:00:00 (repeatable)")
@@ -187,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if not todo:
             print("every fan-out stage is up to date or finished; `dvc repro` (or the collector) runs what is left")
             return 0
-        gres = choose_gres(args.gres)
+        gres = choose_gres(args.gres, stage_processes(workspace), args.gpus_per_node)
         waves = slurm_waves(pipeline, todo)
         shared = args.shared_cache.resolve()
         shared.mkdir(parents=True, exist_ok=True)

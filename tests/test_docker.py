@@ -188,6 +188,29 @@ def test_a_gpu_profile_without_a_gpu_stops_in_one_line_unless_the_cpu_is_asked_f
     assert "cifar10" in cpu.stderr.splitlines()[-1], cpu.stderr  # the next check: the data
 
 
+def test_the_imagenet_profile_asks_for_gpus_then_for_the_data_in_one_line(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    out = tmp_path / "out"
+    if not torch.cuda.is_available():
+        done = subprocess.run([str(ENTRYPOINT), "imagenet"], env=_env(out, CS_REPRO_IN_CONTAINER="1"),
+                              capture_output=True, text=True, timeout=300)
+        ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert done.returncode == 2 and len(ours) == 1, done.stderr
+        assert "the imagenet profile trains ResNet-50 on ImageNet" in ours[0] and "add --gpus all" in ours[0]
+    for data_root, expected in (("", "no DATA_ROOT is given"), ("/nowhere/imagenet",
+                                                                 "DATA_ROOT=/nowhere/imagenet does not hold train/ and val/")):
+        done = subprocess.run([str(ENTRYPOINT), "imagenet"], capture_output=True, text=True, timeout=300,
+                              env=_env(out, CS_REPRO_IN_CONTAINER="1", CS_REPRO_DEVICE="cpu", DATA_ROOT=data_root))
+        ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert done.returncode == 2 and len(ours) == 1, done.stderr
+        assert ours[0].startswith(f"error: imagenet is not in the image and {expected} (it cannot be downloaded): "
+                                  f"mount the folder holding train/ and val/"), ours[0]
+        assert "-e DATA_ROOT=/data/imagenet" in ours[0]
+    assert not (out / "workspace" / ".dvc" / "config.local").exists()  # stopped before any DVC work
+
+
 def test_anything_but_overrides_after_the_profile_is_one_line(tmp_path):
     done = subprocess.run([str(ENTRYPOINT), "quick", "--force"], env=_env(tmp_path / "out"),
                           capture_output=True, text=True, timeout=300)

@@ -100,6 +100,39 @@ def test_workers_get_a_gpu_round_robin_or_their_own_cores():
         make_slots(0, [], [0], {})
 
 
+def test_a_stage_on_several_processes_gets_as_many_gpus(tmp_path):
+    """networks.<net>.processes = 2 on 5 GPUs: two workers of two GPUs each (the fifth would be half a run)."""
+    from cs_repro_orchestration.parallel import stage_processes
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "networks": {"resnet50": {"processes": 2}, "lenet300_100": {"processes": 1}, "unused": {"processes": 8}},
+        "sweep": {"networks": ["lenet300_100", "resnet50"]}}))
+    assert stage_processes(tmp_path) == 2
+    slots = make_slots(2, ["0", "1", "2", "3", "4"], [0, 1, 2, 3], {}, None, gpus_per_stage=2)
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0,1", "2,3"]
+    assert "GPU 0,1" in slots[0].label
+    with pytest.raises(UserError, match="each run trains on 8 GPUs .* but 5 are visible"):
+        make_slots(1, ["0", "1", "2", "3", "4"], [0], {}, None, gpus_per_stage=8)
+    (tmp_path / "params.yaml").write_text("networks: [oops")
+    assert stage_processes(tmp_path) == 1  # the stages say what is wrong with params.yaml
+
+
+def test_slurm_asks_for_as_many_gpus_as_a_run_has_processes(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_array", REPO / "slurm" / "make_array.py")
+    make_array = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_array)
+    monkeypatch.setattr(make_array, "cluster_has_gpus", lambda: True)
+    assert make_array.choose_gres("auto", 4, 8) == "gpu:4"
+    assert make_array.choose_gres("auto") == "gpu:1"
+    assert make_array.choose_gres("gpu:a100:2", 4) == "gpu:a100:2"  # the user's own GRES as given
+    with pytest.raises(UserError, match="each run trains on 16 GPUs .* a node has 8"):
+        make_array.choose_gres("auto", 16, 8)
+    monkeypatch.setattr(make_array, "cluster_has_gpus", lambda: False)
+    assert make_array.choose_gres("auto", 4) is None
+
+
 def test_dvc_lock_entries_of_stages_no_longer_declared_are_dropped_and_the_rest_kept_byte_for_byte(tmp_path):
     """DVC keeps a removed grid point's entry in dvc.lock for ever (and rewrites the file after every stage)."""
     lock = tmp_path / "dvc.lock"

@@ -188,8 +188,8 @@ class BaselineSweepParams:
 class CoreParams:
     """The sections every run shares; `Params` adds each method's own (see `method_sections`)."""
 
-    profile: str = param("quick", "profile name (conf/profile/<name>.yaml: quick, extended, paper, frankle); informational",
-                         choices=("quick", "paper", "extended", "frankle", "test"))
+    profile: str = param("quick", "profile name (conf/profile/<name>.yaml: quick, extended, paper, frankle, imagenet); informational",
+                         choices=("quick", "paper", "extended", "frankle", "imagenet", "test"))
     lambda_: float = param(1e-8, "lambda: weight of the CS mask penalty (key `lambda` in params.yaml)", min=0.0)
     cpu: CPUParams = field(default_factory=CPUParams, metadata={"help": "how training stages use the CPU"})
     data: DataParams = field(default_factory=DataParams, metadata={"help": "raw data location"})

@@ -206,12 +206,21 @@ def parse_gpus(text: str | None) -> list[str] | None:
 
 
 def make_slots(jobs: int, gpus: list[str], cores: list[int], env: dict[str, str],
-               taskset: str | None = None, threads: int | None = None) -> list[Slot]:
+               taskset: str | None = None, threads: int | None = None, gpus_per_stage: int = 1) -> list[Slot]:
     """Worker i gets GPU gpus[i % len(gpus)] (round-robin), and its own cores//jobs CPU cores (threads and,
     with taskset, affinity), or one core shared round-robin when there are more workers than cores.
-    `threads` overrides the thread count (CPU results depend on it in the last bits of some sums)."""
+    `threads` overrides the thread count (CPU results depend on it in the last bits of some sums).
+    `gpus_per_stage` > 1 (runs on several processes, `networks.<net>.processes`): the GPUs are cut into groups of
+    that many and worker i gets group i % groups."""
     if jobs < 1:
         raise UserError(f"-j must be at least 1, got {jobs}")
+    if gpus and gpus_per_stage > 1:
+        groups = [",".join(gpus[j:j + gpus_per_stage]) for j in range(0, len(gpus) - gpus_per_stage + 1, gpus_per_stage)]
+        if not groups:
+            raise UserError(f"each run trains on {gpus_per_stage} GPUs (networks.<network>.processes in params.yaml) "
+                            f"but {len(gpus)} are visible here: lower processes (and batch_size with it), or run "
+                            f"where there are {gpus_per_stage}")
+        gpus = groups
     cores = sorted(cores) or [0]
     per = max(1, len(cores) // jobs)
     slots = []
@@ -366,6 +375,17 @@ def pinned_threads(cwd: Path) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+def stage_processes(cwd: Path) -> int:
+    """How many processes (GPUs) one training stage takes: the most `processes` of the networks params.yaml runs."""
+    try:
+        params = yaml.safe_load((Path(cwd) / "params.yaml").read_text()) or {}
+        networks, chosen = params.get("networks") or {}, (params.get("sweep") or {}).get("networks") or []
+        counts = [(networks.get(name) or {}).get("processes", 1) for name in chosen]
+    except (OSError, yaml.YAMLError, AttributeError):
+        return 1  # the stages themselves report a missing or broken params.yaml, in one line
+    return max([c for c in counts if isinstance(c, int) and not isinstance(c, bool) and c > 0], default=1)
+
+
 def drop_stale_lock_entries(cwd: Path, declared: list[str]) -> list[str]:
     """Remove dvc.lock's entries of stages that dvc.yaml no longer declares (a grid that changed: an s0 value
     taken out). DVC keeps them for ever, and rewrites the whole file after every stage. Written with DVC's own
@@ -401,9 +421,10 @@ def run_parallel(jobs: int | None = None, gpus: list[str] | None = None, dry_run
     gpus = detect_gpus() if gpus is None else gpus
     cores = available_cores()
     pinned = pinned_threads(cwd)
-    if not jobs:  # a GPU each; on the CPU, a worker per `cpu.threads` cores (or per 2 when params pin none)
-        jobs = len(gpus) if gpus else max(1, len(cores) // (pinned or 2))
-    slots = make_slots(jobs, gpus, cores, base_env(), shutil.which("taskset"), threads or pinned or None)
+    per_stage = stage_processes(cwd)
+    if not jobs:  # a GPU (group) each; on the CPU, a worker per `cpu.threads` cores (or per 2) of each process
+        jobs = max(1, len(gpus) // per_stage) if gpus else max(1, len(cores) // ((pinned or 2) * per_stage))
+    slots = make_slots(jobs, gpus, cores, base_env(), shutil.which("taskset"), threads or pinned or None, per_stage)
     dvc = dvc_executable()
     elapsed = lambda: f"{time.monotonic() - started:.1f}s"  # noqa: E731
 
@@ -481,7 +502,7 @@ def run_parallel(jobs: int | None = None, gpus: list[str] | None = None, dry_run
 
 def parallel_command(
     jobs: Annotated[Optional[int], typer.Option("-j", "--jobs", help="stages at a time (default: one per GPU, else cores // cpu.threads of params.yaml, or cores // 2)")] = None,
-    gpus: Annotated[Optional[str], typer.Option(help="GPUs to use round-robin, e.g. 0,1 (default: all visible; 'none' = CPU)")] = None,
+    gpus: Annotated[Optional[str], typer.Option(help="GPUs to use round-robin, e.g. 0,1 (default: all visible; 'none' = CPU); a stage whose runs train on N processes gets N of them")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, run nothing")] = False,
     log_dir: Annotated[Optional[Path], typer.Option(help="per-stage logs (default .cache/parallel-logs)")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per worker (default: params.yaml's cpu.threads, else its share, cores // N)")] = None,

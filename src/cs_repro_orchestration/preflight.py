@@ -16,8 +16,12 @@ from cs_repro.data.prepared import prepared_path
 from cs_repro.data.registry import DATASETS
 from cs_repro.errors import UserError
 
-#: Profiles sized for GPUs: days on one, weeks on a CPU.
-GPU_PROFILES = ("paper", "frankle")
+#: Profiles sized for GPUs, and what they train.
+GPU_PROFILES = {
+    "paper": "trains ResNet-20 and VGG-16 on CIFAR-10 for days on a GPU (weeks on a CPU)",
+    "frankle": "trains ResNet-20 and VGG-16 on CIFAR-10 for days on a GPU (weeks on a CPU)",
+    "imagenet": "trains ResNet-50 on ImageNet on several GPUs per run (years on a CPU)",
+}
 
 #: The host torchvision downloads each dataset from (only connected to, to see whether it can be reached).
 DOWNLOAD_HOSTS = {
@@ -41,8 +45,7 @@ def gpu_problem(profile: str, container: bool) -> str | None:
     how = ("add --gpus all to `docker run` (it needs the NVIDIA Container Toolkit), or -e CS_REPRO_DEVICE=cpu to "
            "run it on the CPU anyway" if container else
            "run it where an NVIDIA GPU is visible, or set CS_REPRO_DEVICE=cpu to run it on the CPU anyway")
-    return (f"the {profile} profile trains ResNet-20 and VGG-16 on CIFAR-10 for days on a GPU (weeks on a CPU), and "
-            f"no GPU is visible: {how}")
+    return f"the {profile} profile {GPU_PROFILES[profile]}, and no GPU is visible: {how}"
 
 
 def reachable(host: str | None, timeout: float = 5.0) -> bool:
@@ -62,6 +65,16 @@ def data_problem(params, container: bool, data_root_env: str = "") -> str | None
             continue
         spec = DATASETS.get(name)
         root = Path(params.data.root).expanduser() if params.data.root else None
+        if spec.streamed:  # listing 1.28 million files is prepare's job: here, only whether the tree is there
+            if root is not None and all((root / split).is_dir() for split in ("train", "val")):
+                continue
+            if not container:
+                looked = f"data.root {root} does not hold train/ and val/" if root else "data.root is empty"
+                return (f"{name}: {looked}; set data.root to the folder holding train/<wnid>/*.JPEG and "
+                        f"val/<wnid>/*.JPEG (docs/data.md says how to lay out the official archives)")
+            where = f"DATA_ROOT={data_root_env} does not hold train/ and val/" if data_root_env else "no DATA_ROOT is given"
+            return (f"{name} is not in the image and {where} (it cannot be downloaded): mount the folder holding "
+                    f"train/ and val/ and name it, e.g. -v /path/to/{name}:/data/{name}:ro -e DATA_ROOT=/data/{name}")
         try:
             spec.load(root, verify_checksums=False, download=False)
             continue

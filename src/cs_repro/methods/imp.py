@@ -45,9 +45,13 @@ class IMPParams:
     prune_fraction: float = param(0.2, "p: fraction of the remaining prunable weights removed per level",
                                   min_exclusive=0.0, max_exclusive=1.0)
     levels: int = param(14, "L: pruning levels after the dense run", min=1)
+    networks: list[str] = param([], "keys of `networks` IMP runs on (stages imp_search, imp_controls), each in "
+                                    "sweep.networks; the profiles set ${sweep.networks} ([] = no IMP, as the imagenet "
+                                    "profile: its pruning comparison has no ticket track)")
 
     def check_against(self, params: Params) -> None:
-        for network in params.sweep.networks:
+        check_listed("imp.networks", self.networks, params.sweep.networks, "sweep.networks")
+        for network in self.networks:
             check_levels("imp.levels", self.levels, self.prune_fraction, network, params)
 
 

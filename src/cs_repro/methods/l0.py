@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from cs_repro.errors import UserError
 from cs_repro.masks import attach_parametrizations, sparsity_of
 from cs_repro.methods.rounds import MaskRounds
-from cs_repro.param_fields import param
+from cs_repro.param_fields import check_listed, param
 from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, last_epoch_row, network_config,
                           ticket_metadata)
 from cs_repro.tickets import Ticket, save_ticket
@@ -58,6 +58,13 @@ class L0Params:
     rounds: int = param(1, "phases of E epochs (lr schedule restarts, optimiser state carries over)", min=1)
     gate_lr: float = param(0.01, "Adam lr of the gate parameters log_alpha (on the weights' lr schedule)",
                            min_exclusive=0.0)
+    retrain_networks: list[str] = param([], "keys of `networks` whose L0 tickets are retrained from the rewind point "
+                                            "(stage l0_retrain), each in baselines.networks; the profiles set "
+                                            "${baselines.networks} ([] = L0's pruning track alone)")
+
+    def check_against(self, params: Params) -> None:
+        check_listed("l0.retrain_networks", self.retrain_networks, params.baselines.networks, "baselines.networks",
+                     "its tickets come from the l0_search stages there")
 
     def __post_init__(self) -> None:
         if any(value < 0.0 for value in self.penalties):

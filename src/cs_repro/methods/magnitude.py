@@ -41,6 +41,9 @@ class MagnitudeParams:
     """One-shot global magnitude pruning of a trained dense network (Renda et al. 2020)."""
 
     finetune_epochs: int = param(0, "fine-tuning epochs at the final lr; 0 = the network's epochs E", min=0)
+    rewind: bool = param(True, "also retrain each pruned mask from the rewind point (method magnitude_rewind, the "
+                               "ticket track) and, with controls.random, its random control; false: fine-tuning only "
+                               "(the pruning track, as the imagenet profile)")
 
 
 #: Its sections of params.yaml (cs_repro.params collects them through the method registry).
@@ -140,7 +143,7 @@ def run_magnitude(params: Params, network: str, sparsity: float, seed: int, dens
     # (b) fine-tuning the pruned trained weights at the schedule's final learning rate.
     ft_epochs = params.magnitude.finetune_epochs or net.epochs
     final_lr = net.lr * net.lr_gamma ** len(net.lr_milestones)
-    ft_net = dataclasses.replace(net, epochs=ft_epochs, lr=final_lr, lr_milestones=[], rewind_epoch=0)
+    ft_net = dataclasses.replace(net, epochs=ft_epochs, lr=final_lr, lr_milestones=[], rewind_epoch=0, warmup_epochs=0)
     ft_params = dataclasses.replace(params, networks={**params.networks, network: ft_net})
     run = RunSpec(f"magnitude_finetune{suffix}", network, seed, setting, {
         "ticket": ticket_digest(ticket_path), "finetune_epochs": ft_epochs, "lr": final_lr,
@@ -156,6 +159,8 @@ def run_magnitude(params: Params, network: str, sparsity: float, seed: int, dens
                     {"result_rows": rows})
 
     # (a) rewinding: the ticket retrained from the rewind point, and its random control.
+    if not params.magnitude.rewind:
+        return ticket
     retrain_ticket(params, ticket_path, ("rewind", "random"), Path(out_dir) / "retrain", device, checkpoint_dir,
                    sub_dir(timing_dir, "retrain"))
     return ticket

@@ -23,7 +23,7 @@ from cs_repro.io import write_skipped
 from cs_repro.masks import HardMasks, sparsity_of
 from cs_repro.methods.cs import mask_scale_for, weight_scale_for
 from cs_repro.methods.random_masks import random_generator, random_masks_like
-from cs_repro.param_fields import param
+from cs_repro.param_fields import check_listed, param
 from cs_repro.results import run_row
 from cs_repro.run import (CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config, ticket_digest,
                           ticket_network)
@@ -55,6 +55,9 @@ class ControlParams:
     folded_scale: bool = param(
         False, "also retrain each CS ticket from its rewound weights multiplied once by 1/sigmoid(s0) (the value the "
                "search's kept gates reach), then with a plain binary mask (results method cs_folded_scale)")
+    networks: list[str] = param([], "keys of `networks` whose CS tickets are retrained from the rewind point with their "
+                                    "controls (stage cs_retrain), each in sweep.networks; the profiles set "
+                                    "${sweep.networks} ([] = CS's pruning track alone, as the imagenet profile)")
     imp_levels: list[int] = param(
         [], "IMP and IMP-C levels whose tickets get the controls (reinit, random mask; every level keeps its "
             "rewind retraining); [] = every pruned level")
@@ -66,6 +69,7 @@ class ControlParams:
             raise UserError("controls.imp_levels must not repeat a value")
 
     def check_against(self, params: Params) -> None:
+        check_listed("controls.networks", self.networks, params.sweep.networks, "sweep.networks")
         beyond = [level for level in self.imp_levels if level > params.imp.levels]
         if beyond:
             raise UserError(f"controls.imp_levels has {beyond}, beyond imp.levels={params.imp.levels}: name levels "
