@@ -18,7 +18,7 @@ import yaml
 
 from cs_repro.profiles import compose_profile
 
-from fixtures import write_cifar10
+from fixtures import write_cifar10, write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -255,6 +255,38 @@ def test_paper_profile_runs_every_stage_on_cifar_format_fixtures(tmp_path):
     assert (repo / "figures" / "ticket_search.png").exists() and (repo / "figures" / "REPORT.md").exists()
     resnet_ticket = next(r for r in results["rows"] if r["network"] == "resnet20" and r["method"] == "cs")
     assert len(resnet_ticket["layer_remaining"]) == 19  # every 3x3 conv, no shortcut, no classifier
+
+
+def test_imagenet_profile_runs_every_stage_on_a_tiny_image_folder_with_two_processes_per_run(tmp_path):
+    """The imagenet profile as composed, truncated: ResNet-50 on 32-pixel crops of a tiny ImageFolder tree of real
+    JPEGs, every run on two processes (gloo), through prepare, CS, GMP, one-shot magnitude pruning with
+    fine-tuning, L0, dense, evaluate and report."""
+    tree = write_image_folder(tmp_path / "imagenet")
+    net = "networks.resnet50."
+    overrides = [f"data.root={tree}", "data.workers=1", "sweep.s0=[0.0]", "baselines.sparsities=[0.9]",
+                 "l0.penalties=[0.001]", "gmp.frequency=1", "magnitude.finetune_epochs=1",
+                 *(net + item for item in ("epochs=1", "warmup_epochs=0", "lr_milestones=[]", "batch_size=8",
+                                           "processes=2", "val_size=8", "image_size=32", "max_batches=2", "lr=0.05"))]
+    params = compose_profile("imagenet", overrides, conf_dir=REPO / "conf")
+    repo = make_pipeline_repo(tmp_path / "imagenet-run", params)
+    done = run("cs-repro", "parallel", cwd=repo)
+    assert "1 at a time" in done.stdout  # two cores, two processes per stage: one stage at a time
+    assert "Data and pipelines are up to date" in run("dvc", "status", cwd=repo).stdout
+    stages = set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"])
+    assert {s.split("@")[0] for s in stages} == {"prepare", "params_check", "training_code", "cs_search", "gmp",
+                                                 "magnitude_dense", "magnitude", "l0_search", "evaluate", "report"}
+    rows = json.loads((repo / "metrics" / "results.json").read_text())["rows"]
+    assert {r["dataset"] for r in rows} == {"imagenet"} and {r["network"] for r in rows} == {"resnet50"}
+    assert {(r["method"], r["track"]) for r in rows} >= {("cs", "pruning"), ("gmp", "pruning"), ("l0", "pruning"),
+                                                         ("magnitude_finetune", "pruning")}
+    assert not {r["method"] for r in rows} & {"imp", "magnitude_rewind"}  # no ticket track in this profile
+    gmp = next(r for r in rows if r["method"] == "gmp")
+    assert abs(gmp["remaining_weights"] - 0.1) < 0.001 and len(gmp["layer_remaining"]) == 54
+    report = (repo / "figures" / "REPORT.md").read_text()
+    assert "ResNet-50" in report or "resnet50" in report
+    # every training stage ran as two processes; rank 0 alone logged its epochs
+    log = (repo / ".cache" / "parallel-logs" / "cs_search@resnet50-0.0-0.log").read_text()
+    assert "starting 2 processes" in log and log.count("round 1/1 epoch 1/1") == 1
 
 
 def test_kill_9_mid_search_then_rerun_resumes_to_identical_metrics(tmp_path):

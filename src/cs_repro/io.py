@@ -14,6 +14,7 @@ import re
 import logging
 import os
 import signal
+import sys
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -77,10 +78,18 @@ def is_writer() -> bool:
 
 
 def _atomic_write(path: Path, write) -> None:
-    if not is_writer():
-        return
-    with _interrupts_deferred():
-        _write_then_rename(path, write)
+    if is_writer():
+        with _interrupts_deferred():
+            _write_then_rename(path, write)
+    _wait_for_rank_0()
+
+
+def _wait_for_rank_0() -> None:
+    """On several processes, every rank passes each write together: the others may read the file next (a
+    ticket's digest, a dense network), so they wait until rank 0's copy is there."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def _write_then_rename(path: Path, write) -> None:
