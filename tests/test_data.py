@@ -38,8 +38,11 @@ def no_debian(monkeypatch, tmp_path):
 # ---------------------------------------------------------------- registry
 
 
-def test_registry_lists_the_three_datasets_with_their_shapes():
-    assert DATASETS.names() == ["cifar10", "fashion_mnist", "mnist"]
+def test_registry_lists_the_datasets_with_their_shapes():
+    assert DATASETS.names() == ["cifar10", "fashion_mnist", "imagenet", "mnist"]
+    inet = DATASETS.get("imagenet")
+    assert inet.streamed and not fm_streamed() and (inet.num_classes, inet.image_shape, inet.train_size) == (
+        1000, (3, 224, 224), 1_281_167)
     fm, cf = DATASETS.get("fashion_mnist"), DATASETS.get("cifar10")
     assert (fm.num_classes, fm.image_shape, len(fm.mean), len(fm.std)) == (10, (1, 28, 28), 1, 1)
     assert (cf.num_classes, cf.image_shape, len(cf.mean), len(cf.std)) == (10, (3, 32, 32), 3, 3)
@@ -47,8 +50,15 @@ def test_registry_lists_the_three_datasets_with_their_shapes():
     assert set(cf.checksums) == set(cf.files)
 
 
+def fm_streamed() -> bool:
+    return DATASETS.get("fashion_mnist").streamed
+
+
 def test_unknown_dataset_names_the_choices():
-    with pytest.raises(UserError, match=r"unknown dataset 'imagenet'; choose one of: cifar10, fashion_mnist, mnist"):
+    with pytest.raises(UserError, match=r"unknown dataset 'imagenet21k'; choose one of: cifar10, fashion_mnist, imagenet, "
+                                        r"mnist"):
+        load_dataset("imagenet21k")
+    with pytest.raises(UserError, match=r"imagenet is streamed from disk, not loaded into memory"):
         load_dataset("imagenet")
 
 

@@ -26,7 +26,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
     import torch
-    from cs_repro import distributed
+    from cs_repro import launch
     from cs_repro.io import atomic_torch_save
     from cs_repro.masks import SoftMasks
     from cs_repro.methods.cs import CSConfig, CSSearch
@@ -36,7 +36,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
 
     torch.set_num_threads(1)
     params, out = load_params(Path(sys.argv[1])), Path(sys.argv[2])
-    device = distributed.init_from_env(torch.device("cpu")) if distributed.is_worker() else torch.device("cpu")
+    device = launch.init_from_env(torch.device("cpu")) if launch.is_worker() else torch.device("cpu")
 
     def weights(model):
         return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
@@ -99,16 +99,32 @@ def test_only_rank_0_writes(workspace):
     script = workspace / "write.py"
     script.write_text(textwrap.dedent("""
         import os, torch
-        from cs_repro import distributed
+        from cs_repro import distributed, launch
         from cs_repro.io import atomic_write_json
-        distributed.init_from_env(torch.device("cpu"))
+        launch.init_from_env(torch.device("cpu"))
         atomic_write_json({"rank": distributed.current().rank}, f"written-by-{os.environ['RANK']}.json")
-        distributed.finish()
+        launch.finish()
     """))
     result = subprocess.run([*TORCHRUN, "2", str(script)], cwd=workspace, env=ENV, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in workspace.glob("written-by-*")) == ["written-by-0.json"]
+
+
+def test_a_run_across_nodes_splits_its_processes_and_needs_a_rendezvous():
+    from cs_repro.launch import launch_config
+    from cs_repro.errors import UserError
+
+    one = launch_config(2, {})
+    assert (one.min_nodes, one.nproc_per_node, one.rdzv_endpoint, one.max_restarts) == (1, 2, "localhost:0", 0)
+    nodes = launch_config(8, {"CS_REPRO_NNODES": "2", "CS_REPRO_RDZV_ENDPOINT": "node1:29400",
+                              "CS_REPRO_RUN_ID": "job-17", "SLURM_NODEID": "1"})
+    assert (nodes.min_nodes, nodes.max_nodes, nodes.nproc_per_node) == (2, 2, 4)
+    assert (nodes.rdzv_endpoint, nodes.run_id, nodes.rdzv_configs["is_host"]) == ("node1:29400", "job-17", False)
+    with pytest.raises(UserError, match="needs CS_REPRO_RDZV_ENDPOINT"):
+        launch_config(8, {"CS_REPRO_NNODES": "2"})
+    with pytest.raises(UserError, match="8 processes do not split evenly over CS_REPRO_NNODES=3 nodes"):
+        launch_config(8, {"CS_REPRO_NNODES": "3", "CS_REPRO_RDZV_ENDPOINT": "node1:29400"})
 
 
 # --- the stage: its own launcher, a killed process, the resume ----------------------------------------------

@@ -163,6 +163,32 @@ def test_masked_weights_stay_exactly_zero_through_retraining(workspace, tiny_par
     assert loop.history[-1].test_accuracy > 0.6
 
 
+def test_warm_up_raises_the_lr_linearly_step_by_step_in_every_phase(workspace, tiny_params):
+    """warmup_epochs=1 of 3, 20 steps an epoch, milestone at epoch 2: lr 0.05 x k/20 in the first epoch's step k
+    (set before the step), then the schedule's 0.05 and 0.005; the next phase warms up again."""
+    from cs_repro.train import Hooks, Phase
+
+    net = tiny_params(warmup_epochs=1, batch_size=100).network("lenet300_100")
+    seen: list[tuple[int, float]] = []
+
+    class TwoPhases(Hooks):
+        def phases(self, loop):
+            return [Phase("a", loop.epochs), Phase("b", loop.epochs)]
+
+        def after_step(self, loop, phase, step):
+            seen.append((phase, loop.optimizers[0].param_groups[0]["lr"]))
+
+    model, _ = ex.make_model(net, 0, CPU)
+    data = ex.make_splits(net, load_prepared("fashion_mnist"), 0, CPU)
+    ex.TrainingLoop(model, data, TwoPhases(), epochs=3, optim=ex.optim_config(net), seed=0, device=CPU,
+                    require_learning=False).run()
+    for phase in (0, 1):
+        lrs = [lr for p, lr in seen if p == phase]
+        assert len(lrs) == 60
+        assert lrs[:20] == pytest.approx([0.05 * k / 20 for k in range(1, 21)])
+        assert lrs[20:40] == pytest.approx([0.05] * 20) and lrs[40:] == pytest.approx([0.005] * 20)
+
+
 def test_released_scale_retrains_cs_tickets_with_binary_over_sigmoid_s0(workspace, tiny_params):
     from cs_repro.evaluation import collect_rows
 
@@ -251,9 +277,14 @@ def test_interrupted_search_resumes_to_identical_metrics(workspace, tiny_params,
     ("override", "message"),
     [
         ({"model": "lenet9000"}, "unknown model 'lenet9000'"),
-        ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
+        ({"dataset": "imagenet21k"}, "unknown dataset 'imagenet21k'"),
         ({"epochs": -1}, "networks.lenet300_100.epochs=-1 must be >= 1"),
         ({"lr": "fast"}, "networks.lenet300_100.lr must be a number"),
+        ({"processes": 3}, "networks.lenet300_100.batch_size=100 does not split evenly over "
+                           "networks.lenet300_100.processes=3: choose a multiple of 3"),
+        ({"warmup_epochs": 3}, "networks.lenet300_100.warmup_epochs=3 must be < networks.lenet300_100.epochs=3"),
+        ({"image_size": 64}, "networks.lenet300_100.image_size applies to datasets streamed from disk (imagenet); "
+                             "fashion_mnist images are 28 pixels: set it to 0"),
     ],
 )
 def test_bad_network_params_name_the_key(tiny_params, override, message):

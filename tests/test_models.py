@@ -25,7 +25,7 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_registry_lists_the_models() -> None:
-    assert MODELS.names() == ["lenet300_100", "lenet5", "resnet20", "resnet20_bn_shortcut", "vgg16"]
+    assert MODELS.names() == ["lenet300_100", "lenet5", "resnet20", "resnet20_bn_shortcut", "resnet50", "vgg16"]
     for name in MODELS.names():
         spec = MODELS.get(name)
         assert isinstance(spec, ModelSpec) and spec.name == name

@@ -98,7 +98,7 @@ SRC = REPO / "src" / "cs_repro"
 # params.py imports the registries (models, datasets) to validate names, not to compute anything.
 VALIDATION_ONLY = {SRC / "params.py"}
 SHAPES_OUTPUTS = ["data", "kernels", "masks.py", "train.py", "methods", "run.py", "results.py", "models",
-                  "flops.py", "evaluation.py", "tickets.py", "report", "io.py"]
+                  "flops.py", "evaluation.py", "tickets.py", "report", "io.py", "distributed.py"]
 
 
 def _module_path(module: str) -> Path | None:
@@ -266,7 +266,7 @@ def test_unknown_key_is_named(quick):
 
 
 def test_unknown_profile_is_named():
-    with pytest.raises(UserError, match=r"unknown profile 'huge'; choose one of: extended, frankle, paper, quick"):
+    with pytest.raises(UserError, match=r"unknown profile 'huge'; choose one of: extended, frankle, imagenet, paper, quick"):
         compose_profile("huge", conf_dir=REPO / "conf")
 
 

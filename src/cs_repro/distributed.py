@@ -1,34 +1,13 @@
-"""One run across several processes (one per GPU) with torch.distributed: who this process is, how a stage
-starts its processes, and the few collectives the training loop needs.
+"""One run across several processes (one per GPU): who this process is in the run, and the sums the training
+loop needs. Starting the processes is `cs_repro.launch`'s job.
 
-A network with `processes: N > 1` (params.yaml) trains each run as N processes. The stage command is the
-same as for one process: the stage sees it is not a worker yet and starts N copies of itself with torch's
-own launcher (`torch.distributed.launcher`, what `torchrun` runs), rendezvous on this machine, or across
-nodes when CS_REPRO_NNODES / CS_REPRO_RDZV_ENDPOINT say so (slurm/). Each copy joins the process group
-(NCCL on GPUs, gloo on the CPU), trains its share of every global batch under DistributedDataParallel, and
-only rank 0 writes (`io.is_writer`). What stays the same across process counts, and what does not, is in
-docs/architecture.md ("One run on several GPUs").
+What stays the same across process counts and what does not: docs/architecture.md ("One run on several GPUs").
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
-import sys
 from dataclasses import dataclass
-from datetime import timedelta
-
-log = logging.getLogger("cs_repro")
-
-#: Set in every worker by `init_from_env`: the rank `io.is_writer` reads (torch is not imported there).
-RANK_ENV = "CS_REPRO_RANK"
-#: Multi-node runs (slurm/): the number of nodes, the rendezvous host:port and the run's id (same on all nodes).
-NNODES_ENV = "CS_REPRO_NNODES"
-RDZV_ENV = "CS_REPRO_RDZV_ENDPOINT"
-RUN_ID_ENV = "CS_REPRO_RUN_ID"
-#: How long a collective waits for the other processes before giving up (a dead rank ends the run).
-COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -55,39 +34,6 @@ def current() -> World:
     return World()
 
 
-def is_worker() -> bool:
-    """Whether torch's launcher started this process (it sets these in every worker)."""
-    return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
-
-
-def init_from_env(device):
-    """Join the run's process group (NCCL on CUDA, gloo on the CPU); the device this rank trains on."""
-    import torch
-    import torch.distributed as dist
-
-    local_rank = int(os.environ["LOCAL_RANK"])
-    os.environ[RANK_ENV] = os.environ["RANK"]
-    if device.type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            from cs_repro.errors import UserError
-
-            raise UserError(f"process {local_rank} of this node has no GPU: {torch.cuda.device_count()} visible, "
-                            f"lower networks.<network>.processes or give the stage more GPUs")
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
-    if dist.get_rank() != 0:  # one voice: the other ranks say only what goes wrong
-        logging.getLogger("cs_repro").setLevel(logging.WARNING)
-    return device
-
-
-def finish() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def all_sum(tensor):
     """Sum of `tensor` over every process, in place (unchanged in a one-process run)."""
     import torch.distributed as dist
@@ -96,79 +42,3 @@ def all_sum(tensor):
         dist.all_reduce(tensor)
     return tensor
 
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-# --- starting the processes ------------------------------------------------------------------------
-
-
-class WorkerFailed(Exception):
-    """A worker process of the run ended badly; the message is the one line the stage prints."""
-
-
-def launch_config(processes: int, environ=os.environ):
-    """torch's launcher settings: N processes on this node; several nodes when CS_REPRO_NNODES > 1."""
-    from torch.distributed.launcher.api import LaunchConfig
-
-    nodes = int(environ.get(NNODES_ENV, "1") or 1)
-    endpoint = environ.get(RDZV_ENV, "")
-    if nodes > 1 and not endpoint:
-        from cs_repro.errors import UserError
-
-        raise UserError(f"{NNODES_ENV}={nodes} needs {RDZV_ENV}=host:port (the first node; slurm/ sets both)")
-    return LaunchConfig(
-        min_nodes=nodes, max_nodes=nodes, nproc_per_node=processes,
-        run_id=environ.get(RUN_ID_ENV, "") or f"cs-repro-{os.getpid()}",
-        rdzv_backend="c10d", rdzv_endpoint=endpoint or "localhost:0",
-        rdzv_configs={"is_host": environ.get("SLURM_NODEID", "0") == "0"} if nodes > 1 else {},
-        max_restarts=0,  # a failed run resumes from its checkpoint when the stage is run again
-        monitor_interval=0.5, start_method="spawn",
-    )
-
-
-def _quiet_launcher() -> None:
-    # The launcher logs every worker's start and, on a failure, a report of every rank: the stage says one line.
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.run"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-def run_workers(processes: int, argv: list[str]) -> None:
-    """Run `python argv...` as `processes` workers of one run; WorkerFailed names the first that failed."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import elastic_launch
-
-    _quiet_launcher()
-    config = launch_config(processes)
-    log.info("starting %d processes (torch.distributed, %s)", processes * config.min_nodes,
-             "several nodes" if config.min_nodes > 1 else "this machine")
-    try:
-        elastic_launch(config, sys.executable)(*argv)
-    except ChildFailedError as error:
-        raise WorkerFailed(_failure_line(error, processes * config.min_nodes)) from None
-    except SignalException:  # Ctrl-C, or SIGTERM from dvc, docker stop, SLURM: the launcher stopped the workers
-        raise KeyboardInterrupt from None
-
-
-def _failure_line(error, processes: int) -> str:
-    failures = error.failures
-    rank, first = min(failures.items(), key=lambda item: item[1].timestamp or 0)
-    code = first.exitcode
-    if code is not None and code < 0:
-        try:
-            how = f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            how = f"was killed by signal {-code}"
-    elif code == 2:
-        how = "stopped on an error (its message is above)"
-    elif code == 130:
-        how = "was interrupted"
-    else:
-        how = f"exited with status {code}"
-    return (f"process {rank} of the run's {processes} {how}; the others were stopped. Finished epochs are kept in "
-            f"the checkpoint: run the same command to resume")

@@ -73,7 +73,7 @@ def _interrupts_deferred() -> Iterator[None]:
 
 def is_writer() -> bool:
     """Whether this process writes files: always, except the ranks other than 0 of a run on several processes
-    (`cs_repro.distributed` sets the variable), which hold the same state and must not race rank 0's writes."""
+    (`cs_repro.launch` sets the variable), which hold the same state and must not race rank 0's writes."""
     return os.environ.get("CS_REPRO_RANK", "0") == "0"
 
 

@@ -49,7 +49,8 @@ class NetworkParams:
     rewind_epoch: int = param(1, "k: the rewind point, in epochs of the first round / dense run", min=0)
     rewind_iteration: int = param(0, "the rewind point in optimiser steps of the first round / dense run instead "
                                      "(Frankle et al.); 0 = use rewind_epoch", min=0)
-    augment: bool = param(False, "pad-4 random crop + horizontal flip (CIFAR)")
+    augment: bool = param(False, "training augmentation: pad-4 random crop + horizontal flip (in-memory datasets, "
+                                 "CIFAR); RandomResizedCrop + flip (imagenet; off: its evaluation crop)")
     prunable: list[str] = param([], "glob patterns of prunable weight names; empty = the model's default")
     image_size: int = param(0, "side of the square images a streamed dataset's transforms produce (0: the "
                                 "dataset's own, 224 for imagenet; smaller for tests)", min=0)

@@ -10,6 +10,7 @@ Artifacts of a run directory (formats in the README):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -98,7 +99,8 @@ def make_splits(net: NetworkParams, prepared: dict, seed: int, device: torch.dev
 
         def batches(files, idx, y, batch_size, train):
             return StreamedBatches(root, [files[i] for i in idx.tolist()], y, batch_size, mean, std, train=train,
-                                   crop=crop, workers=workers, device=device, max_batches=max_batches, shard=shard)
+                                   augment=train and net.augment, crop=crop, workers=workers, device=device,
+                                   max_batches=max_batches, shard=shard)
 
         train_files, test_files = prepared["train_files"], prepared["test_files"]
         return DataSplits(
@@ -150,6 +152,22 @@ def model_outline(net: NetworkParams) -> tuple[nn.Module, list[str]]:
     meta = torch.device("meta")
     with torch.random.fork_rng(devices=[]), meta:
         return make_model(net, 0, meta)
+
+
+def prunable_sizes(net: NetworkParams) -> dict[str, int]:
+    """{prunable tensor name: number of weights} of a network, for the params check (CS's penalty bound, IMP's
+    levels); the outline is built once per network shape, however many checks ask."""
+    return dict(_outline_sizes(net.model, net.dataset, tuple(net.prunable), net.image_size))
+
+
+@functools.lru_cache(maxsize=None)
+def _outline_sizes(model: str, dataset: str, prunable: tuple[str, ...], image_size: int) -> tuple[tuple[str, int], ...]:
+    from cs_repro.params import NetworkParams
+
+    outline, names = model_outline(NetworkParams(model=model, dataset=dataset, prunable=list(prunable),
+                                                 image_size=image_size))
+    sizes = dict(outline.named_parameters())
+    return tuple((name, sizes[name].numel()) for name in names)
 
 
 def optim_config(net: NetworkParams) -> OptimConfig:

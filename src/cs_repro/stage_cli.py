@@ -85,8 +85,8 @@ def user_errors(command: Callable) -> Callable:
 
 
 def _leave_process_group() -> None:
-    if "torch.distributed" in sys.modules:
-        from cs_repro.distributed import finish
+    if "cs_repro.launch" in sys.modules:
+        from cs_repro.launch import finish
 
         finish()
 
@@ -143,9 +143,9 @@ def training_stage(command: Callable) -> Callable:
             return launch_workers(processes)
         device = training_device(loaded, device)
         if processes > 1:
-            from cs_repro import distributed
+            from cs_repro.launch import init_from_env
 
-            device = distributed.init_from_env(device)
+            device = init_from_env(device)
         command(**options, training=Training(loaded, device, checkpoint_dir, timing))
 
     stage.__signature__ = inspect.Signature([*own, *_TRAINING_OPTIONS])
@@ -160,18 +160,19 @@ def stage_processes(params, options: dict[str, Any]) -> int:
     network = options.get("network")
     ticket = options.get("tickets") or options.get("cs_ticket")
     if network is None and ticket is not None:
-        from cs_repro.tickets import load_ticket
+        from cs_repro.io import safe_torch_load
 
         ticket = Path(ticket)
         files = sorted(ticket.glob("*.pt")) if ticket.is_dir() else [ticket] if ticket.exists() else []
-        network = load_ticket(files[0]).metadata.get("network") if files else None  # else the stage says what is missing
+        # the ticket's own checks come with the stage's work; here only its network is read
+        network = (safe_torch_load(files[0], "ticket").get("metadata") or {}).get("network") if files else None
     if network is None or network not in params.networks:
         return 1
     return params.network(network).processes
 
 
 def distributed_worker() -> bool:
-    from cs_repro.distributed import is_worker
+    from cs_repro.launch import is_worker
 
     return is_worker()
 
@@ -185,7 +186,7 @@ def launch_workers(processes: int) -> None:
     worker becomes one line: its own error, or how it ended."""
     import tempfile
 
-    from cs_repro.distributed import WorkerFailed, run_workers
+    from cs_repro.launch import WorkerFailed, run_workers
 
     with tempfile.TemporaryDirectory(prefix="cs-repro-workers-") as errors:
         os.environ[ERROR_DIR_ENV] = errors

@@ -89,10 +89,13 @@ class StreamedBatches:
 
     def __init__(self, root: Path, files: Sequence[str], labels: torch.Tensor, batch_size: int,
                  mean: Sequence[float], std: Sequence[float], *, train: bool, crop: int, workers: int,
-                 device: torch.device, max_batches: int | None = None, shard: tuple[int, int] = (0, 1)) -> None:
+                 device: torch.device, max_batches: int | None = None, shard: tuple[int, int] = (0, 1),
+                 augment: bool | None = None) -> None:
+        """`train`: shuffled epochs from the loop's generator; `augment` (default: `train`): random crops and flips
+        rather than the evaluation's resize and centre crop."""
         if len(files) != len(labels):
             raise ValueError(f"{len(files)} files but {len(labels)} labels")
-        self.dataset = ImageFiles(root, files, labels, train, crop)
+        self.dataset = ImageFiles(root, files, labels, train if augment is None else augment, crop)
         self.batch_size = int(batch_size)
         self.train = train
         self.max_batches = max_batches

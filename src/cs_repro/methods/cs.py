@@ -25,7 +25,7 @@ from cs_repro.masks import HardMasks, SoftMasks, sparsity_of
 from cs_repro.methods.rounds import MaskRounds
 from cs_repro.param_fields import FLOAT32_MAX, check_s0, param
 from cs_repro.results import run_row
-from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, model_outline, network_config
+from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config, prunable_sizes
 from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import TrainingLoop, make_sgd
 
@@ -56,9 +56,7 @@ class CSParams:
         to lambda * N / sigmoid(s0) (N the prunable weights) and must stay a float32 number."""
         s0 = min(params.sweep.s0)
         for network in params.sweep.networks:
-            model, names = model_outline(params.network(network))
-            sizes = dict(model.named_parameters())
-            weights = sum(sizes[name].numel() for name in names)
+            weights = sum(prunable_sizes(params.network(network)).values())
             largest = params.lambda_ * weights * (1.0 + math.exp(-s0))  # / sigmoid(s0)
             if largest > FLOAT32_MAX:
                 raise UserError(f"lambda={params.lambda_:g} makes CS's penalty on {network} (up to lambda x "

@@ -27,7 +27,7 @@ from cs_repro.masks import HardMasks, sparsity_of
 from cs_repro.methods.rounds import RewindPoint
 from cs_repro.param_fields import check_listed, param
 from cs_repro.results import run_row
-from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, model_outline, network_config
+from cs_repro.run import CHECKPOINT_DIR, RunSpec, TrainingRun, final_metrics, network_config, prunable_sizes
 from cs_repro.tickets import Ticket, save_ticket
 from cs_repro.train import Hooks, Phase, TrainingLoop
 
@@ -73,9 +73,8 @@ def check_levels(key: str, levels: int, prune_fraction: float, network: str, par
     """Refuse a level count that goes past the level where fewer weights remain than there are prunable
     tensors: from there some tensor is empty for sure and each further level trains at chance (a tensor
     that empties earlier, through the global ranking, is a warning when it happens: `IMPSearch`)."""
-    model, names = model_outline(params.network(network))
-    sizes = dict(model.named_parameters())
-    total, tensors = sum(sizes[name].numel() for name in names), len(names)
+    sizes = prunable_sizes(params.network(network))
+    total, tensors = sum(sizes.values()), len(sizes)
     level = next((level for level in range(1, levels + 1) if remaining_after(level, total, prune_fraction) < tensors),
                  None)
     if level is not None:
