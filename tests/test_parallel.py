@@ -175,6 +175,7 @@ def _tiny(**sweep):
     params = tiny_quick_params(**sweep)
     if "baselines" in params:  # the baseline/ablation stages: an empty matrix generates none of them
         params["baselines"]["networks"] = []
+        params["l0"]["retrain_networks"] = []  # composed from baselines.networks before it was emptied here
     return params
 
 

@@ -195,6 +195,7 @@ def test_quick_pipeline_runs_caches_and_reruns_only_what_a_param_touches(tmp_pat
     # Every method runs on every seed: the baselines are switched off here (no networks), which runs none of
     # their stages and takes their rows out of the results.
     set_param(repo, "baselines.networks", [])
+    set_param(repo, "l0.retrain_networks", [])  # a list within baselines.networks (Hydra's -S resolves it, an edit does not)
     set_param(repo, "sweep.seeds", [0, 1])
     set_param(repo, "sweep.s0", [0.0, -0.05, 0.02])
     new_cs = {f"{kind}@lenet300_100-{s0}-{seed}" for kind in ("cs_search", "cs_retrain")
