@@ -127,6 +127,20 @@ def test_a_run_across_nodes_splits_its_processes_and_needs_a_rendezvous():
         launch_config(8, {"CS_REPRO_NNODES": "3", "CS_REPRO_RDZV_ENDPOINT": "node1:29400"})
 
 
+def test_the_failure_line_names_what_ended_the_run_not_what_the_launcher_stopped():
+    from types import SimpleNamespace
+
+    from cs_repro.launch import _failure_line
+
+    def failed(**codes):  # rank -> exit code, all seen at the same monitor tick
+        return SimpleNamespace(failures={int(rank[1:]): SimpleNamespace(exitcode=code, timestamp=100)
+                                         for rank, code in codes.items()})
+
+    assert _failure_line(failed(r0=1, r1=-9), 2).startswith("process 1 of the run's 2 was killed by SIGKILL;")
+    assert _failure_line(failed(r0=-15, r1=-15, r2=2), 4).startswith("process 2 of the run's 4 stopped on an error;")
+    assert _failure_line(failed(r3=7), 4).startswith("process 3 of the run's 4 exited with status 7;")
+
+
 # --- the stage: its own launcher, a killed process, the resume ----------------------------------------------
 
 CS_STAGE = str(REPO / "stages" / "cs_search.py")

@@ -145,3 +145,26 @@ def test_resnet50_trains_on_the_stream_and_an_undecodable_image_is_one_line(tree
     lines = result.output.strip().splitlines()
     assert lines[-1].startswith(f"error: cannot decode {broken} ("), result.output
     assert "Traceback" not in result.output
+
+
+def test_too_little_shared_memory_for_the_imagenet_workers_is_one_line_before_the_run(monkeypatch):
+    """Docker's default /dev/shm (64 MB) would end an ImageNet run hours in with a bus error in a worker."""
+    from types import SimpleNamespace
+
+    from conftest import REPO
+    from cs_repro.params import params_from_dict
+    from cs_repro.profiles import compose_profile
+    from cs_repro_orchestration import preflight
+
+    imagenet = params_from_dict(compose_profile("imagenet", ["data.root=/data/imagenet"], conf_dir=REPO / "conf"))
+    quick = params_from_dict(compose_profile("quick", conf_dir=REPO / "conf"))
+    sizes = {"small": 64 << 20, "large": 16 << 30}
+    monkeypatch.setattr(preflight.os, "statvfs", lambda path: SimpleNamespace(f_frsize=4096,
+                                                                               f_blocks=sizes[path] // 4096))
+    # 8 workers x 2 batches ahead x 1,024 crops of 224 x 224 x 3 bytes (2,352 MB), 8 x 128 MB, x 1.5
+    assert preflight.shared_memory_needed(imagenet, "resnet50") == int(1.5 * (8 * 2 * 1024 * 150528 + 8 * (128 << 20)))
+    assert preflight.shared_memory_problem(imagenet, True, "small") == (
+        "small holds 64 MB; a resnet50 run needs about 5,064 MB there for its DataLoader workers and processes: add "
+        "--ipc=host (or --shm-size=16g) to `docker run`")
+    assert preflight.shared_memory_problem(imagenet, True, "large") is None
+    assert preflight.shared_memory_problem(quick, True, "small") is None  # one process, in memory: no need

@@ -51,7 +51,8 @@ def preflight(
     container: Annotated[bool, typer.Option(help="word the advice for `docker run` (the image's entry point)")] = False,
 ) -> None:
     """Check what would stop the run after it started, before any DVC work: a GPU profile with no GPU visible,
-    a dataset neither prepared, nor found, nor downloadable from here. One line and exit 2 on the first."""
+    a dataset neither prepared, nor found, nor downloadable from here, too little shared memory for runs on
+    several processes or streamed from disk. One line and exit 2 on the first."""
     from cs_repro_orchestration.preflight import first_problem
 
     from cs_repro.device import choose_device, hardware_name
@@ -126,7 +127,8 @@ def suggest_settings(
 @app.command("use-profile")
 @user_errors
 def use_profile(
-    name: Annotated[str, typer.Argument(help="profile: quick, extended, paper or frankle (conf/profile/<name>.yaml)")],
+    name: Annotated[str, typer.Argument(help="profile: quick, extended, paper, frankle or imagenet (conf/profile/<name>.yaml; "
+                                                          "the README's Profiles table says what each runs)")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="Hydra overrides, e.g. lambda=1e-9 seeds=[0]")] = None,
     out: Annotated[Path, typer.Option(help="params file to write")] = Path("params.yaml"),
 ) -> None:

@@ -119,8 +119,14 @@ def run_workers(processes: int, argv: list[str]) -> None:
 
 
 def _failure_line(error, processes: int) -> str:
-    failures = error.failures
-    rank, first = min(failures.items(), key=lambda item: item[1].timestamp or 0)
+    def cause_first(item):
+        # what ended the run rather than what the launcher's stopping did: a signal other than its SIGTERM, then a
+        # worker's own error, then the earliest
+        rank, failure = item
+        code = failure.exitcode or 0
+        return (0 if code < 0 and code != -signal.SIGTERM else 1 if code == 2 else 2, failure.timestamp or 0, rank)
+
+    rank, first = min(error.failures.items(), key=cause_first)
     code = first.exitcode
     if code is not None and code < 0:
         try:
@@ -128,7 +134,7 @@ def _failure_line(error, processes: int) -> str:
         except ValueError:
             how = f"was killed by signal {-code}"
     elif code == 2:
-        how = "stopped on an error (its message is above)"
+        how = "stopped on an error"
     elif code == 130:
         how = "was interrupted"
     else:

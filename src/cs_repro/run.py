@@ -103,10 +103,13 @@ def make_splits(net: NetworkParams, prepared: dict, seed: int, device: torch.dev
                                    max_batches=max_batches, shard=shard)
 
         train_files, test_files = prepared["train_files"], prepared["test_files"]
+        # Evaluation batches of a process's training share: each batch in flight sits in shared memory
+        # (workers x prefetch of them), and 500 ImageNet crops are 75 MB.
+        per_process = net.batch_size // shard[1]
         return DataSplits(
             train=batches(train_files, train_idx, labels[train_idx], net.batch_size, True),
-            val=batches(train_files, val_idx, labels[val_idx], EVAL_BATCH, False),
-            test=batches(test_files, test_idx, test_labels[test_idx], EVAL_BATCH, False),
+            val=batches(train_files, val_idx, labels[val_idx], per_process, False),
+            test=batches(test_files, test_idx, test_labels[test_idx], per_process, False),
         )
 
     images = prepared["train_images"]

@@ -1,5 +1,6 @@
 """What would stop a run after it started, checked before any DVC work: a GPU profile with no GPU visible,
-and a dataset that is neither prepared, nor on disk, nor downloadable from here.
+a dataset that is neither prepared, nor on disk, nor downloadable from here, and too little shared memory for
+runs on several processes or streamed from disk (Docker's default /dev/shm).
 
 `cs-repro preflight` prints one line per problem it finds and exits non-zero; the image's entry point runs it
 with `--container` before the pipeline, so that the advice names what a `docker run` user changes
@@ -97,6 +98,48 @@ def data_problem(params, container: bool, data_root_env: str = "") -> str | None
     return None
 
 
+#: Shared memory a run on several processes or streamed from disk needs besides its workers' batches (NCCL's
+#: buffers between the processes of a node, the launcher), per process.
+SHARED_MEMORY_PER_PROCESS = 128 << 20
+
+
+def shared_memory_needed(params, network: str) -> int:
+    """Bytes of /dev/shm one run of `network` fills (0: none): the batches its DataLoader workers hold ready
+    (workers x prefetch x the global batch of uint8 crops, over all processes) and the processes' own share,
+    with half again as margin."""
+    from cs_repro.data.streaming import PREFETCH
+
+    net = params.network(network)
+    spec = DATASETS.get(net.dataset)
+    if net.processes == 1 and not spec.streamed:
+        return 0
+    side = net.image_size or spec.image_shape[1]
+    batches = max(1, params.data.workers) * PREFETCH * net.batch_size * spec.image_shape[0] * side * side
+    return int(1.5 * (batches * spec.streamed + SHARED_MEMORY_PER_PROCESS * net.processes))
+
+
+def shared_memory_problem(params, container: bool, shm: str = "/dev/shm") -> str | None:
+    """One line when /dev/shm is smaller than a run needs (`shared_memory_needed`): it would fail hours in, with a
+    bus error in a DataLoader worker or NCCL (Docker's default /dev/shm is 64 MB)."""
+    needs = {name: shared_memory_needed(params, name) for name in params.sweep.networks}
+    name, need = max(needs.items(), key=lambda item: item[1])
+    if not need:
+        return None
+    try:
+        stat = os.statvfs(shm)
+    except OSError:
+        return None  # no /dev/shm (not Linux): nothing to measure
+    size = stat.f_frsize * stat.f_blocks
+    if size >= need:
+        return None
+    how = ("add --ipc=host (or --shm-size=16g) to `docker run`" if container else
+           f"enlarge {shm} (or lower data.workers)")
+    return (f"{shm} holds {size / 2**20:,.0f} MB; a {name} run needs about {need / 2**20:,.0f} MB there for its "
+            f"DataLoader workers and processes: {how}")
+
+
 def first_problem(params, container: bool = False) -> str | None:
-    """The first thing that would stop the run (the GPU, then the data), in one line; None when there is none."""
-    return gpu_problem(params.profile, container) or data_problem(params, container, os.environ.get("DATA_ROOT", ""))
+    """The first thing that would stop the run (the GPU, then the data, then shared memory), in one line; None when
+    there is none."""
+    return (gpu_problem(params.profile, container) or data_problem(params, container, os.environ.get("DATA_ROOT", ""))
+            or shared_memory_problem(params, container))
