@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The device check for a lent GPU: one script, about 6 minutes on one H100, everything written to $OUT.
+# The device check for a lent GPU: one script, everything written to $OUT, the most wanted numbers first (about 8
+# minutes on one H100, estimated: not run on a GPU yet; here SMOKE=1 took 3 min 53 s and the paper step 5 min 24 s
+# on the 2-core CPU). Give the device tool a timeout_s of 600.
 #   OUT=/tmp/check bash benchmarks/device_check.sh          (on the GPU machine, from the repository root)
 #   SMOKE=1 OUT=/tmp/check bash benchmarks/device_check.sh  (here, on the CPU: that the script itself works)
 # 1. benchmarks/gpu_epochs.py: the paper profile's networks, seconds per epoch, dense vs CS, fp32 and bf16;

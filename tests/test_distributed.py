@@ -173,7 +173,7 @@ def _rank(pid: int) -> int | None:
 
 
 @pytest.mark.slow
-def test_a_killed_process_ends_the_stage_in_one_line_and_the_rerun_resumes_to_the_same_bytes(workspace):
+def test_a_stopped_or_killed_run_ends_in_one_line_and_the_rerun_resumes_to_the_same_bytes(workspace):
     params = _params(workspace, 2, epochs=3)
     clean = subprocess.run(_stage(workspace, "clean", params), cwd=workspace, env=ENV, capture_output=True, text=True,
                            timeout=300)
@@ -181,6 +181,19 @@ def test_a_killed_process_ends_the_stage_in_one_line_and_the_rerun_resumes_to_th
     assert "starting 2 processes" in clean.stderr
     assert clean.stderr.count("round 1/3 epoch 1/3") == 1  # rank 0 alone reports progress
 
+    # SIGTERM to the stage (docker stop, a SLURM time limit, dvc stopping): the clean interrupted line, nothing else
+    stage = subprocess.Popen(_stage(workspace, "run", params), cwd=workspace, env=ENV, stderr=subprocess.PIPE,
+                             text=True)
+    for line in stage.stderr:
+        if "round 1/3 epoch 2/3" in line:
+            stage.terminate()
+            break
+    rest = stage.stderr.read()
+    assert stage.wait(timeout=120) == 130
+    assert [line for line in rest.splitlines() if line.strip()] == [
+        "interrupted: progress up to the last finished epoch is kept; run the same command to resume"], rest
+
+    # resumed, then kill -9 of one process mid-run
     stage = subprocess.Popen(_stage(workspace, "run", params), cwd=workspace, env=ENV, stderr=subprocess.PIPE,
                              text=True)
     killed = None

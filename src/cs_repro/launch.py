@@ -95,9 +95,14 @@ def launch_config(processes: int, environ=os.environ):
 
 
 def _quiet_launcher() -> None:
-    # The launcher logs every worker's start and, on a failure, a report of every rank: the stage says one line.
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.run"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # The launcher logs every worker's start and, on a failure or a signal, a report of every rank: the stage says
+    # one line. Its modules set their own loggers' levels, so each is silenced, not only the parent.
+    import torch.distributed.elastic.agent.server.api  # noqa: F401  (creates the loggers it logs with)
+    import torch.distributed.launcher.api  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.run")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def run_workers(processes: int, argv: list[str]) -> None:
