@@ -111,6 +111,16 @@ def test_only_rank_0_writes(workspace):
     assert sorted(p.name for p in workspace.glob("written-by-*")) == ["written-by-0.json"]
 
 
+def test_a_stage_started_by_torchrun_with_another_process_count_says_so(workspace):
+    """Two copies of a one-process run would write the same files: the stage refuses, naming the setting."""
+    result = subprocess.run([*TORCHRUN, "2", CS_STAGE, "--network", "lenet300_100", "--s0=0", "--seed", "0", "--out",
+                             "x", "--params", str(_params(workspace, 1))], cwd=workspace, env=ENV, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0 and not (workspace / "x").exists()
+    assert ("error: this stage was started as 2 processes (torchrun?), but its network trains on 1 "
+            "(networks.<network>.processes): run the stage itself") in result.stderr
+
+
 def test_a_run_across_nodes_splits_its_processes_and_needs_a_rendezvous():
     from cs_repro.launch import launch_config
     from cs_repro.errors import UserError

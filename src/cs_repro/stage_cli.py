@@ -139,6 +139,10 @@ def training_stage(command: Callable) -> Callable:
             log.setLevel(logging.WARNING)  # one voice: rank 0 logs the run, the others only what goes wrong
         loaded = load(params)
         processes = stage_processes(loaded, options)
+        if distributed_worker() and int(os.environ.get("WORLD_SIZE", "1")) != processes:
+            raise UserError(f"this stage was started as {os.environ.get('WORLD_SIZE')} processes (torchrun?), but its "
+                            f"network trains on {processes} (networks.<network>.processes): run the stage itself, "
+                            f"which starts its own processes")
         if processes > 1 and not distributed_worker():
             return launch_workers(processes)
         device = training_device(loaded, device)
