@@ -33,7 +33,7 @@ from pathlib import Path
 
 from cs_repro.errors import UserError
 from cs_repro_orchestration.parallel import (Wave, changed_stages, dvc_executable, out_of_date, read_pipeline,
-                                             slurm_waves, split, stage_processes)
+                                             slurm_waves, split, largest_run_processes)
 
 HERE = Path(__file__).resolve().parent
 
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if not todo:
             print("every fan-out stage is up to date or finished; `dvc repro` (or the collector) runs what is left")
             return 0
-        gres = choose_gres(args.gres, stage_processes(workspace), args.gpus_per_node)
+        gres = choose_gres(args.gres, largest_run_processes(workspace), args.gpus_per_node)
         waves = slurm_waves(pipeline, todo)
         shared = args.shared_cache.resolve()
         shared.mkdir(parents=True, exist_ok=True)

@@ -102,19 +102,19 @@ def test_workers_get_a_gpu_round_robin_or_their_own_cores():
 
 def test_a_stage_on_several_processes_gets_as_many_gpus(tmp_path):
     """networks.<net>.processes = 2 on 5 GPUs: two workers of two GPUs each (the fifth would be half a run)."""
-    from cs_repro_orchestration.parallel import stage_processes
+    from cs_repro_orchestration.parallel import largest_run_processes
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "networks": {"resnet50": {"processes": 2}, "lenet300_100": {"processes": 1}, "unused": {"processes": 8}},
         "sweep": {"networks": ["lenet300_100", "resnet50"]}}))
-    assert stage_processes(tmp_path) == 2
+    assert largest_run_processes(tmp_path) == 2
     slots = make_slots(2, ["0", "1", "2", "3", "4"], [0, 1, 2, 3], {}, None, gpus_per_stage=2)
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0,1", "2,3"]
     assert "GPU 0,1" in slots[0].label
     with pytest.raises(UserError, match="each run trains on 8 GPUs .* but 5 are visible"):
         make_slots(1, ["0", "1", "2", "3", "4"], [0], {}, None, gpus_per_stage=8)
     (tmp_path / "params.yaml").write_text("networks: [oops")
-    assert stage_processes(tmp_path) == 1  # the stages say what is wrong with params.yaml
+    assert largest_run_processes(tmp_path) == 1  # the stages say what is wrong with params.yaml
 
 
 def test_slurm_asks_for_as_many_gpus_as_a_run_has_processes(monkeypatch):

@@ -375,7 +375,7 @@ def pinned_threads(cwd: Path) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def stage_processes(cwd: Path) -> int:
+def largest_run_processes(cwd: Path) -> int:
     """How many processes (GPUs) one training stage takes: the most `processes` of the networks params.yaml runs."""
     try:
         params = yaml.safe_load((Path(cwd) / "params.yaml").read_text()) or {}
@@ -421,7 +421,7 @@ def run_parallel(jobs: int | None = None, gpus: list[str] | None = None, dry_run
     gpus = detect_gpus() if gpus is None else gpus
     cores = available_cores()
     pinned = pinned_threads(cwd)
-    per_stage = stage_processes(cwd)
+    per_stage = largest_run_processes(cwd)
     if not jobs:  # a GPU (group) each; on the CPU, a worker per `cpu.threads` cores (or per 2) of each process
         jobs = max(1, len(gpus) // per_stage) if gpus else max(1, len(cores) // ((pinned or 2) * per_stage))
     slots = make_slots(jobs, gpus, cores, base_env(), shutil.which("taskset"), threads or pinned or None, per_stage)
