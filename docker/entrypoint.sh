@@ -102,4 +102,7 @@ if [ "$profile_run" = 1 ]; then
   log "running the $command pipeline in $WORKSPACE: cs-repro parallel"
   exec cs-repro parallel
 fi
+# A stopped container's dvc processes leave lock entries under process ids this container reuses
+# (cs-repro parallel drops them itself).
+python -m cs_repro_orchestration.dvc_locks
 exec "$command" "$@"

@@ -14,6 +14,7 @@ rebuilds only what changed since (the sources layer), and the runs dominate.
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import re
 import shutil
@@ -155,10 +156,22 @@ def test_the_image_runs_a_profile_resumes_after_docker_stop_and_names_the_projec
     output = running.communicate(timeout=120)[0]
     assert running.returncode != 0 and "interrupted: progress up to the last finished epoch is kept" in output, output
     assert "Traceback" not in output
+    # the stopped dvc processes left their lock entries, under process ids the next container's take again
+    held = json.loads((stopped / "workspace" / ".dvc" / "tmp" / "rwlock").read_text())
+    assert held.get("write"), held
     resumed = _docker_run("-e", "CS_REPRO_DEVICE=cpu", IMAGE, "quick", *TINY_ARGS, out=stopped)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert resumed.returncode == 0, (resumed.stdout[-3000:] + resumed.stderr[-3000:]
+                                     + _stage_logs(stopped / "workspace", output))
+    assert "dvc: dropped the lock entries of a dvc that no longer runs" in resumed.stdout, resumed.stdout
     mismatch = _tree_difference(straight / "workspace" / "runs", stopped / "workspace" / "runs")
     assert not mismatch, mismatch
+
+
+def _stage_logs(workspace: Path, *earlier: str) -> str:
+    """What a failure message needs: the stopped run's output and every stage log of the workspace."""
+    logs = sorted((workspace / ".cache" / "parallel-logs").glob("*.log"))
+    return "".join(f"\n--- {text}" for text in earlier) + "".join(
+        f"\n--- {log.name}:\n{log.read_text()[-2000:]}" for log in logs)
 
 
 def _tree_difference(left: Path, right: Path) -> list[str]:

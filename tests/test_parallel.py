@@ -4,6 +4,7 @@ SLURM job body run without SLURM followed by the collector."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -149,6 +150,35 @@ def test_dvc_lock_entries_of_stages_no_longer_declared_are_dropped_and_the_rest_
     assert all(any(line == other for other in remaining) for line in once.splitlines())
 
 
+def test_lock_entries_of_dvc_processes_that_no_longer_run_are_dropped_even_when_their_pid_is_taken(tmp_path):
+    from cs_repro_orchestration.dvc_locks import drop_dead_holders
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    # a process that took a killed dvc's id (in a new container, the rule) and a dvc that still runs
+    stranger = subprocess.Popen(["sleep", "60"])
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--wait-for-lock", "repro", "-s", "b"])
+    try:
+        dead = {"pid": finished.pid, "cmd": "/venv/bin/dvc repro -s a"}
+        reused = {"pid": stranger.pid, "cmd": "/venv/bin/dvc --wait-for-lock repro -s a"}
+        alive = {"pid": holder.pid, "cmd": "/venv/bin/dvc --wait-for-lock repro -s b"}
+        lock = tmp_path / ".dvc" / "tmp" / "rwlock"
+        lock.parent.mkdir(parents=True)
+        lock.write_text(json.dumps({
+            "write": {"/w/runs/a": reused, "/w/runs/old": dead, "/w/runs/b": alive},
+            "read": {"/w/params.yaml": [reused, alive, dead], "/w/data": [dead]},
+        }))
+        dropped = drop_dead_holders(tmp_path)
+        left = json.loads(lock.read_text())
+    finally:
+        stranger.kill()
+        holder.kill()
+    assert sorted(h["pid"] for h in dropped) == sorted([finished.pid, stranger.pid])
+    assert left["write"] == {"/w/runs/b": alive}
+    assert left["read"] == {"/w/params.yaml": [alive]}
+    assert drop_dead_holders(tmp_path / "no-workspace") == []
+
+
 def test_the_committed_dvc_lock_holds_only_declared_stages():
     listed = subprocess.run([str(Path(sys.executable).parent / "dvc"), "stage", "list", "--name-only"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
@@ -250,7 +280,18 @@ def test_a_failing_stage_is_named_and_the_others_finish(tmp_path):
     repo = _repo(tmp_path / "failing", _tiny(s0=[0.0]))
     dvc_yaml = repo / "dvc.yaml"
     dvc_yaml.write_text(dvc_yaml.read_text().replace("python stages/cs_search.py", "python stages/cs_search.py --no-such-option"))
-    result = _run("cs-repro", "parallel", "-j", "2", cwd=repo, check=False)
+    # and a killed dvc's lock on imp_search's output, its process id since taken by another process (as in a
+    # restarted container): DVC alone would refuse the stage as "busy"
+    stranger = subprocess.Popen(["sleep", "600"])
+    rwlock = repo / ".dvc" / "tmp" / "rwlock"
+    rwlock.parent.mkdir(parents=True, exist_ok=True)
+    killed = {"pid": stranger.pid, "cmd": f"{sys.prefix}/bin/dvc --wait-for-lock repro -s imp_search@lenet300_100-0"}
+    rwlock.write_text(json.dumps({"write": {str(repo / "runs/lenet300_100/imp/seed=0/search"): killed}}))
+    try:
+        result = _run("cs-repro", "parallel", "-j", "2", cwd=repo, check=False)
+    finally:
+        stranger.kill()
+    assert f"dvc: dropped the lock entries of a dvc that no longer runs (PID {stranger.pid}:" in result.stdout
     assert result.returncode == 1, result.stdout + result.stderr
     log = ".cache/parallel-logs/cs_search@lenet300_100-0.0-0.log"
     assert "FAILED cs_search@lenet300_100-0.0-0  after" in result.stdout

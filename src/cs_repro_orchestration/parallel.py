@@ -31,6 +31,7 @@ import typer
 import yaml
 
 from cs_repro.errors import UserError
+from cs_repro_orchestration.dvc_locks import drop_dead_holders
 
 LOG_DIR = Path(".cache/parallel-logs")
 _EDGE = re.compile(r'^\s*"([^"]+)"\s*->\s*"([^"]+)"\s*;?\s*$')
@@ -137,7 +138,9 @@ def _dvc(args: list[str], cwd: Path) -> str:
     result = subprocess.run([dvc_executable(), *args], cwd=cwd, env=base_env(), capture_output=True, text=True)
     if result.returncode != 0:
         message = (result.stderr.strip() or result.stdout.strip()).splitlines()
-        raise UserError(f"`dvc {' '.join(args)}` failed: {message[-1] if message else result.returncode}")
+        # DVC's own "ERROR: ..." line says what went wrong; lines after it are advice
+        said = next((line for line in message if line.startswith("ERROR:")), message[-1] if message else "")
+        raise UserError(f"`dvc {' '.join(args)}` failed: {said or result.returncode}")
     return result.stdout
 
 
@@ -412,6 +415,8 @@ def run_parallel(jobs: int | None = None, gpus: list[str] | None = None, dry_run
     cwd = Path(cwd)
     log_dir = cwd / LOG_DIR if log_dir is None else log_dir
     require_workspace(cwd)
+    for holder in drop_dead_holders(cwd):  # before any dvc of ours starts: theirs may have our process ids
+        say(f"dvc: dropped the lock entries of a dvc that no longer runs (PID {holder['pid']}: {holder['cmd']})")
     changed = changed_stages(cwd)
     if not changed:  # one `dvc status` (~1.5 s) instead of a graph, a scheduler and a tail `dvc repro`
         say(f"{time.strftime('%H:%M:%S')} every stage is up to date (dvc status): nothing to run")
