@@ -378,6 +378,35 @@ def test_batches_normalise_known_pixels():
         assert x[2, ch, 0, 1].item() == pytest.approx(-mean[ch] / std[ch], abs=1e-5)
 
 
+def test_batches_split_over_processes_as_one_process_draws_them():
+    images, labels = _toy(300, c=3, hw=32)
+
+    def epoch(shard, batch_size=64, seeded=True):
+        generator = torch.Generator().manual_seed(4) if seeded else None
+        tb = TensorBatches(images, labels, batch_size, (0.5,) * 3, (0.25,) * 3, generator=generator, augment=seeded,
+                           shard=shard)
+        return len(tb), [(x.clone(), y.clone()) for x, y in tb]
+
+    length, single = epoch((0, 1))
+    assert length == 5 and [len(y) for _, y in single] == [64] * 4 + [44]
+    (n0, rank0), (n1, rank1) = epoch((0, 2)), epoch((1, 2))
+    # training: rank r takes half r of each global batch (order and crops as for one process); the last,
+    # partial global batch is left out rather than split unequally
+    assert n0 == n1 == 4 and [len(y) for _, y in rank0] == [32] * 4
+    for (x, y), (x0, y0), (x1, y1) in zip(single, rank0, rank1):
+        assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+    # evaluation: whole batches, rank r takes batches r, r + 2, ...; together every sample once, in order
+    _, everything = epoch((0, 1), 64, seeded=False)
+    (e0, even), (e1, odd) = epoch((0, 2), 64, seeded=False), epoch((1, 2), 64, seeded=False)
+    assert (e0, e1) == (3, 2)
+    assert torch.equal(torch.cat([y for _, y in even[:1] + odd[:1] + even[1:2] + odd[1:2] + even[2:]]), labels)
+    assert torch.equal(even[1][0], everything[2][0]) and torch.equal(odd[1][0], everything[3][0])
+    with pytest.raises(ValueError, match="does not split into 3 equal parts"):
+        epoch((0, 3))
+    with pytest.raises(ValueError, match="rank must lie in 0..processes-1"):
+        epoch((2, 2))
+
+
 def test_batches_same_seed_same_stream():
     images, labels = _toy(300, c=3, hw=32)
     runs = []

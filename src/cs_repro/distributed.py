@@ -6,7 +6,6 @@ What stays the same across process counts and what does not: docs/architecture.m
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 
@@ -14,11 +13,6 @@ from dataclasses import dataclass
 class World:
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     @property
     def distributed(self) -> bool:
@@ -30,7 +24,7 @@ def current() -> World:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return World(dist.get_rank(), dist.get_world_size())
     return World()
 
 

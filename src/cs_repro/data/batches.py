@@ -6,6 +6,7 @@ float and normalisation happen per batch on the data's device.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -42,6 +43,55 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator, pad: int = 4
     return torch.gather(padded.reshape(b, c, hp * wp), 2, flat_idx).reshape(b, c, h, w)
 
 
+class Normalisation:
+    """(x/255 - mean)/std per channel, written x * scale + shift: uint8 [B, C, H, W] in, float32 out, on `device`."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str) -> None:
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -mean_t / std_t
+
+    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, images_uint8.to(torch.float32), self.scale)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a run on several processes (docs/architecture.md, "One run on several GPUs").
+
+    Training: every global batch, drawn exactly as for one process, is cut into `processes` equal parts and
+    rank r takes part r; a last, partial global batch is dropped (unequal parts would weigh samples unequally).
+    Evaluation: rank r takes whole global batches r, r + processes, ... (the loop sums the counts).
+    """
+
+    rank: int = 0
+    processes: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.processes:
+            raise ValueError(f"shard ({self.rank}, {self.processes}): the rank must lie in 0..processes-1")
+
+    def check_batch(self, batch_size: int) -> None:
+        if batch_size % self.processes:
+            raise ValueError(f"batch_size {batch_size} does not split into {self.processes} equal parts")
+
+    def global_batches(self, samples: int, batch_size: int, *, training: bool, drop_last: bool = False,
+                       max_batches: int | None = None) -> int:
+        whole = drop_last or (training and self.processes > 1)
+        full = samples // batch_size if whole else -(-samples // batch_size)
+        return full if max_batches is None else min(full, max_batches)
+
+    def batch_numbers(self, global_batches: int, *, training: bool) -> range:
+        """The global batches this process reads (all of them when training: it takes a part of each)."""
+        return range(global_batches) if training else range(self.rank, global_batches, self.processes)
+
+    def part(self, batch_size: int) -> slice:
+        """This process's part of a training batch (the whole batch for one process)."""
+        size = batch_size // self.processes
+        return slice(self.rank * size, (self.rank + 1) * size)
+
+
 class TensorBatches:
     """Iterable of (normalised float images, int64 labels) batches over tensors held on `device`.
 
@@ -50,10 +100,8 @@ class TensorBatches:
     `augment=True` applies `augment_batch` with the same generator (requires one).
     `max_batches` truncates every epoch to at most that many batches.
 
-    `shard=(rank, processes)`: this process's part of a run on several processes. Training: every global
-    batch (order and augmentation drawn exactly as for one process) is cut into `processes` equal parts and
-    rank r yields part r; a last, partial global batch is dropped. Evaluation: rank r yields global batches
-    r, r + processes, ... (the accuracy counts are summed over processes by the loop).
+    `shard=(rank, processes)`: this process's part of a run on several processes (see `Shard`); order and
+    augmentation are drawn exactly as for one process.
     """
 
     def __init__(
@@ -81,11 +129,9 @@ class TensorBatches:
             raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
         if augment and generator is None:
             raise ValueError("augment=True needs a generator")
-        self.rank, self.processes = shard
-        if not 0 <= self.rank < self.processes:
-            raise ValueError(f"shard {shard}: the rank must lie in 0..processes-1")
-        if generator is not None and batch_size % self.processes:
-            raise ValueError(f"batch_size {batch_size} does not split into {self.processes} equal parts")
+        self.shard = Shard(*shard)
+        if generator is not None:
+            self.shard.check_batch(batch_size)
         c = images.shape[1]
         if len(mean) != c or len(std) != c:
             raise ValueError(f"mean/std need {c} values (one per channel), got {len(mean)}/{len(std)}")
@@ -98,33 +144,20 @@ class TensorBatches:
         self.max_batches = max_batches
         self.augment = augment
         self.device = device
-        # x_norm = (x/255 - mean)/std = x * scale + shift
-        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, c, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
-        self._scale = 1.0 / (255.0 * std_t)
-        self._shift = -mean_t / std_t
+        self.normalise = Normalisation(mean, std, device)
 
     @property
     def num_samples(self) -> int:
         return len(self.images)
 
-    def _global_batches(self) -> int:
-        n = self.num_samples
-        whole = self.drop_last or (self.processes > 1 and self.generator is not None)
-        full = n // self.batch_size if whole else -(-n // self.batch_size)
-        return full if self.max_batches is None else min(full, self.max_batches)
-
     def _batch_numbers(self) -> range:
-        total = self._global_batches()
-        if self.generator is None and self.processes > 1:
-            return range(self.rank, total, self.processes)
-        return range(total)
+        training = self.generator is not None
+        total = self.shard.global_batches(self.num_samples, self.batch_size, training=training,
+                                          drop_last=self.drop_last, max_batches=self.max_batches)
+        return self.shard.batch_numbers(total, training=training)
 
     def __len__(self) -> int:
         return len(self._batch_numbers())
-
-    def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self._shift, images_uint8.to(torch.float32), self._scale)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, bs = self.num_samples, self.batch_size
@@ -140,7 +173,7 @@ class TensorBatches:
                 x, y = self.images[idx], self.labels[idx]
             if self.augment:
                 x = augment_batch(x, self.generator)
-            if order is not None and self.processes > 1:
-                part = bs // self.processes
-                x, y = x[self.rank * part:(self.rank + 1) * part], y[self.rank * part:(self.rank + 1) * part]
+            if order is not None:
+                part = self.shard.part(bs)
+                x, y = x[part], y[part]
             yield self.normalise(x), y

@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cs_repro.data.batches import Normalisation, Shard
 from cs_repro.errors import UserError
 
 #: Evaluation resizes the shorter side to crop * 256 / 224 (256 for 224) before the centre crop.
@@ -88,7 +89,7 @@ class _Plan:
 
 class StreamedBatches:
     """Iterable of (normalised float images, int64 labels) over image files, the streamed counterpart of
-    `TensorBatches` (same sharding: see there). `batches(generator)`: a generator means a training epoch."""
+    `TensorBatches` (the same `Shard`). `batches(generator)`: a generator means a training epoch."""
 
     def __init__(self, root: Path, files: Sequence[str], labels: torch.Tensor, batch_size: int,
                  mean: Sequence[float], std: Sequence[float], *, train: bool, crop: int, workers: int,
@@ -103,44 +104,34 @@ class StreamedBatches:
         self.train = train
         self.max_batches = max_batches
         self.device = torch.device(device)
-        self.rank, self.processes = shard
-        if train and batch_size % self.processes:
-            raise ValueError(f"batch_size {batch_size} does not split into {self.processes} equal parts")
+        self.shard = Shard(*shard)
+        if train:
+            self.shard.check_batch(batch_size)
         self._plan = _Plan()
         self.loader = DataLoader(
             self.dataset, batch_sampler=self._plan, num_workers=workers, collate_fn=_collate,
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=PREFETCH if workers > 0 else None,
         )
-        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self._scale = 1.0 / (255.0 * std_t)
-        self._shift = -mean_t / std_t
+        self.normalise = Normalisation(mean, std, self.device)
 
-    def _global_batches(self) -> int:
-        n = len(self.dataset)
-        whole = self.train and self.processes > 1
-        full = n // self.batch_size if whole else -(-n // self.batch_size)
-        return full if self.max_batches is None else min(full, self.max_batches)
+    def _batch_numbers(self) -> range:
+        total = self.shard.global_batches(len(self.dataset), self.batch_size, training=self.train,
+                                          max_batches=self.max_batches)
+        return self.shard.batch_numbers(total, training=self.train)
 
     def __len__(self) -> int:
-        total = self._global_batches()
-        return len(range(self.rank, total, self.processes)) if not self.train else total
+        return len(self._batch_numbers())
 
     def _plan_epoch(self, generator: torch.Generator | None) -> list[list[tuple[int, int]]]:
         n, bs = len(self.dataset), self.batch_size
-        if generator is None:  # evaluation: in order, every process its own global batches
-            return [[(i, 0) for i in range(k * bs, min(n, (k + 1) * bs))]
-                    for k in range(self.rank, self._global_batches(), self.processes)]
+        if generator is None:  # evaluation: in order, whole global batches
+            return [[(i, 0) for i in range(k * bs, min(n, (k + 1) * bs))] for k in self._batch_numbers()]
         order = torch.randperm(n, generator=generator, device=generator.device).cpu().tolist()
         seeds = torch.randint(0, 2**62, (n,), generator=generator, device=generator.device).cpu().tolist()
-        part = bs // self.processes
-        plan = []
-        for k in range(self._global_batches()):
-            lo = k * bs + (self.rank * part if self.processes > 1 else 0)
-            hi = min(n, lo + (part if self.processes > 1 else bs))
-            plan.append([(order[i], seeds[i]) for i in range(lo, hi)])
-        return plan
+        part = self.shard.part(bs)
+        return [[(order[i], seeds[i]) for i in range(k * bs + part.start, min(n, k * bs + part.stop))]
+                for k in self._batch_numbers()]
 
     def batches(self, generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if (generator is not None) != self.train:
@@ -153,5 +144,4 @@ class StreamedBatches:
             images = images.to(self.device, non_blocking=True)
             if self.device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
-            yield torch.addcmul(self._shift, images.to(torch.float32), self._scale), labels.to(self.device,
-                                                                                                non_blocking=True)
+            yield self.normalise(images), labels.to(self.device, non_blocking=True)
