@@ -9,7 +9,13 @@
 # shared DVC cache. `dvc repro <stage>` restores the stages it needs (prepare, the search of a retrain)
 # from the shared run-cache, which the earlier waves filled, runs the stage itself and saves its outputs
 # and its run-cache entry into the shared cache, where the collector finds them.
-# Environment overrides: CS_REPRO_MAIN, CS_REPRO_COMMIT, CS_REPRO_SHARED_CACHE, CS_REPRO_VENV.
+# A task across several nodes (a run with more processes than a node has GPUs; make_array.py asks for
+# --nodes=K and starts this script on every node with srun) trains one run: node 0 works as above, but in a
+# clone under the main workspace that every node sees, and exports where its stage will announce itself; the
+# stage writes that file once DVC has restored its inputs, and the other nodes then run the same command in
+# the same clone, which joins the run's rendezvous on node 0 (src/cs_repro/launch.py, docs/parallel.md).
+# Environment overrides: CS_REPRO_MAIN, CS_REPRO_COMMIT, CS_REPRO_SHARED_CACHE, CS_REPRO_VENV,
+# CS_REPRO_RDZV_ENDPOINT (host:port of node 0; default: the job's first host, a port from the job id).
 set -euo pipefail
 
 if [[ $# -ne 2 ]]; then
@@ -36,9 +42,28 @@ if [[ -n "$venv" ]]; then
   export PATH="$venv/bin:$PATH"
 fi
 
-scratch=${CS_REPRO_SCRATCH:-${SLURM_TMPDIR:-${TMPDIR:-/tmp}}}
-mkdir -p "$scratch"
-work=$(mktemp -d "$scratch/cs-repro-XXXXXX")
+nodes=${SLURM_JOB_NUM_NODES:-1}
+node=${SLURM_NODEID:-0}
+if (( nodes > 1 )); then
+  # one folder per attempt (a requeued job keeps its id), on the main workspace's shared file system
+  work="$main/.cache/slurm-work/${SLURM_JOB_ID:?a task across nodes runs under SLURM}-${SLURM_RESTART_COUNT:-0}"
+  export CS_REPRO_NNODES=$nodes CS_REPRO_RUN_ID="cs-repro-$SLURM_JOB_ID" CS_REPRO_RUN_MARKER="$work/run.json"
+  if [[ -z "${CS_REPRO_RDZV_ENDPOINT:-}" ]]; then
+    first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    export CS_REPRO_RDZV_ENDPOINT="$first:$((29400 + SLURM_JOB_ID % 1000))"
+  fi
+  if (( node != 0 )); then
+    export PYTHONPATH="$work/repo/src${PYTHONPATH:+:$PYTHONPATH}"
+    echo "task $index: $stage, node $node of $nodes on $(hostname): waiting for node 0's stage ($CS_REPRO_RDZV_ENDPOINT)"
+    exec python -m cs_repro.launch join "$CS_REPRO_RUN_MARKER" "${CS_REPRO_JOIN_TIMEOUT:-1800}"
+  fi
+  rm -rf "$work"
+  mkdir -p "$work"
+else
+  scratch=${CS_REPRO_SCRATCH:-${SLURM_TMPDIR:-${TMPDIR:-/tmp}}}
+  mkdir -p "$scratch"
+  work=$(mktemp -d "$scratch/cs-repro-XXXXXX")
+fi
 trap 'cd / && rm -rf "$work"' EXIT
 git clone -q --no-checkout "$main" "$work/repo"
 cd "$work/repo"

@@ -9,9 +9,11 @@ Run it in the main workspace (a git repository on a file system the compute node
 2. splits the out-of-date stages (all of them with --all) into waves: the head stages (prepare@*), then the
    fan-out stages by dependency depth (searches, then retrain/controls);
 3. writes into --out (default .cache/slurm): per wave a stage list `waveK.txt` and an array script
-   `waveK.sbatch` (one stage per task, body `slurm/job.sh waveK.txt $SLURM_ARRAY_TASK_ID`, `--gres=gpu:1`
-   when the cluster has GPUs), `collect.sbatch` (`slurm/collect.sh`: `dvc repro` here, which restores every
-   stage from the shared run-cache and runs evaluate/report) and `submit.sh`, which chains them: wave 1
+   `waveK.sbatch` (one stage per task, body `slurm/job.sh waveK.txt $SLURM_ARRAY_TASK_ID`, `--gres=gpu:N`
+   when the cluster has GPUs, N = the processes of the largest run; a run larger than --gpus-per-node gets
+   `--nodes=K` and job.sh started on each node by srun, one run across them), `collect.sbatch`
+   (`slurm/collect.sh`: `dvc repro` here, which restores every stage from the shared run-cache and runs
+   evaluate/report) and `submit.sh`, which chains them: wave 1
    `afterok` on the head wave; a wave whose task i needs only task i of the wave before
    (cs_retrain@X <- cs_search@X) `aftercorr`, any other `afterok`; the collector `afterany` on all waves.
 4. with --submit: checks every script with `sbatch --test-only` first (nothing is submitted if one is
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from cs_repro.errors import UserError
 from cs_repro_orchestration.parallel import (Wave, changed_stages, dvc_executable, out_of_date, read_pipeline,
-                                             slurm_waves, split, largest_run_processes)
+                                             read_params_file, run_processes, slurm_waves, split)
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,13 +59,15 @@ def _ranges(indices: list[int]) -> str:
 
 
 def _sbatch(name: str, body: str, out: Path, extra: list[str], array: str | None = None,
-            gres: str | None = None) -> str:
+            gres: str | None = None, nodes: int = 1) -> str:
     lines = ["#!/bin/bash", f"#SBATCH --job-name={name}",
              f"#SBATCH --output={out / 'logs'}/{name}-%A_%a.log" if array else f"#SBATCH --output={out / 'logs'}/{name}-%j.log"]
     if array:
         lines.append(f"#SBATCH --array={array}")
     if gres:
         lines.append(f"#SBATCH --gres={gres}")
+    if nodes > 1:
+        lines += [f"#SBATCH --nodes={nodes}", "#SBATCH --ntasks-per-node=1"]
     lines += [f"#SBATCH {option}" for option in extra]
     return "\n".join([*lines, "set -euo pipefail", body, ""])
 
@@ -83,7 +87,7 @@ def finished_stages(out: Path, commit: str) -> set[str]:
 
 def write_arrays(workspace: Path, shared_cache: Path, out: Path, waves: list[Wave], extra: list[str],
                  gres: str | None, max_parallel: int | None, venv: Path | None, commit: str,
-                 resubmit: str) -> Path:
+                 resubmit: str, nodes: int = 1) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     for old in [*out.glob("wave*.txt"), *out.glob("wave*.sbatch")]:
@@ -102,9 +106,12 @@ def write_arrays(workspace: Path, shared_cache: Path, out: Path, waves: list[Wav
         listing = out / f"wave{k}.txt"
         listing.write_text("\n".join([*header, *(s or "-" for s in wave.stages)]) + "\n")
         array = _ranges(wave.indices) + (f"%{max_parallel}" if max_parallel else "")
-        body = f'exec bash {HERE / "job.sh"} {listing} "$SLURM_ARRAY_TASK_ID"'
+        job = f'bash {HERE / "job.sh"} {listing} "$SLURM_ARRAY_TASK_ID"'
+        # prepare needs no GPU; a run across nodes: job.sh on each node (node 0 runs the stage, the rest join it)
+        task_nodes = 1 if wave.head else nodes
+        body = f"exec srun --ntasks-per-node=1 --kill-on-bad-exit=1 {job}" if task_nodes > 1 else f"exec {job}"
         (out / f"wave{k}.sbatch").write_text(_sbatch(f"cs-repro-wave{k}", body, out, extra, array,
-                                                     None if wave.head else gres))  # prepare needs no GPU
+                                                     None if wave.head else gres, task_nodes))
         dependency = f"--dependency={wave.dependency}:${{w{k - 1}}} --kill-on-invalid-dep=yes " if k else ""
         submit.append(f"submit {dependency}wave{k}.sbatch; w{k}=${{ids[-1]}}")
         ids.append(f"${{w{k}}}")
@@ -127,19 +134,28 @@ def cluster_has_gpus() -> bool | None:
     return any("gpu" in line for line in result.stdout.split())
 
 
-def choose_gres(requested: str, per_task: int = 1, gpus_per_node: int = 8) -> str | None:
-    """--gres: 'auto' asks the cluster (per task as many GPUs as a run's processes, `networks.<net>.processes`,
-    where there are GPUs; none on a CPU-only cluster; GPUs when sinfo is not there to ask), 'none' requests
-    nothing, anything else is used as is. A run needing more GPUs than a node has is refused."""
+def nodes_per_task(processes: list[int], gpus_per_node: int) -> int:
+    """Nodes one task asks for: 1 when the largest run fits a node, else the fewest nodes over which every run of
+    more than one process splits evenly with at most `gpus_per_node` processes on each."""
+    largest = max(processes, default=1)
+    if largest <= gpus_per_node:
+        return 1
+    split_runs = [p for p in processes if p > 1]
+    for nodes in range(-(-largest // gpus_per_node), largest + 1):
+        if all(p % nodes == 0 for p in split_runs):
+            return nodes
+    raise UserError(f"runs of {sorted(set(split_runs))} processes cannot share one number of nodes")
+
+
+def choose_gres(requested: str, per_task: int = 1, nodes: int = 1) -> str | None:
+    """--gres, per node of a task: 'auto' asks the cluster (as many GPUs as a run's processes on a node,
+    `networks.<net>.processes` / nodes, where there are GPUs; none on a CPU-only cluster; GPUs when sinfo is not
+    there to ask), 'none' requests nothing, anything else is used as is."""
     if requested == "none":
         return None
     if requested != "auto":
         return requested
-    if per_task > gpus_per_node:
-        raise UserError(f"each run trains on {per_task} GPUs (networks.<network>.processes) but a node has "
-                        f"{gpus_per_node} (--gpus-per-node): runs across nodes are not submitted by this script; "
-                        f"see docs/parallel.md ('Several nodes') for the torchrun rendezvous to use instead")
-    gres = f"gpu:{per_task}"
+    gres = f"gpu:{per_task // nodes}"
     gpus = cluster_has_gpus()
     if gpus is None:
         print(f"no answer from sinfo: assuming GPUs, --gres={gres} per task (--gres none for a CPU-only cluster)")
@@ -169,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="per task of the fan-out waves: auto (one GPU where the cluster has GPUs, none on a "
                              "CPU-only cluster), none, or a GRES such as gpu:1; auto asks for networks.<net>.processes "
                              "GPUs when a run trains on several")
-    parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs of one node (a run must fit one node)")
+    parser.add_argument("--gpus-per-node", type=int, default=8,
+                        help="GPUs of one node; a run with more processes is spread over several nodes")
     parser.add_argument("--max-parallel", type=int, help="at most this many tasks of a wave at once (%%N)")
     parser.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
                         help="extra #SBATCH line for every job, e.g. --sbatch=--time=12:00:00 (repeatable)")
@@ -196,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         if not todo:
             print("every fan-out stage is up to date or finished; `dvc repro` (or the collector) runs what is left")
             return 0
-        gres = choose_gres(args.gres, largest_run_processes(workspace), args.gpus_per_node)
+        processes = run_processes(read_params_file(workspace))
+        nodes = nodes_per_task(processes, args.gpus_per_node) if args.gres != "none" else 1
+        gres = choose_gres(args.gres, max(processes, default=1), nodes)
+        if nodes > 1:
+            print(f"runs of up to {max(processes)} processes: {nodes} nodes per task, {max(processes) // nodes} "
+                  f"processes on each (torch's rendezvous on the task's first node)")
         waves = slurm_waves(pipeline, todo)
         shared = args.shared_cache.resolve()
         shared.mkdir(parents=True, exist_ok=True)
@@ -206,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         resubmit = shlex.join([sys.executable, str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:])]
                               + ([] if args.submit else ["--submit"]))
         submit = write_arrays(workspace, shared, out, waves, args.sbatch, gres, args.max_parallel, venv, commit,
-                              f"cd {shlex.quote(str(workspace))} && {resubmit}")
+                              f"cd {shlex.quote(str(workspace))} && {resubmit}", nodes)
         if args.submit:
             check_scripts(out)
     except (UserError, subprocess.CalledProcessError) as error:

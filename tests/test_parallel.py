@@ -103,19 +103,24 @@ def test_workers_get_a_gpu_round_robin_or_their_own_cores():
 
 def test_a_stage_on_several_processes_gets_as_many_gpus(tmp_path):
     """networks.<net>.processes = 2 on 5 GPUs: two workers of two GPUs each (the fifth would be half a run)."""
-    from cs_repro_orchestration.parallel import largest_run_processes
+    from cs_repro_orchestration.parallel import largest_run_processes, read_params_file
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "networks": {"resnet50": {"processes": 2}, "lenet300_100": {"processes": 1}, "unused": {"processes": 8}},
-        "sweep": {"networks": ["lenet300_100", "resnet50"]}}))
-    assert largest_run_processes(tmp_path) == 2
+        "networks": {"resnet50": {"processes": 2}, "lenet300_100": {"processes": 1}, "unused": {"processes": 8},
+                     "vgg16": {"processes": 4}},
+        "sweep": {"networks": ["lenet300_100", "resnet50"]}, "baselines": {"networks": []}}))
+    assert largest_run_processes(read_params_file(tmp_path)) == 2
+    params = read_params_file(tmp_path)
+    params["baselines"]["networks"] = ["vgg16"]  # a network only the baselines train counts too
+    assert largest_run_processes(params) == 4
     slots = make_slots(2, ["0", "1", "2", "3", "4"], [0, 1, 2, 3], {}, None, gpus_per_stage=2)
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0,1", "2,3"]
     assert "GPU 0,1" in slots[0].label
     with pytest.raises(UserError, match="each run trains on 8 GPUs .* but 5 are visible"):
         make_slots(1, ["0", "1", "2", "3", "4"], [0], {}, None, gpus_per_stage=8)
     (tmp_path / "params.yaml").write_text("networks: [oops")
-    assert largest_run_processes(tmp_path) == 1  # the stages say what is wrong with params.yaml
+    assert read_params_file(tmp_path) == {}
+    assert largest_run_processes({"networks": ["oops"], "sweep": {"networks": ["oops"]}}) == 1  # the stages say why
 
 
 def test_slurm_asks_for_as_many_gpus_as_a_run_has_processes(monkeypatch):
@@ -125,11 +130,17 @@ def test_slurm_asks_for_as_many_gpus_as_a_run_has_processes(monkeypatch):
     make_array = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_array)
     monkeypatch.setattr(make_array, "cluster_has_gpus", lambda: True)
-    assert make_array.choose_gres("auto", 4, 8) == "gpu:4"
+    assert make_array.choose_gres("auto", 4) == "gpu:4"
     assert make_array.choose_gres("auto") == "gpu:1"
     assert make_array.choose_gres("gpu:a100:2", 4) == "gpu:a100:2"  # the user's own GRES as given
-    with pytest.raises(UserError, match="each run trains on 16 GPUs .* a node has 8"):
-        make_array.choose_gres("auto", 16, 8)
+    # a run larger than a node: the fewest nodes over which every multi-process run splits evenly
+    assert make_array.nodes_per_task([1, 4], 8) == 1
+    assert make_array.nodes_per_task([16, 1], 8) == 2 and make_array.choose_gres("auto", 16, 2) == "gpu:8"
+    assert make_array.nodes_per_task([24], 8) == 3 and make_array.nodes_per_task([12], 8) == 2
+    assert make_array.nodes_per_task([10], 4) == 5  # not 3 (10 does not split in 3) nor 4
+    assert make_array.nodes_per_task([16, 2], 8) == 2
+    with pytest.raises(UserError, match=r"runs of \[3, 16\] processes cannot share one number of nodes"):
+        make_array.nodes_per_task([16, 3], 8)
     monkeypatch.setattr(make_array, "cluster_has_gpus", lambda: False)
     assert make_array.choose_gres("auto", 4) is None
 
@@ -349,3 +360,70 @@ def test_slurm_job_body_in_clones_with_a_shared_cache_then_the_collector_trains_
     assert "is cached - skipping run" in collected.stdout
     assert _clean(main)
     assert (main / "figures" / "REPORT.md").exists()
+
+
+def test_a_node_joins_the_run_its_first_node_announces(tmp_path, monkeypatch, capsys):
+    from cs_repro import launch
+
+    marker = tmp_path / "run.json"
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    assert launch.join_run(marker, timeout_s=0.2, poll_s=0.05) == 2
+    assert "node 1: no stage started on the first node within 0 s" in capsys.readouterr().err
+    monkeypatch.setenv("SLURM_NODEID", "0")
+    monkeypatch.setenv(launch.RUN_MARKER_ENV, str(marker))
+    launch.announce_run(1)  # the first node's one-process stage: the others have nothing to do
+    assert json.loads(marker.read_text())["processes"] == 1
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    assert launch.join_run(marker, timeout_s=0.2) == 0
+    assert "nothing to do here" in capsys.readouterr().out
+    launch.announce_run(4)  # only the first node announces
+    assert json.loads(marker.read_text())["processes"] == 1
+
+
+@pytest.mark.slow
+def test_slurm_task_across_two_nodes_trains_one_run_with_the_bytes_of_one_node(tmp_path):
+    """A run of 2 processes with 1 GPU per node: make_array asks for 2 nodes and srun starts job.sh on each. Here
+    both nodes are this machine (SLURM_NODEID 0 and 1 set by hand, the rendezvous on localhost): node 0 restores
+    the inputs and runs the stage through DVC, node 1 waits for it and joins; the ticket and metrics are the
+    bytes a two-process run on one node writes."""
+    from slurm_cluster import _free_port
+
+    params = _tiny(s0=[0.0])
+    params["networks"]["lenet300_100"]["processes"] = 2
+    main = _repo(tmp_path / "main", params)
+    made = _run("python", str(REPO / "slurm/make_array.py"), "--shared-cache", str(tmp_path / "shared-cache"),
+                "--gpus-per-node", "1", "--gres", "auto", cwd=main)
+    out = main / ".cache/slurm"
+    assert "2 nodes per task, 1 processes on each" in made.stdout, made.stdout
+    search = (out / "wave1.sbatch").read_text()
+    assert "#SBATCH --nodes=2" in search and "#SBATCH --ntasks-per-node=1" in search
+    assert "exec srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash " in search
+    assert "--nodes" not in (out / "wave0.sbatch").read_text()  # prepare: one node
+    stages = [line for line in (out / "wave1.txt").read_text().splitlines() if not line.startswith("#")]
+    stage = "imp_search@lenet300_100-0"
+
+    env = dict(OMP_NUM_THREADS="1", CS_REPRO_SCRATCH=str(tmp_path / "scratch"))
+    _run("bash", str(REPO / "slurm/job.sh"), str(out / "wave0.txt"), "0", cwd=tmp_path, **env)  # prepare
+    job = dict(env, SLURM_JOB_NUM_NODES="2", SLURM_JOB_ID="4242", CS_REPRO_RDZV_ENDPOINT=f"127.0.0.1:{_free_port()}")
+    task = [str(REPO / "slurm/job.sh"), str(out / "wave1.txt"), str(stages.index(stage))]
+    nodes = [subprocess.Popen(["bash", *task], cwd=tmp_path, env=_env(**job, SLURM_NODEID=str(node)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for node in (1, 0)]
+    second, first = (node.communicate(timeout=600)[0] for node in nodes)
+    assert nodes[1].returncode == 0, first
+    assert nodes[0].returncode == 0, second
+    assert f"Running stage '{stage}'" in first and "starting 1 processes (torch.distributed, this node of 2)" in first
+    assert "node 1: joining the run of 2 processes" in second and "Running stage" not in second
+    assert not (main / ".cache/slurm-work/4242-0").exists()  # the shared clone is removed
+
+    # the same run on one node (two local processes), through DVC, in a clone with its own cache
+    alone = tmp_path / "alone"
+    _run("git", "clone", "-q", str(main), str(alone), cwd=tmp_path)
+    _run("dvc", "repro", stage, cwd=alone, OMP_NUM_THREADS="1")
+    # the main workspace restores the two-node run's outputs from the shared run-cache, training nothing
+    restored = _run("dvc", "repro", stage, cwd=main)
+    assert "Running stage" not in restored.stdout and "is cached - skipping run" in restored.stdout
+    folder = "runs/lenet300_100/imp/seed=0/search"
+    written = sorted(p.relative_to(alone / folder) for p in (alone / folder).rglob("*") if p.is_file())
+    assert len(written) >= 3  # the tickets of both levels and the metrics
+    for name in written:
+        assert (main / folder / name).read_bytes() == (alone / folder / name).read_bytes(), name

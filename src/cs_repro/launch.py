@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 log = logging.getLogger("cs_repro")
 
@@ -24,6 +25,11 @@ RANK_ENV = "CS_REPRO_RANK"
 NNODES_ENV = "CS_REPRO_NNODES"
 RDZV_ENV = "CS_REPRO_RDZV_ENDPOINT"
 RUN_ID_ENV = "CS_REPRO_RUN_ID"
+#: A file the first node's stage writes when it starts (which run, where): the other nodes wait for it.
+RUN_MARKER_ENV = "CS_REPRO_RUN_MARKER"
+#: How long a node waits at the rendezvous for the others (under SLURM, node 0 first restores the stage's inputs
+#: with DVC, and only then starts the stage that hosts the rendezvous).
+JOIN_TIMEOUT_S = 1800
 #: How long a collective waits for the other processes before giving up (a dead rank ends the run).
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 
@@ -49,9 +55,7 @@ def init_from_env(device):
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
-    if dist.get_rank() != 0:  # one voice: the other ranks say only what goes wrong
-        logging.getLogger("cs_repro").setLevel(logging.WARNING)
-    return device
+    return device  # the other ranks' log level: stage_cli.training_stage, before anything is logged
 
 
 def finish() -> None:
@@ -66,6 +70,51 @@ def finish() -> None:
 
 class WorkerFailed(Exception):
     """A worker process of the run ended badly; the message is the one line the stage prints."""
+
+
+def node_index(environ=os.environ) -> int:
+    """This node's place among the run's nodes (SLURM_NODEID; 0 without SLURM)."""
+    try:
+        return int(environ.get("SLURM_NODEID", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def announce_run(processes: int, environ=os.environ) -> None:
+    """On the first node of a job across nodes (slurm/job.sh sets RUN_MARKER_ENV on every node): say which run
+    this stage starts, once DVC has restored its inputs, so that the other nodes join it (`join_run`)."""
+    marker = environ.get(RUN_MARKER_ENV)
+    if not marker or node_index(environ) != 0:
+        return
+    import json
+
+    path = Path(marker)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps({"processes": processes, "cwd": os.getcwd(), "argv": [sys.executable, *sys.argv]}))
+    temporary.replace(path)  # the other nodes never read half of it
+
+
+def join_run(marker: Path, timeout_s: float, poll_s: float = 1.0) -> int:
+    """On another node of the job: wait for the first node's stage (`announce_run`), then become the same
+    command in the same folder, which starts this node's share of the run's processes. A one-process run has
+    nothing for this node: 0. Waiting longer than `timeout_s`: 2, with one line."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        if time.monotonic() > deadline:
+            print(f"error: node {node_index()}: no stage started on the first node within {timeout_s:.0f} s "
+                  f"(nothing at {marker}); its log says why", file=sys.stderr)
+            return 2
+        time.sleep(poll_s)
+    run = json.loads(marker.read_text())
+    if run["processes"] <= 1:
+        print(f"node {node_index()}: the stage trains one process, on the first node: nothing to do here")
+        return 0
+    print(f"node {node_index()}: joining the run of {run['processes']} processes in {run['cwd']}", flush=True)
+    os.chdir(run["cwd"])
+    os.execv(run["argv"][0], run["argv"])
 
 
 def launch_config(processes: int, environ=os.environ):
@@ -88,7 +137,7 @@ def launch_config(processes: int, environ=os.environ):
         min_nodes=nodes, max_nodes=nodes, nproc_per_node=processes // nodes,
         run_id=environ.get(RUN_ID_ENV, "") or f"cs-repro-{os.getpid()}",
         rdzv_backend="c10d", rdzv_endpoint=endpoint or "localhost:0",
-        rdzv_configs={"is_host": environ.get("SLURM_NODEID", "0") == "0"} if nodes > 1 else {},
+        rdzv_configs={"is_host": node_index(environ) == 0, "join_timeout": JOIN_TIMEOUT_S} if nodes > 1 else {},
         max_restarts=0,  # a failed run resumes from its checkpoint when the stage is run again
         monitor_interval=0.5, start_method="spawn",
     )
@@ -146,3 +195,16 @@ def _failure_line(error, processes: int) -> str:
         how = f"exited with status {code}"
     return (f"process {rank} of the run's {processes} {how}; the others were stopped. Finished epochs are kept in "
             f"the checkpoint: run the same command to resume")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cs_repro.launch join MARKER [TIMEOUT_S]`: what slurm/job.sh runs on the job's other nodes."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (2, 3) or args[0] != "join":
+        print("usage: python -m cs_repro.launch join MARKER [TIMEOUT_S]", file=sys.stderr)
+        return 2
+    return join_run(Path(args[1]), float(args[2]) if len(args) == 3 else JOIN_TIMEOUT_S)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,6 +21,7 @@ import typer
 
 from cs_repro.checkpoints import CHECKPOINT_DIR, stage_scope
 from cs_repro.errors import UserError
+from cs_repro.launch import announce_run
 from cs_repro.stage_process import stop_with_parent, stopping
 
 log = logging.getLogger("cs_repro")
@@ -143,8 +144,10 @@ def training_stage(command: Callable) -> Callable:
             raise UserError(f"this stage was started as {os.environ.get('WORLD_SIZE')} processes (torchrun?), but its "
                             f"network trains on {processes} (networks.<network>.processes): run the stage itself, "
                             f"which starts its own processes")
-        if processes > 1 and not distributed_worker():
-            return launch_workers(processes)
+        if not distributed_worker():
+            announce_run(processes)  # only on the first node of a SLURM job across nodes: the others join
+            if processes > 1:
+                return launch_workers(processes)
         device = training_device(loaded, device)
         if processes > 1:
             from cs_repro.launch import init_from_env

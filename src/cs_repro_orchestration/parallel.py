@@ -369,24 +369,43 @@ def _run_logged(command: list[str], cwd: Path, env: dict[str, str], log: Path) -
                               stdin=subprocess.DEVNULL).returncode
 
 
-def pinned_threads(cwd: Path) -> int:
-    """The CPU threads params.yaml pins for each training stage (`cpu.threads`; 0 = none pinned)."""
+def read_params_file(cwd: Path) -> dict:
+    """params.yaml as plain YAML, for scheduling only ({} when missing or broken: the stages themselves report
+    a missing or broken params.yaml, in one line)."""
     try:
-        value = ((yaml.safe_load((Path(cwd) / "params.yaml").read_text()) or {}).get("cpu") or {}).get("threads", 0)
+        params = yaml.safe_load((Path(cwd) / "params.yaml").read_text())
     except (OSError, yaml.YAMLError):
-        return 0  # the stages themselves report a missing or broken params.yaml, in one line
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+        return {}
+    return params if isinstance(params, dict) else {}
 
 
-def largest_run_processes(cwd: Path) -> int:
-    """How many processes (GPUs) one training stage takes: the most `processes` of the networks params.yaml runs."""
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def pinned_threads(params: dict) -> int:
+    """The CPU threads params.yaml pins for each training stage (`cpu.threads`; 0 = none pinned)."""
+    cpu = params.get("cpu")
+    value = cpu.get("threads", 0) if isinstance(cpu, dict) else 0
+    return value if _positive_int(value) else 0
+
+
+def run_processes(params: dict) -> list[int]:
+    """How many processes (GPUs) each network params.yaml trains takes (sweep.networks and baselines.networks,
+    `networks.<net>.processes`); malformed entries are left to the stages, which say what is wrong in one line."""
     try:
-        params = yaml.safe_load((Path(cwd) / "params.yaml").read_text()) or {}
-        networks, chosen = params.get("networks") or {}, (params.get("sweep") or {}).get("networks") or []
-        counts = [(networks.get(name) or {}).get("processes", 1) for name in chosen]
-    except (OSError, yaml.YAMLError, AttributeError):
-        return 1  # the stages themselves report a missing or broken params.yaml, in one line
-    return max([c for c in counts if isinstance(c, int) and not isinstance(c, bool) and c > 0], default=1)
+        networks = params.get("networks") or {}
+        chosen = [*((params.get("sweep") or {}).get("networks") or []),
+                  *((params.get("baselines") or {}).get("networks") or [])]
+        counts = [(networks.get(name) or {}).get("processes", 1) for name in dict.fromkeys(chosen)]
+    except (AttributeError, TypeError):
+        return []
+    return [c for c in counts if _positive_int(c)]
+
+
+def largest_run_processes(params: dict) -> int:
+    """How many processes (GPUs) one training stage takes at most."""
+    return max(run_processes(params), default=1)
 
 
 def drop_stale_lock_entries(cwd: Path, declared: list[str]) -> list[str]:
@@ -425,8 +444,8 @@ def run_parallel(jobs: int | None = None, gpus: list[str] | None = None, dry_run
     parts = split(pipeline)
     gpus = detect_gpus() if gpus is None else gpus
     cores = available_cores()
-    pinned = pinned_threads(cwd)
-    per_stage = largest_run_processes(cwd)
+    params = read_params_file(cwd)
+    pinned, per_stage = pinned_threads(params), largest_run_processes(params)
     if not jobs:  # a GPU (group) each; on the CPU, a worker per `cpu.threads` cores (or per 2) of each process
         jobs = max(1, len(gpus) // per_stage) if gpus else max(1, len(cores) // ((pinned or 2) * per_stage))
     slots = make_slots(jobs, gpus, cores, base_env(), shutil.which("taskset"), threads or pinned or None, per_stage)
