@@ -59,12 +59,16 @@ if (( nodes > 1 )); then
   fi
   rm -rf "$work"
   mkdir -p "$work"
+  # No run announced by the end (the stage restored from the run-cache, or dvc failed before it): tell the
+  # other nodes so they end instead of waiting, and give them a few polls to read it before the clone goes.
+  trap '[[ -e "$CS_REPRO_RUN_MARKER" ]] || { echo "{\"processes\": 0}" > "$work/none.json" && mv "$work/none.json" "$CS_REPRO_RUN_MARKER"; }
+        sleep 3; cd / && rm -rf "$work"' EXIT
 else
   scratch=${CS_REPRO_SCRATCH:-${SLURM_TMPDIR:-${TMPDIR:-/tmp}}}
   mkdir -p "$scratch"
   work=$(mktemp -d "$scratch/cs-repro-XXXXXX")
+  trap 'cd / && rm -rf "$work"' EXIT
 fi
-trap 'cd / && rm -rf "$work"' EXIT
 git clone -q --no-checkout "$main" "$work/repo"
 cd "$work/repo"
 git checkout -q "${commit:-HEAD}"

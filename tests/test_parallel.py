@@ -378,6 +378,9 @@ def test_a_node_joins_the_run_its_first_node_announces(tmp_path, monkeypatch, ca
     assert "nothing to do here" in capsys.readouterr().out
     launch.announce_run(4)  # only the first node announces
     assert json.loads(marker.read_text())["processes"] == 1
+    marker.write_text('{"processes": 0}')  # job.sh on the first node, which started no run
+    assert launch.join_run(marker, timeout_s=0.2) == 0
+    assert "the first node started no run" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -414,6 +417,14 @@ def test_slurm_task_across_two_nodes_trains_one_run_with_the_bytes_of_one_node(t
     assert f"Running stage '{stage}'" in first and "starting 1 processes (torch.distributed, this node of 2)" in first
     assert "node 1: joining the run of 2 processes" in second and "Running stage" not in second
     assert not (main / ".cache/slurm-work/4242-0").exists()  # the shared clone is removed
+
+    # the job again (a requeue): node 0 restores the stage from the shared run-cache, node 1 is told to end
+    again = [subprocess.Popen(["bash", *task], cwd=tmp_path, env=_env(**job, SLURM_NODEID=str(node),
+                                                                      SLURM_RESTART_COUNT="1"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for node in (1, 0)]
+    second, first = (node.communicate(timeout=600)[0] for node in again)
+    assert again[1].returncode == 0 and "is cached - skipping run" in first and "Running stage" not in first, first
+    assert again[0].returncode == 0 and "the first node started no run" in second, second
 
     # the same run on one node (two local processes), through DVC, in a clone with its own cache
     alone = tmp_path / "alone"

@@ -96,8 +96,9 @@ def announce_run(processes: int, environ=os.environ) -> None:
 
 def join_run(marker: Path, timeout_s: float, poll_s: float = 1.0) -> int:
     """On another node of the job: wait for the first node's stage (`announce_run`), then become the same
-    command in the same folder, which starts this node's share of the run's processes. A one-process run has
-    nothing for this node: 0. Waiting longer than `timeout_s`: 2, with one line."""
+    command in the same folder, which starts this node's share of the run's processes. A one-process run, or
+    none (processes 0: job.sh's word that the first node's stage did not start one), has nothing for this
+    node: 0. Waiting longer than `timeout_s`: 2, with one line."""
     import json
     import time
 
@@ -109,7 +110,11 @@ def join_run(marker: Path, timeout_s: float, poll_s: float = 1.0) -> int:
             return 2
         time.sleep(poll_s)
     run = json.loads(marker.read_text())
-    if run["processes"] <= 1:
+    if run["processes"] == 0:
+        print(f"node {node_index()}: the first node started no run (its stage was restored from DVC's run-cache, "
+              f"or failed first: see its log): nothing to do here")
+        return 0
+    if run["processes"] == 1:
         print(f"node {node_index()}: the stage trains one process, on the first node: nothing to do here")
         return 0
     print(f"node {node_index()}: joining the run of {run['processes']} processes in {run['cwd']}", flush=True)
