@@ -59,9 +59,9 @@ def init_from_env(device):
 
 
 def finish() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    """Leave the process group, if this process joined one (never imports torch: commands without torch stay so)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

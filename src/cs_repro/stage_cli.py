@@ -21,7 +21,7 @@ import typer
 
 from cs_repro.checkpoints import CHECKPOINT_DIR, stage_scope
 from cs_repro.errors import UserError
-from cs_repro.launch import announce_run
+from cs_repro.launch import announce_run, finish
 from cs_repro.stage_process import stop_with_parent, stopping
 
 log = logging.getLogger("cs_repro")
@@ -80,16 +80,9 @@ def user_errors(command: Callable) -> Callable:
                 raise typer.Exit(130) from None
             raise
         finally:
-            _leave_process_group()
+            finish()  # the process group, if this process joined one
 
     return wrapper
-
-
-def _leave_process_group() -> None:
-    if "cs_repro.launch" in sys.modules:
-        from cs_repro.launch import finish
-
-        finish()
 
 
 def stage_app(command: Callable) -> typer.Typer:
