@@ -182,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(".cache/slurm"), help="where the lists and scripts go")
     parser.add_argument("--all", action="store_true", help="every stage, not only the out-of-date ones")
     parser.add_argument("--gres", default="auto",
-                        help="per task of the fan-out waves: auto (one GPU where the cluster has GPUs, none on a "
+                        help="per node of a fan-out task: auto (one GPU where the cluster has GPUs, none on a "
                              "CPU-only cluster), none, or a GRES such as gpu:1; auto asks for networks.<net>.processes "
-                             "GPUs when a run trains on several")
+                             "GPUs when a run trains on several (divided by the nodes of a run across nodes)")
     parser.add_argument("--gpus-per-node", type=int, default=8,
                         help="GPUs of one node; a run with more processes is spread over several nodes")
     parser.add_argument("--max-parallel", type=int, help="at most this many tasks of a wave at once (%%N)")
@@ -214,11 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             print("every fan-out stage is up to date or finished; `dvc repro` (or the collector) runs what is left")
             return 0
         processes = run_processes(read_params_file(workspace))
+        largest = max(processes, default=1)
         nodes = nodes_per_task(processes, args.gpus_per_node) if args.gres != "none" else 1
-        gres = choose_gres(args.gres, max(processes, default=1), nodes)
+        gres = choose_gres(args.gres, largest, nodes)
         if nodes > 1:
-            print(f"runs of up to {max(processes)} processes: {nodes} nodes per task, {max(processes) // nodes} "
-                  f"processes on each (torch's rendezvous on the task's first node)")
+            print(f"runs of up to {largest} processes: {nodes} nodes per task, {largest // nodes} processes on "
+                  f"each (torch's rendezvous on the task's first node)")
         waves = slurm_waves(pipeline, todo)
         shared = args.shared_cache.resolve()
         shared.mkdir(parents=True, exist_ok=True)

@@ -37,12 +37,13 @@ def _still_held(holder: dict) -> bool:
 
 def drop_dead_holders(workspace: Path) -> list[dict]:
     """Remove the rwlock entries of processes that no longer run; returns the holders removed (pid, cmd)."""
-    from dvc.fs import localfs
-    from dvc.rwlock import _edit_rwlock
-
     tmp_dir = Path(workspace) / RWLOCK.parent
     if not (tmp_dir / RWLOCK.name).exists():
         return []
+    # only now: importing DVC's rwlock costs ~0.25 s, on every start of `cs-repro parallel` and of the image
+    from dvc.fs import localfs
+    from dvc.rwlock import _edit_rwlock
+
     dropped: dict[str, dict] = {}
     with _edit_rwlock(str(tmp_dir), localfs, False) as lock:
         for path, holder in list(lock["write"].items()):
@@ -61,11 +62,15 @@ def drop_dead_holders(workspace: Path) -> list[dict]:
     return list(dropped.values())
 
 
+def dropped_line(holder: dict) -> str:
+    """What a run says about one holder it dropped."""
+    return f"dvc: dropped the lock entries of a dvc that no longer runs (PID {holder['pid']}: {holder['cmd']})"
+
+
 def main() -> None:
     """`python -m cs_repro_orchestration.dvc_locks` (the image's entry point, before any DVC command)."""
     for holder in drop_dead_holders(Path(".")):
-        print(f"cs-repro: dropped DVC's lock entries of a dvc process that no longer runs (PID {holder['pid']}: "
-              f"{holder['cmd']})", file=sys.stderr)
+        print(f"cs-repro: {dropped_line(holder)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import typer
 import yaml
 
 from cs_repro.errors import UserError
-from cs_repro_orchestration.dvc_locks import drop_dead_holders
+from cs_repro_orchestration.dvc_locks import drop_dead_holders, dropped_line
 
 LOG_DIR = Path(".cache/parallel-logs")
 _EDGE = re.compile(r'^\s*"([^"]+)"\s*->\s*"([^"]+)"\s*;?\s*$')
@@ -435,7 +435,7 @@ def run_parallel(jobs: int | None = None, gpus: list[str] | None = None, dry_run
     log_dir = cwd / LOG_DIR if log_dir is None else log_dir
     require_workspace(cwd)
     for holder in drop_dead_holders(cwd):  # before any dvc of ours starts: theirs may have our process ids
-        say(f"dvc: dropped the lock entries of a dvc that no longer runs (PID {holder['pid']}: {holder['cmd']})")
+        say(dropped_line(holder))
     changed = changed_stages(cwd)
     if not changed:  # one `dvc status` (~1.5 s) instead of a graph, a scheduler and a tail `dvc repro`
         say(f"{time.strftime('%H:%M:%S')} every stage is up to date (dvc status): nothing to run")
